@@ -1,0 +1,48 @@
+"""A zoo is the set of models one reenactment runs on: generator, Net3D reader and direction matrix.
+
+Both zoos share every code path; this module is the one place that knows which files make up each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+DATA = Path(__file__).resolve().parent.parent / "calibration" / "data"
+ZOOS = ("default", "vox256")
+
+
+@dataclass
+class Zoo:
+    name: str
+    generator: object                      # engines.generator.LatentGenerator
+    param_names: list[str]
+    directions_path: Path | None           # committed / user-given A
+    weights_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def directions(self):
+        from .directions import Directions
+        if self.directions_path is None or not Path(self.directions_path).is_file():
+            raise UserError(f"no direction matrix for zoo '{self.name}' at {self.directions_path}; "
+                            f"train one with: python -m calibration.train --zoo {self.name}")
+        return Directions.from_checkpoint(self.directions_path, expect_zoo=self.name,
+                                          expect_params=self.param_names)
+
+
+def default_directions_path() -> Path:
+    return DATA / "default_directions.safetensors"
+
+
+def load_zoo(name: str = "default", weights_dir: str | Path | None = None,
+             directions: str | Path | None = None) -> Zoo:
+    if name == "default":
+        from .dcgan import DCGAN
+        from .pose import PARAM_NAMES
+        return Zoo("default", DCGAN.from_checkpoint(), list(PARAM_NAMES),
+                   Path(directions) if directions else default_directions_path())
+    if name == "vox256":
+        from .vox256 import load_vox256  # bring-your-own weights
+        return load_vox256(weights_dir, directions)
+    raise UserError(f"unknown zoo '{name}' (choose from {', '.join(ZOOS)})")
