@@ -1,0 +1,281 @@
+"""CLI wiring for streaming: live (camera/file/lavfi -> virtual camera, files, WebRTC) and offline
+(file -> file, every frame, not paced). run_stream.py adds these flags and calls run_live.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from engines.errors import UserError
+from streamer.controls import Controller, StatusPrinter, TerminalKeys, list_avatars
+from streamer.pipeline import Pipeline, run_sink
+from streamer.sinks import FileSink, NullSink, open_sink
+from streamer.sources import AVSource, Capture, open_source, parse_size, parse_source
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".y4m"}
+
+
+def add_live_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("streaming")
+    g.add_argument("--source", default=None,
+                   help="camera index (0) or /dev/videoN, a video file, or lavfi:testsrc2 "
+                        "(default: camera 0; with --webrtc: none, browsers send their camera)")
+    g.add_argument("--size", default=None, help="capture size WxH (default 640x480 for cameras)")
+    g.add_argument("--fps", type=float, default=30.0, help="camera / test-source frame rate (default 30)")
+    g.add_argument("--mjpeg", action="store_true", help="ask the webcam for MJPEG (needed for 30 fps on "
+                                                          "many USB cameras)")
+    g.add_argument("--no-loop", action="store_true", help="live mode: stop at the end of a file source")
+    g.add_argument("--realtime", action="store_true", help="file -> file: pace to the clip's frame rate "
+                                                           "like a camera (default: every frame, unpaced)")
+    g.add_argument("--sink", action="append", default=None, metavar="vcam|FILE.mp4|none",
+                   help="where frames go; repeatable (default: vcam; with --webrtc: only the browsers)")
+    g.add_argument("--vcam-device", default=None, help="virtual camera device (e.g. /dev/video10)")
+    g.add_argument("--vcam-backend", default=None, help="pyvirtualcam backend (v4l2loopback, obs, unitycapture)")
+    g.add_argument("--webrtc", action="store_true", help="serve the WebRTC page on --host:--port")
+    g.add_argument("--control", action="store_true", help="serve only the HTTP control/status endpoints")
+    g.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --token)")
+    g.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    g.add_argument("--token", default=os.environ.get("REENACT_TOKEN"),
+                   help="access token required on every endpoint (or env REENACT_TOKEN)")
+    g.add_argument("--max-peers", type=int, default=8, help="most simultaneous WebRTC peers (default 8)")
+    g.add_argument("--avatar-dir", default=None, help="folder of avatar photos for the 'a' key")
+    g.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+
+
+def is_offline(args) -> bool:
+    """file -> file(s) with no WebRTC: the offline mode (every frame, no drops, not paced)."""
+    src, sinks = getattr(args, "source", None), getattr(args, "sink", None) or []
+    if args.webrtc or args.control or args.realtime or src is None or not sinks:
+        return False
+    return Path(src).suffix.lower() in VIDEO_SUFFIXES and all(s not in ("vcam",) for s in sinks)
+
+
+def run_live(args, make_reenactor: Callable) -> int:
+    """Run what the flags ask for (offline when is_offline(args)). User errors -> one line, exit 2."""
+    try:
+        if is_offline(args):
+            sinks = [s for s in args.sink if s != "none"]
+            if len(sinks) > 1:
+                raise UserError("offline mode writes one file: give one --sink FILE.mp4")
+            reenactor = make_reenactor(getattr(args, "avatar", None))
+            _apply_side_by_side(args, reenactor)
+            summary = run_offline(args.source, sinks[0] if sinks else None, reenactor, progress=_progress())
+            print(f"\n{summary['frames']} frames ({summary['no_face']} without a face) at "
+                  f"{summary['fps']:.1f} fps -> {summary['output']}", file=sys.stderr)
+            return 0
+        return asyncio.run(_live(args, make_reenactor))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _apply_side_by_side(args, reenactor) -> None:
+    if getattr(args, "side_by_side", None) is not None:
+        reenactor.side_by_side = bool(args.side_by_side)
+
+
+def _progress():
+    if not sys.stderr.isatty():
+        return None
+    return lambda n: print(f"\r{n} frames", end="", file=sys.stderr, flush=True) if n % 10 == 0 else None
+
+
+# ---------------------------------------------------------------- offline
+def run_offline(source_path, sink_path, reenactor, *, max_frames: int | None = None,
+                progress: Callable[[int], None] | None = None) -> dict:
+    """Every frame of `source_path` through `reenactor` into `sink_path` (.mp4, H.264, the source's
+    exact frame rate; None: discard). -> {frames, no_face, fps, seconds, source_fps, stage_ms, output}."""
+    spec = parse_source(str(source_path), live=False)
+    return asyncio.run(_offline(spec, sink_path, reenactor, max_frames, progress))
+
+
+async def _offline(spec, sink_path, reenactor, max_frames, progress) -> dict:
+    loop = asyncio.get_running_loop()
+    pipeline = Pipeline(reenactor, offline=True)
+    capture = Capture(lambda: AVSource(spec), label=spec.label, max_attempts=0, max_frames=max_frames)
+    capture.start(loop, pipeline.input)
+    try:
+        rate = capture.rate or capture.fps or 30.0
+        sink = FileSink(sink_path, rate, live=False) if sink_path else NullSink()
+    except BaseException:
+        capture.stop()
+        raise
+    if progress is not None:
+        write = sink.write
+        sink.write = lambda item: (write(item), progress(sink.frames))
+    t0 = time.perf_counter()
+    ch = pipeline.subscribe(sink.name)
+    tasks = [asyncio.ensure_future(pipeline.run()), asyncio.ensure_future(run_sink(sink, pipeline, ch))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        pipeline.close()          # first: wakes a capture thread waiting for room
+        await asyncio.to_thread(capture.stop)
+        for t in tasks:
+            t.cancel()
+    seconds = time.perf_counter() - t0
+    if pipeline.error:
+        raise UserError(f"{pipeline.error} (at frame {pipeline.stats.processed})")
+    if not capture.ended:
+        raise UserError(f"reading {spec.url} failed: {capture.status}")
+    if pipeline.stats.sink_errors:
+        raise UserError(f"writing {sink_path} failed: {next(iter(pipeline.stats.sink_errors.values()))}")
+    s = pipeline.stats.snapshot()
+    return {"frames": pipeline.stats.processed, "no_face": pipeline.stats.no_face,
+            "fps": pipeline.stats.processed / max(seconds, 1e-9), "seconds": seconds,
+            "source_fps": float(rate), "stage_ms": s["stage_ms"],
+            "output": str(sink_path) if sink_path else None}
+
+
+# ---------------------------------------------------------------- live
+class LiveSession:
+    """Everything one `run_live` owns, so shutdown can release it in order."""
+
+    def __init__(self):
+        self.capture: Capture | None = None
+        self.pipeline: Pipeline | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.sinks: list = []
+        self.server = None
+        self.peers = None
+        self.keys: TerminalKeys | None = None
+        self.printer: StatusPrinter | None = None
+
+    def status_line(self) -> str:
+        parts = []
+        if self.pipeline is not None:
+            parts.append(self.pipeline.stats.line())
+            stages = self.pipeline.stats.snapshot()["stage_ms"]
+            known = [k for k in ("face", "pose", "latent", "image") if k in stages]
+            if known:
+                parts.append(" ".join(f"{k} {stages[k]:.0f}" for k in known) + " ms")
+        if self.capture is not None and not self.capture.ok:
+            parts.append(f"source: {self.capture.status}")
+        if self.peers is not None:
+            parts.append(f"peers {len(self.peers.sessions)}")
+        return " | ".join(parts) or "idle"
+
+    def status(self) -> dict:
+        d = {}
+        if self.pipeline is not None:
+            d["server"] = self.pipeline.stats.snapshot()
+            d["server"]["error"] = self.pipeline.error
+        if self.capture is not None:
+            d["source"] = {"status": self.capture.status, "ok": self.capture.ok,
+                           "captured": self.capture.captured, "reconnects": self.capture.reconnects}
+        return d
+
+    async def close(self) -> None:
+        if self.keys is not None:
+            self.keys.stop()
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.stop)
+        if self.server is not None:
+            await self.server.close()
+        if self.pipeline is not None:
+            self.pipeline.close()     # input closed -> run() ends -> sink channels closed -> sinks close
+        if self.tasks:
+            done, pending = await asyncio.wait(self.tasks, timeout=5)
+            for t in pending:
+                t.cancel()
+        for s in self.sinks:          # sinks whose runner never started
+            if getattr(s, "cam", None) is not None or getattr(s, "_container", None) is not None:
+                await asyncio.to_thread(s.close)
+        if self.printer is not None:
+            await self.printer.stop()
+
+
+async def _live(args, make_reenactor) -> int:
+    loop = asyncio.get_running_loop()
+    size = parse_size(args.size)
+    serve = args.webrtc or args.control
+    source_text = args.source if args.source is not None else (None if args.webrtc else "0")
+    sink_specs = args.sink if args.sink is not None else ([] if args.webrtc else ["vcam"])
+    if serve:
+        from streamer.webapp import check_bind
+        check_bind(args.host, args.token)
+    if source_text is None and sink_specs:
+        raise UserError("--sink needs a --source (with --webrtc alone, browsers bring the camera)")
+    if args.control and source_text is None:
+        raise UserError("--control needs a --source to control")
+    spec = parse_source(source_text, size=size, fps=args.fps, mjpeg=args.mjpeg, live=True,
+                        loop=not args.no_loop) if source_text is not None else None
+    avatars = list_avatars(args.avatar_dir)
+    avatar = getattr(args, "avatar", None)
+
+    sess = LiveSession()
+    sess.printer = StatusPrinter(sess.status_line)
+    say = sess.printer.say
+    stop = asyncio.Event()
+    try:
+        out_size = size or (640, 480)
+        for s in sink_specs:   # open devices/files first: a missing virtual camera fails before model loading
+            sess.sinks.append(open_sink(s, size=out_size, fps=args.fps, live=True,
+                                        vcam_device=args.vcam_device, vcam_backend=args.vcam_backend))
+        if spec is not None:
+            sess.capture = Capture(lambda: open_source(spec), label=spec.label,
+                                   on_status=lambda m: loop.call_soon_threadsafe(say, m))
+            first = await asyncio.to_thread(open_source, spec)   # no camera / bad file: fail now
+            reenactor = await asyncio.to_thread(make_reenactor, avatar)
+            _apply_side_by_side(args, reenactor)
+            cap = sess.capture
+            sess.pipeline = Pipeline(reenactor, idle_size=out_size,
+                                     status_text=lambda: None if cap.ok else f"{cap.label}: {cap.status}")
+            for sink in sess.sinks:
+                ch = sess.pipeline.subscribe(sink.name)
+                sess.tasks.append(asyncio.ensure_future(run_sink(sink, sess.pipeline, ch)))
+            sess.tasks.append(asyncio.ensure_future(sess.pipeline.run()))
+            cap.start(loop, sess.pipeline.input, opened=first)
+            for s in sess.sinks:
+                if getattr(s, "device", None):
+                    say(f"virtual camera: {s.device}")
+        controller = Controller(sess.pipeline, make_reenactor, avatars=avatars, current=avatar) \
+            if sess.pipeline is not None else None
+        if serve:
+            await _serve(sess, args, make_reenactor, controller, avatar, say)
+        if controller is not None:
+            sess.keys = TerminalKeys(controller, stop.set, say)
+            sess.keys.start(loop)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        sess.printer.start()
+        waits = [asyncio.ensure_future(stop.wait())]
+        if sess.pipeline is not None:
+            waits.append(sess.tasks[-1])          # pipeline.run ends when a --no-loop file ends
+        if args.duration is not None:
+            waits.append(asyncio.ensure_future(asyncio.sleep(args.duration)))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            if w not in sess.tasks:
+                w.cancel()
+    finally:
+        await sess.close()
+    if sess.pipeline is not None:
+        say(f"done: {sess.status_line()}")
+    return 0
+
+
+async def _serve(sess: LiveSession, args, make_reenactor, controller, avatar, say) -> None:
+    from streamer.webapp import is_loopback, start_server
+    from streamer.webrtc import allow_loopback_candidates
+
+    if is_loopback(args.host):
+        allow_loopback_candidates()   # so peers on this machine connect even without a network
+    sess.server = await start_server(make_reenactor, host=args.host, port=args.port, token=args.token,
+                                     webrtc=args.webrtc, server_pipeline=sess.pipeline, controller=controller,
+                                     default_avatar=avatar, max_peers=args.max_peers,
+                                     side_by_side=getattr(args, "side_by_side", None), status=sess.status)
+    sess.peers = sess.server.peers
+    url = sess.server.url + "/" + (f"?token={args.token}" if args.token else "")
+    print(f"{'open' if args.webrtc else 'controls at'} {url}", flush=True)

@@ -1,0 +1,214 @@
+"""WebRTC peers (aiortc): each browser either drives its own reenactor with its camera, or watches the
+server's reenacted stream.
+
+Signaling follows aiortc's examples: the page POSTs its offer {sdp, type} and gets the answer
+{sdp, type} (plus `peer`, its session id for controls and hang-up). An offer whose video m-line sends
+(sendrecv/sendonly) gets a session with its own pipeline and its own reenactor from the factory; a
+receive-only offer subscribes to the server pipeline, if the server has a source.
+"""
+from __future__ import annotations
+
+import asyncio
+import fractions
+import secrets
+import time
+from typing import Callable
+
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from engines.errors import UserError
+from streamer.controls import Controller
+from streamer.pipeline import ChannelClosed, Frame, Pipeline
+
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+
+
+def allow_loopback_candidates(only: bool = False) -> None:
+    """aioice leaves 127.0.0.1 out of its host candidates, so two peers on a machine without another
+    interface never connect. Add it (or, with only=True, use nothing else: tests, benchmarks)."""
+    import aioice.ice as ice
+
+    original = getattr(ice.get_host_addresses, "_original", ice.get_host_addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addrs = [] if only else list(original(use_ipv4=use_ipv4, use_ipv6=use_ipv6))
+        if use_ipv4 and "127.0.0.1" not in addrs:
+            addrs.append("127.0.0.1")
+        return addrs
+
+    host_addresses._original = original
+    ice.get_host_addresses = host_addresses
+
+
+def rtc_configuration():
+    """No STUN/TURN servers: aiortc's default is a public STUN server, and nothing here may reach out."""
+    return RTCConfiguration(iceServers=[])
+
+
+class PipelineTrack(MediaStreamTrack):
+    """Outgoing video: the newest frame a pipeline published (size-1 lossy subscription, so a
+    congested encoder skips frames rather than queueing them)."""
+    kind = "video"
+
+    def __init__(self, pipeline: Pipeline, label: str):
+        super().__init__()
+        self.pipeline, self.label = pipeline, label
+        self._ch = pipeline.subscribe(label)
+        self._t0: float | None = None
+        self._last_pts = -1
+        self.frames = 0
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            item = await self._ch.get()
+        except ChannelClosed:
+            self.stop()
+            raise MediaStreamError from None
+        frame = av.VideoFrame.from_ndarray(item.image, format="rgb24")
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now
+        pts = max(int((now - self._t0) * 90000), self._last_pts + 1)
+        frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
+        self._last_pts = pts
+        self.frames += 1
+        self.pipeline.stats.record_publish(item, self.label)   # publish = handed to the encoder
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self.pipeline.unsubscribe(self._ch)
+
+
+class PeerSession:
+    def __init__(self, manager: "PeerManager", pc, peer_id: str):
+        self.manager, self.pc, self.id = manager, pc, peer_id
+        self.mode = "new"          # 'drive' (browser camera -> own reenactor) or 'watch'
+        self.pipeline: Pipeline | None = None
+        self.out = None
+        self.tasks: list[asyncio.Task] = []
+        self.received = 0
+        self.avatar = None
+        self.controls: Controller | None = None
+        self._closed = False
+
+    def start_drive(self, track, reenactor) -> None:
+        self.mode = "drive"
+        self.pipeline = Pipeline(reenactor, name=f"peer-{self.id}",
+                                 status_text=lambda: "waiting for your camera...")
+        self.controls = Controller(self.pipeline, self.manager.make_reenactor, current=self.avatar)
+        self.out = PipelineTrack(self.pipeline, "webrtc")
+        self.pc.addTrack(self.out)
+        self.tasks = [asyncio.ensure_future(self._read(track)), asyncio.ensure_future(self.pipeline.run())]
+
+    def start_watch(self, server: Pipeline) -> None:
+        self.mode = "watch"
+        self.out = PipelineTrack(server, f"webrtc-{self.id}")
+        self.pc.addTrack(self.out)
+
+    async def _read(self, track) -> None:
+        """Drain the incoming track as fast as aiortc decodes (its queue is unbounded), keeping only
+        the newest frame for the reenactor; conversion to RGB happens later, on the worker thread."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            self.pipeline.input.put_nowait(Frame(frame, time.perf_counter(), self.received))
+            self.received += 1
+
+    def snapshot(self) -> dict:
+        d = {"peer": self.id, "mode": self.mode, "state": self.pc.connectionState,
+             "sent": self.out.frames if self.out else 0, "received": self.received}
+        if self.pipeline is not None:
+            d.update(self.pipeline.stats.snapshot())
+        return d
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.manager.sessions.pop(self.id, None)
+        if self.out is not None:
+            self.out.stop()
+        if self.pipeline is not None:
+            self.pipeline.close()
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.pc.close()
+        self.tasks, self.pipeline, self.out, self.controls = [], None, None, None
+
+
+class SignalingError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class PeerManager:
+    """All WebRTC sessions of one server."""
+
+    def __init__(self, make_reenactor: Callable, *, default_avatar=None, server: Pipeline | None = None,
+                 max_peers: int = 8, side_by_side: bool | None = None):
+        self.make_reenactor = make_reenactor
+        self.default_avatar = default_avatar
+        self.server = server
+        self.max_peers = max_peers
+        self.side_by_side = side_by_side
+        self.sessions: dict[str, PeerSession] = {}
+
+    async def offer(self, sdp: str, type_: str, avatar=None) -> dict:
+        if type_ != "offer" or not isinstance(sdp, str) or "m=video" not in sdp:
+            raise SignalingError(400, "expected {sdp, type: 'offer'} with a video m-line")
+        if len(self.sessions) >= self.max_peers:
+            raise SignalingError(503, f"too many peers (max {self.max_peers})")
+        pc = RTCPeerConnection(rtc_configuration())
+        session = PeerSession(self, pc, secrets.token_hex(6))
+        self.sessions[session.id] = session
+        incoming = []
+        pc.on("track", lambda t: incoming.append(t) if t.kind == "video" else None)
+
+        @pc.on("connectionstatechange")
+        async def _state():
+            if pc.connectionState in ("failed", "closed"):
+                await session.close()
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
+            if incoming:
+                session.avatar = avatar or self.default_avatar
+                reenactor = await asyncio.to_thread(self.make_reenactor, session.avatar)
+                if self.side_by_side is not None:
+                    reenactor.side_by_side = self.side_by_side
+                session.start_drive(incoming[0], reenactor)
+            elif self.server is not None:
+                session.start_watch(self.server)
+            else:
+                raise SignalingError(400, "this server has no video source of its own: send your camera "
+                                          "(an offer that sends video), or start it with --source")
+            await pc.setLocalDescription(await pc.createAnswer())
+        except SignalingError:
+            await session.close()
+            raise
+        except UserError as e:
+            await session.close()
+            raise SignalingError(400, str(e)) from None
+        except Exception as e:
+            await session.close()
+            raise SignalingError(400, f"bad offer: {type(e).__name__}: {e}") from None
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "peer": session.id}
+
+    async def close(self, peer_id: str) -> bool:
+        s = self.sessions.get(peer_id)
+        if s is None:
+            return False
+        await s.close()
+        return True
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
