@@ -123,6 +123,8 @@ class Directions(nn.Module):
             raise UserError(f"{path}: not an official A-matrix checkpoint (expected keys 'A_matrix', "
                             "'learned_directions', 'shift_scale', 'num_layers_shift', optional 'shift_dim')")
         sd = ckpt["A_matrix"]
+        if not isinstance(sd, dict):
+            raise UserError(f"{path}: 'A_matrix' must be a state dict with 'linear.weight' and 'linear.bias'")
         w, b = sd.get("linear.weight"), sd.get("linear.bias")
         if w is None or b is None:
             raise UserError(f"{path}: 'A_matrix' must hold 'linear.weight' and 'linear.bias'")
