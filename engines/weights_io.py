@@ -10,6 +10,8 @@ additions for the files of the paper's zoo:
 from __future__ import annotations
 
 import argparse
+import re
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -44,8 +46,21 @@ def read_checkpoint(path: str | Path, what: str):
     if path.is_file() and _looks_like_nvlabs_pickle(path):
         raise UserError(f"{path}: {what} is an NVlabs StyleGAN pickle (dnnlib/torch_utils objects), refused "
                         f"because unpickling runs code; {PKL_ROUTE}")
+    if (path.is_file() and path.suffix != ".safetensors" and not zipfile.is_zipfile(path)
+            and not tarfile.is_tarfile(path)):
+        with open(path, "rb") as f:
+            first = f.read(1)
+        if first != b"\x80":  # not a torch zip archive, nor a legacy tar or pickle stream
+            raise UserError(f"{path}: {what} is corrupt or truncated, or not a PyTorch checkpoint at all")
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return load_torch_file(path, what=what)
+        try:
+            return load_torch_file(path, what=what)
+        except UserError as e:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e.__context__ or ""))
+            if found:  # torch's own message is long and multi-line; name the offending object
+                raise UserError(f"{path}: {what} holds objects other than tensors ({found.group(1)}); refused, "
+                                "because loading it would run code") from None
+            raise
 
 
 def require_dict(obj, path: Path, what: str, layout: str) -> dict:
