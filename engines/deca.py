@@ -10,7 +10,6 @@ its [min, max] (rows 3 and 4..14 of ranges_voxceleb.npy) onto [-6, 6].
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np

@@ -52,7 +52,7 @@ def test_shift_and_A(A):
     assert max_abs_diff(a_shift, npy("outputs/A_shift.npy")) <= 1e-5
 
 
-def test_official_latent_formula():
+def test_official_latent_formula(shared_dir):
     w_s, m, a_shift = npy("inputs/w_source.npy"), npy("inputs/mean_latent.npy"), npy("outputs/A_shift.npy")
     assert OFFICIAL_PSI == 0.7
     w_r = official_latent(w_s, a_shift, m)
