@@ -17,7 +17,8 @@ ROIs are tensors [B, 5] = (centre x, centre y, width, height, rotation in radian
 image; the crop maps crop pixel (u, v) in [0, size]^2 to centre + R(rotation) @ ((u/size - 0.5) * width,
 (v/size - 0.5) * height), exactly like MediaPipe's OpenCV crop, where image pixel i sits at coordinate i.
 MediaPipe's normalized landmark (x, y, z) is (x * W, y * H, z * W) in these pixel units (see
-uncrop_landmarks for one quirk of its z scale).
+uncrop_landmarks for one quirk of its z scale). The first ROI of a clip comes from the face detector
+(engines/facedetector.py: FaceDetectorNet(image)[i]['rois']); later ones from `roi_from_landmarks`.
 """
 from __future__ import annotations
 

@@ -158,6 +158,8 @@ class TFLiteModule(nn.Module):
         self.channels_last = True  # run NCHW-indexed tensors with NHWC memory (see forward)
         for i in g.inputs:
             self._layout[i] = _NCHW if (nchw_inputs and len(g.shapes[i]) == 4) else _TF
+        # Steps are (fn(module, env), inputs, output); they reach constants through the module they
+        # are given, never a captured one, so deepcopy/.to() copies stay independent.
         self._steps = []
         for idx, (name, ins, outs, opt) in enumerate(g.ops):
             self._steps.append(self._build(idx, name, ins, outs, opt))
@@ -207,8 +209,9 @@ class TFLiteModule(nn.Module):
                 g.const[out] = g.const[ins[0]].astype(np.float32)
                 self._const_ids.add(out)
                 return None
+            # an fp16 activation: torch keeps the module's one float dtype throughout
             self._layout[out] = self._layout[ins[0]]
-            return (lambda env, i=ins[0]: env[i].float()), [ins[0]], out
+            return (lambda m, env, i=ins[0]: env[i]), [ins[0]], out
 
         if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             return self._build_conv(name, ins, out, opt)
@@ -223,7 +226,7 @@ class TFLiteModule(nn.Module):
             act = _activation(opt["act"])
             k, s = (opt["kh"], opt["kw"]), (opt["sh"], opt["sw"])
 
-            def pool(x):
+            def pool(m, x):
                 if any(pads):
                     x = F.pad(x, pads, value=float("-inf"))
                 y = F.max_pool2d(x, k, s)
@@ -236,9 +239,9 @@ class TFLiteModule(nn.Module):
                 raise NotImplementedError("PAD on the batch axis")
             if len(g.shapes[ins[0]]) == 4 and self._layout.get(ins[0]) == _NCHW:
                 pads = (int(p[2, 0]), int(p[2, 1]), int(p[1, 0]), int(p[1, 1]), int(p[3, 0]), int(p[3, 1]))
-                return self._unary(ins[0], out, lambda x: F.pad(x, pads), want=_NCHW)
+                return self._unary(ins[0], out, lambda m, x: F.pad(x, pads), want=_NCHW)
             pads = tuple(int(v) for row in p[::-1] for v in row)
-            return self._unary(ins[0], out, lambda x: F.pad(x, pads), want=_TF)
+            return self._unary(ins[0], out, lambda m, x: F.pad(x, pads), want=_TF)
 
         if name == "PRELU":
             lay = self._layout[ins[0]]
@@ -246,14 +249,14 @@ class TFLiteModule(nn.Module):
             channels = g.shapes[ins[0]][-1]
             if lay == _NCHW and int(np.prod(alpha_shape)) == channels and alpha_shape[-1] == channels:
                 a = self._const(ins[1], "flat", param=True)  # per-channel: torch's fused kernel
-                return self._unary(ins[0], out, lambda x: F.prelu(x, getattr(self, a)), want=lay)
+                return self._unary(ins[0], out, lambda m, x: F.prelu(x, getattr(m, a)), want=lay)
             a = self._const(ins[1], "nchw" if lay == _NCHW else "raw", param=True)
-            return self._unary(ins[0], out, lambda x: torch.where(x >= 0, x, x * getattr(self, a)), want=lay)
+            return self._unary(ins[0], out, lambda m, x: torch.where(x >= 0, x, x * getattr(m, a)), want=lay)
 
         simple = {"LOGISTIC": torch.sigmoid, "RELU": F.relu, "NEG": torch.neg, "SQRT": torch.sqrt,
                   "RSQRT": torch.rsqrt}
         if name in simple:
-            return self._unary(ins[0], out, simple[name], want=self._layout[ins[0]])
+            return self._unary(ins[0], out, lambda m, x, f=simple[name]: f(x), want=self._layout[ins[0]])
 
         if name in ("ADD", "SUB", "MUL", "DIV", "SQUARED_DIFFERENCE"):
             return self._build_binary(name, ins, out, opt)
@@ -267,18 +270,18 @@ class TFLiteModule(nn.Module):
                 raise NotImplementedError(f"{name} over the batch axis")
             fn = torch.mean if name == "MEAN" else torch.sum
             keep = opt["keep"]
-            return self._unary(ins[0], out, lambda x: fn(x, dim=axes, keepdim=keep), want=_TF)
+            return self._unary(ins[0], out, lambda m, x: fn(x, dim=axes, keepdim=keep), want=_TF)
 
         if name == "RESHAPE":
-            shape = tuple(self._ints(ins[1])) if len(ins) > 1 else g.shapes[out]
+            shape = tuple(self._ints(ins[1])) if len(ins) > 1 and self._is_const(ins[1]) else g.shapes[out]
             rest = tuple(shape[1:])
-            return self._unary(ins[0], out, lambda x: x.reshape((x.shape[0],) + rest), want=_TF)
+            return self._unary(ins[0], out, lambda m, x: x.reshape((x.shape[0],) + rest), want=_TF)
 
         if name == "TRANSPOSE":
             perm = tuple(self._ints(ins[1]))
             if perm[0] != 0:
                 raise NotImplementedError("TRANSPOSE that moves the batch axis")
-            return self._unary(ins[0], out, lambda x: x.permute(perm), want=_TF)
+            return self._unary(ins[0], out, lambda m, x: x.permute(perm), want=_TF)
 
         if name == "STRIDED_SLICE":
             return self._build_slice(ins, out, opt)
@@ -286,20 +289,20 @@ class TFLiteModule(nn.Module):
         raise NotImplementedError(name)
 
     def _fetch(self, tid: int, want: str):
-        """A getter env -> tensor `tid` in layout `want` (constants read from self)."""
+        """A getter (module, env) -> tensor `tid` in layout `want` (constants read from the module)."""
         if self._is_const(tid):
             attr = self._const(tid, "nchw" if want == _NCHW else "raw")
-            return lambda env: getattr(self, attr)
+            return lambda m, env: getattr(m, attr)
         have = self._layout[tid]
         if have == want:
-            return lambda env: env[tid]
+            return lambda m, env: env[tid]
         conv = _to_nchw if want == _NCHW else _to_tf
-        return lambda env: conv(env[tid])
+        return lambda m, env: conv(env[tid])
 
     def _unary(self, src, out, fn, want):
         get = self._fetch(src, want)
         self._layout[out] = want
-        return (lambda env: fn(get(env))), [src], out
+        return (lambda m, env: fn(m, get(m, env))), [src], out
 
     def _build_conv(self, name, ins, out, opt):
         g = self._g
@@ -313,8 +316,8 @@ class TFLiteModule(nn.Module):
                 and self._layout.get(ins[0], _TF) == _TF and not self._is_const(ins[0])):
             w = self._const(ins[1], "linear", param=True)
 
-            def linear(x):
-                y = F.linear(x, getattr(self, w), getattr(self, b) if b else None)
+            def linear(m, x):
+                y = F.linear(x, getattr(m, w), getattr(m, b) if b else None)
                 return act(y) if act else y
             return self._unary(ins[0], out, linear, want=_TF)
 
@@ -335,10 +338,10 @@ class TFLiteModule(nn.Module):
                 raise NotImplementedError("depthwise weight/channel mismatch")
             w, groups = self._const(ins[1], "dw", param=True), channels
 
-        def conv(x):
+        def conv(m, x):
             if pre_pad:
                 x = F.pad(x, pre_pad)
-            y = F.conv2d(x, getattr(self, w), getattr(self, b) if b else None, stride, pad_args, dil, groups)
+            y = F.conv2d(x, getattr(m, w), getattr(m, b) if b else None, stride, pad_args, dil, groups)
             return act(y) if act else y
         return self._unary(ins[0], out, conv, want=_NCHW)
 
@@ -355,8 +358,8 @@ class TFLiteModule(nn.Module):
               "SQUARED_DIFFERENCE": lambda a, b: (a - b).square()}[name]
         self._layout[out] = want
 
-        def binary(env):
-            y = fn(ga(env), gb(env))
+        def binary(m, env):
+            y = fn(ga(m, env), gb(m, env))
             return act(y) if act else y
         return binary, ins, out
 
@@ -375,8 +378,8 @@ class TFLiteModule(nn.Module):
         act = _activation(opt["act"])
         self._layout[out] = want
 
-        def concat(env):
-            xs = [get(env) for get in getters]
+        def concat(m, env):
+            xs = [get(m, env) for get in getters]
             batch = max(x.shape[0] for x in xs)
             xs = [x.expand((batch,) + tuple(x.shape[1:])) if x.shape[0] != batch else x for x in xs]
             y = torch.cat(xs, dim=axis)
@@ -403,7 +406,7 @@ class TFLiteModule(nn.Module):
                 index.append(slice(b, e, s))
         index = tuple(index)
         squeeze = tuple(squeeze)
-        return self._unary(ins[0], out, lambda x: x[index].squeeze(squeeze) if squeeze else x[index], want=_TF)
+        return self._unary(ins[0], out, lambda m, x: x[index].squeeze(squeeze) if squeeze else x[index], want=_TF)
 
     # ---- run ---------------------------------------------------------------------------------
     def forward(self, *inputs: torch.Tensor):
@@ -418,7 +421,7 @@ class TFLiteModule(nn.Module):
             if step is None:
                 continue
             fn, _, out = step
-            env[out] = fn(env)
+            env[out] = fn(self, env)
         res = []
         for i in self.output_ids:
             x = env[i]
