@@ -32,6 +32,9 @@ class Controller:
         self.pipeline, self.make_reenactor = pipeline, make_reenactor
         self.avatars = [Path(a) for a in avatars]
         self.current = current
+        # the 'a' key cycles through the starting avatar (None: the engine's default) and the folder
+        start = None if current is None else Path(current)
+        self._cycle = ([start] if start not in self.avatars else []) + self.avatars
 
     async def handle(self, action: str, **kw) -> str:
         if action == "reset":
@@ -53,13 +56,11 @@ class Controller:
         return f"avatar: {Path(path).name if path else 'default'}"
 
     async def next_avatar(self) -> str:
-        choices = ([None] if self.current is None or Path(self.current) not in self.avatars else []) + \
-            self.avatars
-        if len(choices) < 2:
+        if len(self._cycle) < 2:
             return "no other avatars (give --avatar-dir DIR, or upload one on the web page)"
         cur = None if self.current is None else Path(self.current)
-        i = choices.index(cur) if cur in choices else -1
-        return await self.set_avatar(choices[(i + 1) % len(choices)])
+        i = self._cycle.index(cur) if cur in self._cycle else -1
+        return await self.set_avatar(self._cycle[(i + 1) % len(self._cycle)])
 
 
 class TerminalKeys:
@@ -71,6 +72,7 @@ class TerminalKeys:
         self.stream = stream or sys.stdin
         self._saved = None
         self._loop = None
+        self._pending: set[asyncio.Task] = set()   # keep references: the loop holds tasks only weakly
 
     def start(self, loop: asyncio.AbstractEventLoop) -> bool:
         try:
@@ -92,14 +94,20 @@ class TerminalKeys:
         return True
 
     def _on_input(self) -> None:
-        key = self.stream.read(1)
-        action = {"r": "reset", "s": "side_by_side", "a": "next_avatar"}.get(key.lower() if key else "")
-        if key in ("q", "Q", "\x04", ""):
-            self.on_quit()
-        elif key == "?":
-            self.say(KEYS_HELP)
-        elif action:
-            asyncio.ensure_future(self._run(action))
+        import os
+
+        # os.read, not stream.read: a buffered read could keep keys where the loop reader never sees them
+        data = os.read(self.stream.fileno(), 64).decode(errors="ignore")
+        for key in data or "\x04":            # b"": end of input, like ctrl-D
+            action = {"r": "reset", "s": "side_by_side", "a": "next_avatar"}.get(key.lower())
+            if key in ("q", "Q", "\x04"):
+                self.on_quit()
+            elif key == "?":
+                self.say(KEYS_HELP)
+            elif action:
+                task = asyncio.ensure_future(self._run(action))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
 
     async def _run(self, action: str) -> None:
         try:

@@ -247,7 +247,7 @@ async def _live(args, make_reenactor) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError):
+            except (NotImplementedError, RuntimeError, ValueError):   # Windows; not the main thread
                 pass
         sess.printer.start()
         waits = [asyncio.ensure_future(stop.wait())]

@@ -1,0 +1,38 @@
+"""Helpers shared by the tests/test_stream_*.py files."""
+import contextlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture
+def loopback_ice(monkeypatch):
+    """aioice leaves 127.0.0.1 out of its host candidates: pin them to loopback for the test."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+@contextlib.asynccontextmanager
+async def served(make_reenactor, **kw):
+    from streamer.webapp import start_server
+
+    server = await start_server(make_reenactor, **kw)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def png_bytes(seed: int, size=(96, 96), fmt="PNG") -> bytes:
+    img = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def psnr(a, b) -> float:
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
