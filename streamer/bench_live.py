@@ -31,10 +31,10 @@ def _pcts(values) -> tuple[float | None, float | None]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 95))
 
 
-def load_factory(spec: str | None):
+def load_factory(spec: str | None, fake_delay_ms: float = 0.0):
     if not spec:
-        from streamer.fakes import make_fake_reenactor
-        return make_fake_reenactor
+        from streamer.fakes import FakeReenactor
+        return lambda avatar: FakeReenactor(avatar, delay_s=fake_delay_ms / 1000.0)
     mod, _, fn = spec.partition(":")
     return getattr(importlib.import_module(mod), fn or "make_reenactor")
 
@@ -126,9 +126,20 @@ def _fmt(v) -> str:
     return "  n/a" if v is None else f"{v:5.1f}"
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def report(results: list[dict]) -> str:
-    lines = [f"machine: {platform.node()} | {platform.processor() or platform.machine()} | "
-             f"{os.cpu_count()} CPUs | python {platform.python_version()}"]
+    lines = [f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} | python "
+             f"{platform.python_version()} | load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg")
+             else f"machine: {cpu_model()}, {os.cpu_count()} CPUs"]
     for r in results:
         fps = [p["fps"] for p in r["per_peer"]]
         rt50 = [p["roundtrip_ms_p50"] for p in r["per_peer"] if p["roundtrip_ms_p50"] is not None]
@@ -150,11 +161,13 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="640x360", help="synthetic camera size WxH")
     ap.add_argument("--factory", default=None,
                     help="MODULE:FUNCTION returning a reenactor for an avatar (default: the fast fake)")
+    ap.add_argument("--fake-delay-ms", type=float, default=0.0,
+                    help="make the default fake engine sleep this long per frame (a heavier engine)")
     ap.add_argument("--avatar", default=None)
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     a = ap.parse_args(argv)
     w, h = (int(v) for v in a.size.split("x"))
-    results = bench(load_factory(a.factory), peers=a.peers, seconds=a.seconds, warmup=a.warmup, fps=a.fps,
+    results = bench(load_factory(a.factory, a.fake_delay_ms), peers=a.peers, seconds=a.seconds, warmup=a.warmup, fps=a.fps,
                     size=(w, h), avatar=a.avatar)
     print(report(results))
     if a.json:

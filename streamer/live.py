@@ -33,7 +33,7 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-loop", action="store_true", help="live mode: stop at the end of a file source")
     g.add_argument("--realtime", action="store_true", help="file -> file: pace to the clip's frame rate "
                                                            "like a camera (default: every frame, unpaced)")
-    g.add_argument("--sink", action="append", default=None, metavar="vcam|FILE.mp4|none",
+    g.add_argument("--sink", action="append", default=None, metavar="vcam|vcam:DEVICE|FILE.mp4|none",
                    help="where frames go; repeatable (default: vcam; with --webrtc: only the browsers)")
     g.add_argument("--vcam-device", default=None, help="virtual camera device (e.g. /dev/video10)")
     g.add_argument("--vcam-backend", default=None, help="pyvirtualcam backend (v4l2loopback, obs, unitycapture)")
@@ -53,7 +53,7 @@ def is_offline(args) -> bool:
     src, sinks = getattr(args, "source", None), getattr(args, "sink", None) or []
     if args.webrtc or args.control or args.realtime or src is None or not sinks:
         return False
-    return Path(src).suffix.lower() in VIDEO_SUFFIXES and all(s not in ("vcam",) for s in sinks)
+    return Path(src).suffix.lower() in VIDEO_SUFFIXES and all(s != "vcam" and not s.startswith("vcam:") for s in sinks)
 
 
 def run_live(args, make_reenactor: Callable) -> int:
@@ -224,7 +224,11 @@ async def _live(args, make_reenactor) -> int:
             sess.capture = Capture(lambda: open_source(spec), label=spec.label,
                                    on_status=lambda m: loop.call_soon_threadsafe(say, m))
             first = await asyncio.to_thread(open_source, spec)   # no camera / bad file: fail now
-            reenactor = await asyncio.to_thread(make_reenactor, avatar)
+            try:
+                reenactor = await asyncio.to_thread(make_reenactor, avatar)
+            except BaseException:
+                first.close()
+                raise
             _apply_side_by_side(args, reenactor)
             cap = sess.capture
             sess.pipeline = Pipeline(reenactor, idle_size=out_size,

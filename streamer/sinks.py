@@ -162,9 +162,13 @@ class NullSink:
 
 def open_sink(spec: str, *, size: tuple[int, int], fps: float, live: bool = True,
               vcam_device: str | None = None, vcam_backend: str | None = None):
-    """--sink value -> sink object: 'vcam', 'none', or a video file path."""
-    if spec == "vcam":
-        return VirtualCameraSink(size[0], size[1], fps, device=vcam_device, backend=vcam_backend)
+    """--sink value -> sink object: 'vcam', 'vcam:DEVICE', 'none', or a video file path."""
+    if spec == "vcam" or spec.startswith("vcam:"):
+        device = (spec[len("vcam:"):] or None) if spec.startswith("vcam:") else vcam_device
+        sink = VirtualCameraSink(size[0], size[1], fps, device=device, backend=vcam_backend)
+        if spec.startswith("vcam:"):
+            sink.name = spec
+        return sink
     if spec == "none":
         return NullSink()
     return FileSink(spec, fps, live=live)

@@ -73,6 +73,17 @@ def test_vcam_sink_sends_rgb_letterboxed_frames(test_backends):
     assert np.all(got[1][:, :8] == 0) and np.all(got[1][:, -8:] == 0) and np.all(got[1][:, 8:56] == 200)
 
 
+def test_two_vcam_sinks_by_device(test_backends):
+    from streamer.sinks import open_sink
+
+    a = open_sink("vcam:/dev/video10", size=(64, 48), fps=30, vcam_backend="recording")
+    b = open_sink("vcam:/dev/video11", size=(64, 48), fps=30, vcam_backend="recording")
+    assert (a.name, a.device, b.name, b.device) == ("vcam:/dev/video10", "/dev/video10",
+                                                    "vcam:/dev/video11", "/dev/video11")
+    a.close()
+    b.close()
+
+
 def test_letterbox_keeps_aspect():
     img = np.full((100, 200, 3), 255, np.uint8)
     out = letterbox(img, 200, 200)
