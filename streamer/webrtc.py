@@ -15,6 +15,7 @@ import time
 from typing import Callable
 
 import av
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -68,7 +69,9 @@ class PipelineTrack(MediaStreamTrack):
         except ChannelClosed:
             self.stop()
             raise MediaStreamError from None
-        frame = av.VideoFrame.from_ndarray(item.image, format="rgb24")
+        img = item.image
+        h, w = img.shape[0] & ~1, img.shape[1] & ~1        # yuv420 encoders want even sizes
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:h, :w]), format="rgb24")
         now = time.perf_counter()
         if self._t0 is None:
             self._t0 = now
@@ -94,6 +97,7 @@ class PeerSession:
         self.received = 0
         self.avatar = None
         self.controls: Controller | None = None
+        self.deadline: asyncio.Task | None = None
         self._closed = False
 
     def start_drive(self, track, reenactor) -> None:
@@ -133,6 +137,8 @@ class PeerSession:
             return
         self._closed = True
         self.manager.sessions.pop(self.id, None)
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.out is not None:
             self.out.stop()
         if self.pipeline is not None:
@@ -154,8 +160,9 @@ class PeerManager:
     """All WebRTC sessions of one server."""
 
     def __init__(self, make_reenactor: Callable, *, default_avatar=None, server: Pipeline | None = None,
-                 max_peers: int = 8, side_by_side: bool | None = None):
+                 max_peers: int = 8, side_by_side: bool | None = None, connect_timeout_s: float = 30.0):
         self.make_reenactor = make_reenactor
+        self.connect_timeout_s = connect_timeout_s
         self.default_avatar = default_avatar
         self.server = server
         self.max_peers = max_peers
@@ -175,8 +182,18 @@ class PeerManager:
 
         @pc.on("connectionstatechange")
         async def _state():
+            if pc.connectionState == "connected" and session.deadline is not None:
+                session.deadline.cancel()
+                session.deadline = None
             if pc.connectionState in ("failed", "closed"):
                 await session.close()
+
+        async def _setup_deadline():
+            # a peer that never connects must not hold its engine until ICE gives up on its own
+            await asyncio.sleep(self.connect_timeout_s)
+            session.deadline = None
+            await session.close()
+        session.deadline = asyncio.ensure_future(_setup_deadline())
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))

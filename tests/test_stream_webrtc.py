@@ -258,3 +258,28 @@ def test_peer_limit(loopback_ice, clip):
             await a.close()
 
     asyncio.run(main())
+
+
+def test_peer_that_never_connects_is_dropped(clip):
+    from aiortc import RTCPeerConnection
+
+    from streamer.webrtc import rtc_configuration
+
+    async def main():
+        async with served(make_fake_reenactor) as srv, aiohttp.ClientSession() as http:
+            srv.peers.connect_timeout_s = 0.5
+            pc = RTCPeerConnection(rtc_configuration())
+            pc.addTrack(StampedCameraTrack(clip))
+            await pc.setLocalDescription(await pc.createOffer())
+            body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+            async with http.post(f"{srv.url}/offer", json=body) as r:
+                assert r.status == 200
+            await pc.close()                     # the answer is never applied: no ICE, no DTLS
+            held = len(srv.peers.sessions)
+            for _ in range(100):
+                if not srv.peers.sessions:
+                    break
+                await asyncio.sleep(0.05)
+            return held, len(srv.peers.sessions)
+
+    assert asyncio.run(main()) == (1, 0)
