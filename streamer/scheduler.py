@@ -1,0 +1,331 @@
+"""Micro-batching across sessions: several streams share one model stage (one GPU) within a latency budget.
+
+    sched = MicroBatchScheduler(runner.run, max_batch=8, budget_ms=33)
+    session = ModelSession(sched, runner, source, p_source, tuned=pack.tuned)   # one per stream
+    out = session.process(frame)          # blocking: the Reenactor shape (streamer.api)
+
+The scheduler's worker thread takes the oldest queued frame, then waits for companions until either
+`max_batch` frames are queued or the oldest one's deadline comes: arrival + budget - the expected run
+time of a batch of that size (an average of past runs per size). It runs ONE batch, hands each result
+back to its session's future, and repeats. A session never has two frames queued: a newer frame
+replaces the queued one (its caller gets `Dropped`), as the live pipeline's newest-wins channels do.
+
+`StageRunner` adapts an engines.frame_stage stage to this: it stacks the sessions' inputs, pads the
+batch up to a fixed size when the engine needs static shapes (CUDA graphs, TensorRT, compiled), runs
+one engine per batch size (built lazily by engines.compile.build_engine), and splits the outputs.
+Avatars live in the stage's AvatarBank: `add_avatar(tuned) -> slot`; samples gather their own tuned
+weights by slot inside the batch, so no generator is copied per session or per frame.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+import torch
+
+from streamer.api import Output
+
+
+class Dropped(Exception):
+    """The frame was replaced by a newer one from the same session before it ran."""
+
+
+@dataclass
+class _Request:
+    session: Hashable
+    item: Any
+    t_submit: float
+    future: concurrent.futures.Future
+
+
+@dataclass
+class SchedulerStats:
+    batches: int = 0
+    frames: int = 0
+    dropped: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+    run_ms: dict[int, float] = field(default_factory=dict)  # running mean per batch size
+
+    def mean_batch(self) -> float:
+        return self.frames / self.batches if self.batches else 0.0
+
+
+class MicroBatchScheduler:
+    def __init__(self, run_batch: Callable[[list], list], max_batch: int = 8, budget_ms: float = 33.0,
+                 clock: Callable[[], float] = time.perf_counter, name: str = "model-scheduler"):
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.budget = budget_ms / 1000.0
+        self.clock = clock
+        self.stats = SchedulerStats()
+        self._queue: deque[_Request] = deque()
+        self._by_session: dict[Hashable, _Request] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # -- client side -----------------------------------------------------------------------------
+    def submit(self, session: Hashable, item) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("scheduler is closed")
+            old = self._by_session.pop(session, None)
+            if old is not None:  # newest wins: the older frame never runs
+                self._queue.remove(old)
+                self.stats.dropped += 1
+                old.future.set_exception(Dropped())
+            req = _Request(session, item, self.clock(), fut)
+            self._queue.append(req)
+            self._by_session[session] = req
+            self._cond.notify()
+        return fut
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- worker side -----------------------------------------------------------------------------
+    def expected_run(self, n: int) -> float:
+        """Seconds a batch of n is expected to take: its own mean, else the nearest larger/smaller."""
+        known = self.stats.run_ms
+        if not known:
+            return 0.0
+        if n in known:
+            return known[n] / 1000.0
+        larger = [k for k in known if k > n]
+        k = min(larger) if larger else max(known)
+        return known[k] / 1000.0
+
+    def _deadline(self) -> float:
+        n = min(len(self._queue) + 1, self.max_batch)  # what one more companion would cost
+        return self._queue[0].t_submit + max(0.0, self.budget - self.expected_run(n))
+
+    def _take(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed and not self._queue:
+                return None
+            while len(self._queue) < self.max_batch and not self._closed:
+                wait = self._deadline() - self.clock()
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            for r in batch:
+                self._by_session.pop(r.session, None)
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            t0 = self.clock()
+            try:
+                results = self.run_batch([r.item for r in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"run_batch returned {len(results)} results for {len(live)} items")
+            except BaseException as e:  # every waiting session learns of the failure
+                for r in live:
+                    r.future.set_exception(e)
+                continue
+            ms = (self.clock() - t0) * 1000.0
+            n = len(live)
+            st = self.stats
+            st.batches += 1
+            st.frames += n
+            st.sizes[n] = st.sizes.get(n, 0) + 1
+            prev = st.run_ms.get(n)
+            st.run_ms[n] = ms if prev is None else 0.8 * prev + 0.2 * ms
+            for r, res in zip(live, results):
+                r.future.set_result(res)
+
+
+# -- the frame stage as a batch function ----------------------------------------------------------------
+@dataclass
+class StageRequest:
+    frame: torch.Tensor     # uint8 [H, W, 3] (any device)
+    roi: torch.Tensor       # [5]
+    source: torch.Tensor    # the session's source code, [*latent_shape]
+    p_ref: torch.Tensor     # [K] normalised
+    slot: int
+
+
+@dataclass
+class StageResult:
+    image: np.ndarray       # uint8 [R, R, 3]
+    presence: float
+    roi_next: torch.Tensor  # [5], on the stage's device
+    p: torch.Tensor         # [K] normalised, on the stage's device
+
+
+STATIC_BACKENDS = ("tensorrt", "compile", "cuda-graph")
+
+
+class StageRunner:
+    """Runs an engines.frame_stage stage on a list of StageRequests as one batch."""
+
+    def __init__(self, stage, device="cpu", buckets: Sequence[int] = (1, 2, 4, 8, 16),
+                 prefer: Sequence[str] | None = None, dtype: torch.dtype = torch.float32,
+                 frame_hw: tuple[int, int] | None = None, log: Callable[[str], Any] | None = print):
+        self.stage = stage
+        self.device = torch.device(device)
+        self.buckets = tuple(sorted(buckets))
+        self.prefer = tuple(prefer) if prefer else (("eager",) if self.device.type == "cpu" else
+                                                    ("tensorrt", "cuda-graph", "eager"))
+        self.dtype = dtype
+        self.frame_hw = frame_hw
+        self.log = log
+        self.engines: dict[int, tuple[Callable, Any]] = {}
+        self._lock = threading.Lock()
+        self._free_slots = list(range(stage.bank.slots - 1, 0, -1))
+
+    @property
+    def static(self) -> bool:
+        return any(b in STATIC_BACKENDS for b in self.prefer)
+
+    # -- avatars ----------------------------------------------------------------------------------
+    def add_avatar(self, tuned: dict[str, torch.Tensor] | None) -> int:
+        """Load an avatar's tuned weights into a free bank slot; 0 (the base weights) if untuned."""
+        if not tuned:
+            return 0
+        with self._lock:
+            if not self._free_slots:
+                raise RuntimeError(f"all {self.stage.bank.slots - 1} avatar slots are in use")
+            slot = self._free_slots.pop()
+        self.stage.bank.set(slot, {k: v.to(self.device) for k, v in tuned.items()})
+        return slot
+
+    def remove_avatar(self, slot: int) -> None:
+        if slot:
+            self.stage.bank.reset(slot)
+            with self._lock:
+                self._free_slots.append(slot)
+
+    def normalise(self, p_raw) -> torch.Tensor:
+        d = self.stage.directions
+        return d.normalise(torch.as_tensor(p_raw, dtype=torch.float32, device=self.device)).reshape(-1)
+
+    # -- engines ----------------------------------------------------------------------------------
+    def bucket(self, n: int) -> int:
+        if not self.static:
+            return n
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise ValueError(f"batch of {n} exceeds the largest bucket {self.buckets[-1]}")
+
+    def engine(self, n: int, frame_hw: tuple[int, int]):
+        key = (n, frame_hw)
+        if key not in self.engines:
+            if self.static:
+                from engines.compile import build_engine
+                ex = self.stage.example_inputs(n, self.device, frame_hw)
+                chk = self.stage.example_inputs(n, self.device, frame_hw, seed=1)
+                self.engines[key] = build_engine(self.stage, ex, self.device, self.dtype, self.prefer,
+                                                 check_inputs=[chk], name=f"frame-stage b{n}", log=self.log)
+            else:
+                mod = self.stage if self.dtype == torch.float32 else self.stage.with_precision(self.dtype)
+                self.engines[key] = (_no_grad(mod), None)
+        return self.engines[key][0]
+
+    def run(self, items: list[StageRequest]) -> list[StageResult]:
+        n = len(items)
+        b = self.bucket(n)
+        pad = items + [items[-1]] * (b - n)  # padded rows repeat the last request; results dropped
+        dev = self.device
+        frame = torch.stack([torch.as_tensor(r.frame) for r in pad]).to(dev, non_blocking=True)
+        roi = torch.stack([r.roi.to(dev) for r in pad]).float()
+        source = torch.stack([r.source.to(dev) for r in pad]).float()
+        p_ref = torch.stack([r.p_ref.to(dev) for r in pad]).float()
+        slot = torch.tensor([r.slot for r in pad], device=dev)
+        out = self.engine(b, tuple(frame.shape[1:3]))(frame, roi, source, p_ref, slot)
+        images = out["image"][:n].cpu().numpy()
+        presence = out["presence"][:n].float().cpu().tolist()
+        return [StageResult(images[i], presence[i], out["roi_next"][i], out["p"][i]) for i in range(n)]
+
+
+def _no_grad(fn):
+    def run(*args):
+        with torch.no_grad():
+            return fn(*args)
+    return run
+
+
+class ModelSession:
+    """One stream on a shared stage: face tracker, avatar slot, source code and reference p.
+
+    process(image uint8 HxWx3) -> streamer.api.Output (blocking). mode 'absolute' drives the avatar
+    to the driver's p (official: dp = p_t - p_source); 'relative' moves it by the driver's change
+    from its first face frame (dp = p_t - p_t0; reset_reference() takes a new p_t0)."""
+
+    side_by_side = False
+
+    def __init__(self, scheduler: MicroBatchScheduler, runner: StageRunner, source: torch.Tensor,
+                 p_source, tuned: dict | None = None, detector=None, mode: str = "absolute"):
+        from engines.frame_stage import FaceTracker
+        if mode not in ("absolute", "relative"):
+            raise ValueError("mode must be 'absolute' or 'relative'")
+        self.scheduler, self.runner, self.mode = scheduler, runner, mode
+        self.source = torch.as_tensor(source, dtype=torch.float32).to(runner.device).reshape(
+            runner.stage.source_shape)
+        self.p_source = runner.normalise(p_source)
+        self.p_ref = self.p_source
+        self._take_reference = mode == "relative"
+        self.slot = runner.add_avatar(tuned)
+        self.tracker = FaceTracker(detector)
+        self.last_image: np.ndarray | None = None
+        self.frames = 0
+
+    def reset_reference(self) -> None:
+        self._take_reference = True
+
+    def process(self, image: np.ndarray) -> Output:
+        t0 = time.perf_counter()
+        frame = torch.from_numpy(np.ascontiguousarray(image))
+        roi = self.tracker.roi_for(frame.to(self.runner.device))
+        t_detect = time.perf_counter()
+        if roi is None:
+            return self._no_face(t0, t_detect)
+        req = StageRequest(frame, roi, self.source, self.p_ref, self.slot)
+        res: StageResult = self.scheduler.submit(id(self), req).result()
+        t_done = time.perf_counter()
+        face = self.tracker.update(res.presence, res.roi_next)
+        if face and self._take_reference:
+            self.p_ref, self._take_reference = res.p.clone(), False
+        if face or self.last_image is None:
+            self.last_image = res.image
+        self.frames += 1
+        return Output(self.last_image, face, {"detect": (t_detect - t0) * 1000, "model": (t_done - t_detect) * 1000})
+
+    def _no_face(self, t0, t_detect) -> Output:
+        img = self.last_image
+        if img is None:
+            side = self.runner.stage.synth.g.resolution
+            img = np.zeros((side, side, 3), np.uint8)
+        return Output(img, False, {"detect": (t_detect - t0) * 1000})
+
+    def close(self) -> None:
+        self.runner.remove_avatar(self.slot)
+        self.slot = 0
