@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import main_guard
+from engines.errors import UserError, main_guard
 from engines.zoo import load_zoo
 
+from .baseline import fit_least_squares
 from .sampling import Pool, sample_pool
 
 LO_Q, HI_Q = 1.0, 99.0
@@ -31,6 +32,19 @@ def compute_stats(pool: Pool, names: list[str]) -> dict:
     return {"n": int(len(pool.detected)), "detected": int(pool.detected.sum()),
             "detection_rate": float(pool.detected.mean()), "percentiles": [LO_Q, HI_Q],
             "params": params}
+
+
+def crop_recipe(pool: Pool, resolution: int) -> dict:
+    """The official crop recipe's constants that reproduce the generator's own framing (medians over
+    the samples): box side = factor * landmark extent, centre = landmark-box centre moved up/right."""
+    from engines.views import view_to_image_px
+    xy = view_to_image_px(pool.landmarks[pool.detected][..., :2], resolution)
+    lo, hi = xy.min(1), xy.max(1)
+    centre = (lo + hi) / 2
+    half = resolution / 2
+    return {"extent_factor": float(np.median(resolution / (hi - lo).max(1))),
+            "shift_up": float(np.median((centre[:, 1] - half) / resolution)),
+            "shift_right": float(np.median((half - centre[:, 0]) / resolution))}
 
 
 def plot_histograms(pool: Pool, names: list[str], stats: dict, path: Path) -> None:
@@ -70,11 +84,20 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     zoo = load_zoo(args.zoo, args.weights)
     pool = sample_pool(zoo.generator, args.n, args.seed)
+    if pool.detected.sum() < max(10, len(zoo.param_names) * 3):
+        raise UserError(f"Net3D found a face in only {pool.detected.sum()} of {args.n} samples; "
+                        "too few for statistics")
     stats = compute_stats(pool, zoo.param_names)
-    stats.update(zoo=args.zoo, seed=args.seed)
+    stats.update(zoo=args.zoo, seed=args.seed,
+                 crop_recipe=crop_recipe(pool, zoo.generator.resolution))
     pool.save(out / "pool.npz")
     (out / "stats.json").write_text(json.dumps(stats, indent=1))
     plot_histograms(pool, zoo.param_names, stats, out / "stats_hist.png")
+    lo = np.array([stats["params"][n]["lo"] for n in zoo.param_names])
+    hi = np.array([stats["params"][n]["hi"] for n in zoo.param_names])
+    ls, r2 = fit_least_squares(pool, lo, hi, zoo.param_names, args.zoo)
+    ls.save(out / "least_squares.safetensors", {"r2": [round(float(v), 4) for v in r2]})
+    print("least-squares z->p fit R^2: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(zoo.param_names, r2)))
     print(f"{stats['detected']}/{stats['n']} faces read ({stats['detection_rate']:.1%}); "
           f"wrote {out/'stats.json'}, {out/'pool.npz'}, {out/'stats_hist.png'}")
     return 0

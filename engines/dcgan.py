@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import load_torch_file
+from .weights_io import read_checkpoint
 from .errors import UserError
 from .generator import LatentGenerator
 from .modelfiles import model_path
@@ -50,7 +50,7 @@ class DCGAN(LatentGenerator):
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None) -> "DCGAN":
         path = Path(path) if path else model_path("dcgan")
-        ckpt = load_torch_file(path, what="DCGAN generator")
+        ckpt = read_checkpoint(path, what="DCGAN generator")
         sd = ckpt.get("netG_state_dict") if isinstance(ckpt, dict) else None
         if sd is None:
             raise UserError(f"{path}: not a gan-face-generate checkpoint (expected key 'netG_state_dict')")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import load_torch_file
+from .weights_io import read_checkpoint
 from .errors import UserError
 
 FORMAT = "facereenact-directions/1"
@@ -118,7 +118,7 @@ class Directions(nn.Module):
 
     @classmethod
     def _from_official(cls, path: Path) -> "Directions":
-        ckpt = load_torch_file(path, what="A matrix")
+        ckpt = read_checkpoint(path, what="A matrix")
         if not isinstance(ckpt, dict) or "A_matrix" not in ckpt:
             raise UserError(f"{path}: not an official A-matrix checkpoint (expected keys 'A_matrix', "
                             "'learned_directions', 'shift_scale', 'num_layers_shift', optional 'shift_dim')")

@@ -22,6 +22,14 @@ class Zoo:
     weights_dir: Path | None = None
     extra: dict = field(default_factory=dict)
 
+    def pose_reader(self):
+        """A fresh per-session Net3D reader for video (tracking); `.read(rgb, t_ms)` -> reading | None,
+        `.close()`. Not thread-safe: one per session."""
+        if "pose_reader" in self.extra:
+            return self.extra["pose_reader"]()
+        from .net3d import MediaPipeNet3D
+        return MediaPipeNet3D("video")
+
     def directions(self):
         from .directions import Directions
         if self.directions_path is None or not Path(self.directions_path).is_file():

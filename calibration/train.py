@@ -1,0 +1,244 @@
+"""`python -m calibration.train --zoo default`: learn the direction matrix A (the paper's training loop).
+
+Each step draws random source/target latents from the statistics pool, dp = p_t - p_s (normalised);
+in half of the batch only one random direction moves (dp = eps * e_i, eps ~ U[-a, a]: encourages
+disentangled directions). The reenacted image G(z_s + A dp) is read by the differentiable Net3D port
+on the source's crop, and compared with a reference built from the source's identity and the target's
+expression and pose (calibration.shape_model):
+  L = L_shape + L_eye + L_mouth + l_exp L_exp + l_id L_id + l_pix L_pix
+L_exp (blendshape scores of the reenacted face vs the reference's) is the expression half of the
+paper's DECA-parameter consistency, which landmarks alone see only weakly for eyes and brows.
+Adam, weight decay 5e-4 (paper); resumable checkpoints; a loss-curve plot and a direction sweep grid.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engines.directions import Directions
+from engines.errors import UserError, main_guard
+from engines.facelandmarker import FaceLandmarkerTorch
+from engines.pose import EXPRESSION_INDEX, euler_from_rotation, rotation_from_euler
+from engines.views import net3d_view
+from engines.zoo import load_zoo
+
+from .identity import IdentityScorer, points_from_landmarks
+from .losses import identity_loss, landmark_losses, lowpass_l1
+from .prepare import TrainData, prepare
+from .sampling import Pool
+from .shape_model import to_camera
+
+WEIGHTS = {"shape": 1.0, "eye": 1.0, "mouth": 1.0, "pose": 1.0, "exp": 1.0, "id": 0.5, "pix": 0.2}
+
+
+def rotation_torch(angles_deg: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(rotation_from_euler(angles_deg.detach().double().numpy()), dtype=torch.float32)
+
+
+class Trainer:
+    def __init__(self, generator, data: TrainData, directions: Directions, landmarker: FaceLandmarkerTorch,
+                 scorer: IdentityScorer, weights: dict, lr: float, batch: int, seed: int):
+        self.G, self.data, self.A = generator, data, directions
+        self.landmarker, self.scorer = landmarker, scorer
+        self.w = weights
+        self.batch = batch
+        self.opt = torch.optim.Adam(self.A.linear.parameters(), lr=lr, weight_decay=5e-4)
+        self.rng = torch.Generator().manual_seed(seed)
+        self.step = 0
+        self.history: list[dict] = []
+
+    # -- batches -------------------------------------------------------------------------------
+    def sample(self):
+        n, k, a = len(self.data.z), self.A.k, self.A.shift_scale
+        s = torch.randint(0, n, (self.batch,), generator=self.rng)
+        t = torch.randint(0, n, (self.batch,), generator=self.rng)
+        p_s, p_t = self.data.p[s], self.data.p[t]
+        dp = self.A.normalise(p_t) - self.A.normalise(p_s)
+        half = self.batch // 2  # the second half shifts a single random direction
+        one = torch.randint(0, k, (self.batch - half,), generator=self.rng)
+        eps = (torch.rand(self.batch - half, generator=self.rng) * 2 - 1) * a
+        dp[half:] = 0
+        dp[half:, :][torch.arange(self.batch - half), one] = eps
+        p_ref = self.A.denormalise(self.A.normalise(p_s) + dp)
+        return s, dp, p_ref
+
+    def reference(self, s, p_ref):
+        """Reference landmarks (camera frame) for sources s posed/expressed as p_ref."""
+        d, m = self.data, self.data.shape_model
+        p_s = d.p[s]
+        e_ref = p_ref[:, 3:].clamp(0, 1)
+        d_expr = e_ref - p_s[:, 3:].clamp(0, 1)
+        canon = d.canonical[s] + torch.einsum("nde,be->bnd", m.basis, d_expr)
+        dR = rotation_torch(p_ref[:, :3]) @ rotation_torch(p_s[:, :3]).transpose(1, 2)
+        R = dR @ d.rotation[s]
+        lm = d.scale[s].view(-1, 1, 1) * canon @ R.transpose(1, 2)
+        expr_target = (d.expr_port[s] + d_expr).clamp(0, 1)
+        return lm, expr_target, euler_from_rotation(R)
+
+    # -- one step --------------------------------------------------------------------------------
+    def losses(self, s, dp, p_ref):
+        d = self.data
+        z_s = d.z[s]
+        img_s = self.G.synthesize(z_s)
+        img_r = self.G.synthesize(self.G.apply_shift(z_s, self.A(dp)))
+        view_r = net3d_view(img_r)
+        out = self.landmarker(view_r, d.roi[s])
+        lm_r = to_camera(out["landmarks"])
+        lm_ref, expr_ref, angles_ref = self.reference(s, p_ref)
+        shape, eye, mouth = landmark_losses(lm_r, lm_ref, d.scale[s], d.shape_model.rigid)
+        # parameter consistency, in the units evaluation reports (not normalised p: roll's narrow
+        # range would make 1 degree of roll cost as much as 6 of yaw and forbid turning the head):
+        # head rotation of the reenacted landmarks (Procrustes to the mean shape) vs the reference's,
+        # 10 degrees = 1; expression scores vs the reference's, 0.5 = 1.
+        _, _, R_r, _ = d.shape_model.canonical(lm_r)
+        pose = (euler_from_rotation(R_r) - angles_ref).abs().mean() / 10.0
+        exp = (out["blendshapes"][:, EXPRESSION_INDEX] - expr_ref).abs().mean() * 2.0
+        emb_r = self.scorer.embed_points(view_r, points_from_landmarks(out["landmarks"].detach()))
+        ident = identity_loss(emb_r, d.emb[s])
+        pix = lowpass_l1(img_r, img_s.detach())
+        parts = {"shape": shape, "eye": eye, "mouth": mouth, "pose": pose, "exp": exp, "id": ident, "pix": pix}
+        total = sum(self.w[k] * v for k, v in parts.items())
+        return total, parts
+
+    def train_step(self) -> dict:
+        s, dp, p_ref = self.sample()
+        total, parts = self.losses(s, dp, p_ref)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        self.step += 1
+        rec = {"step": self.step, "total": total.item(), **{k: v.item() for k, v in parts.items()}}
+        self.history.append(rec)
+        return rec
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"step": self.step, "A": self.A.state_dict(), "opt": self.opt.state_dict(),
+                "rng": self.rng.get_state(), "history": json.dumps(self.history)}
+
+    def load_state(self, st: dict) -> None:
+        self.step = int(st["step"])
+        self.A.load_state_dict(st["A"])
+        self.opt.load_state_dict(st["opt"])
+        self.rng.set_state(st["rng"])
+        self.history = json.loads(st["history"])
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = [k for k in history[0] if k != "step"]
+    steps = np.array([h["step"] for h in history])
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.4))
+    win = max(1, len(history) // 50)
+    for ax, k in zip(axes, keys):
+        v = np.array([h[k] for h in history])
+        ax.plot(steps, v, color="#bbbbbb", lw=0.6)
+        if len(v) >= win:
+            ax.plot(steps[win - 1:], np.convolve(v, np.ones(win) / win, "valid"), color="#225588")
+        ax.set_title(k, fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def sweep_grid(generator, directions: Directions, z: torch.Tensor, path: Path, steps: int = 7) -> None:
+    """Rows: directions; columns: eps from -a to +a on one direction (source in the middle column)."""
+    from PIL import Image
+    a = directions.shift_scale
+    eps = torch.linspace(-a, a, steps)
+    rows = []
+    for i in range(directions.k):
+        dp = torch.zeros(steps, directions.k)
+        dp[:, i] = eps
+        img = generator.synthesize(generator.apply_shift(z.expand(steps, *z.shape[1:]), directions(dp)))
+        rows.append(torch.cat(list(img), dim=2))
+    grid = ((torch.cat(rows, dim=1) + 1) * 127.5).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    Image.fromarray(grid).save(path)
+
+
+def init_directions(zoo, stats: dict, init: str, ls_path: Path | None) -> Directions:
+    lo = [stats["params"][n]["lo"] for n in zoo.param_names]
+    hi = [stats["params"][n]["hi"] for n in zoo.param_names]
+    shape = getattr(zoo.generator, "shift_shape", zoo.generator.latent_shape)
+    meta = {"method": "learned", "crop_recipe": stats.get("crop_recipe"),
+            "stats": {k: stats[k] for k in ("n", "detection_rate", "seed") if k in stats}}
+    d = Directions(len(zoo.param_names), shape, 6.0, zoo.param_names, zoo.name, lo, hi, meta=meta)
+    if init == "least_squares":
+        ls = Directions.from_checkpoint(ls_path, expect_zoo=zoo.name, expect_params=zoo.param_names)
+        d.linear.load_state_dict(ls.linear.state_dict())
+    return d
+
+
+@main_guard
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Train the direction matrix A")
+    ap.add_argument("--zoo", default="default")
+    ap.add_argument("--weights", help="weights folder (vox256)")
+    ap.add_argument("--run", type=Path, help="folder with stats.json/pool.npz; outputs go here (default runs/<zoo>)")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--init", choices=["random", "least_squares"], default="random")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ckpt-every", type=int, default=50)
+    ap.add_argument("--resume", action="store_true", help="continue from <run>/train_ckpt.pt")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    for k, v in WEIGHTS.items():
+        ap.add_argument(f"--w-{k}", type=float, default=v, help=f"loss weight (default {v})")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = args.run or Path("runs") / args.zoo
+    for f in ("stats.json", "pool.npz", "least_squares.safetensors"):
+        if not (run / f).is_file():
+            raise UserError(f"{run/f} missing; run first: python -m calibration.stats --zoo {args.zoo} --out {run}")
+    stats = json.loads((run / "stats.json").read_text())
+    zoo = load_zoo(args.zoo, args.weights)
+    landmarker = FaceLandmarkerTorch.from_task().requires_grad_(False)
+    scorer = IdentityScorer(zoo.param_names)
+    cache = run / "train_cache.pt"
+    t0 = time.time()
+    if cache.is_file():
+        data = TrainData.load(cache)
+    else:
+        data = prepare(zoo.generator, Pool.load(run / "pool.npz"), landmarker, scorer,
+                       progress=not args.no_progress)
+        data.save(cache)
+    weights = {k: getattr(args, f"w_{k}") for k in WEIGHTS}
+    A = init_directions(zoo, stats, args.init, run / "least_squares.safetensors")
+    trainer = Trainer(zoo.generator, data, A, landmarker, scorer, weights, args.lr, args.batch, args.seed)
+    ckpt = run / "train_ckpt.pt"
+    if args.resume and ckpt.is_file():
+        trainer.load_state(torch.load(ckpt, map_location="cpu", weights_only=True))
+        print(f"resumed at step {trainer.step}")
+    bar = tqdm(total=args.steps, initial=trainer.step, desc="train", disable=args.no_progress)
+    while trainer.step < args.steps:
+        rec = trainer.train_step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['total']:.4f}", shape=f"{rec['shape']:.4f}", id=f"{rec['id']:.3f}")
+        if trainer.step % args.ckpt_every == 0 or trainer.step == args.steps:
+            torch.save(trainer.state(), ckpt)
+    bar.close()
+    A.save(run / "directions.safetensors", {"steps": trainer.step, "batch": args.batch, "lr": args.lr,
+                                            "init": args.init, "loss_weights": weights})
+    (run / "train_history.json").write_text(json.dumps(trainer.history))
+    plot_losses(trainer.history, run / "loss_curve.png")
+    sweep_grid(zoo.generator, A, data.z[:1], run / "direction_sweep.png")
+    print(f"trained {trainer.step} steps in {time.time() - t0:.0f} s; wrote {run/'directions.safetensors'}, "
+          f"{run/'loss_curve.png'}, {run/'direction_sweep.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Net3D runtime reader and the pose convention, checked against geometry we control."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from engines.net3d import MediaPipeNet3D
+from engines.pose import PARAM_NAMES, euler_from_rotation, pose_vector, rotation_from_euler
+from tests.mediapipe_faces import ASSETS, load_rgb
+
+
+@pytest.fixture(scope="module")
+def net3d():
+    n = MediaPipeNet3D("image", num_faces=2)
+    yield n
+    n.close()
+
+
+def test_euler_round_trip_and_convention():
+    rng = np.random.default_rng(0)
+    ang = rng.uniform([-60, -40, -30], [60, 40, 30], size=(50, 3))
+    R = rotation_from_euler(ang)
+    assert np.allclose(R @ np.swapaxes(R, -1, -2), np.eye(3), atol=1e-12)
+    assert np.allclose(euler_from_rotation(R), ang, atol=1e-9)
+    # positive yaw turns the face normal (+z, toward the viewer) toward +x (image right)
+    n = rotation_from_euler([20, 0, 0]) @ [0, 0, 1]
+    assert n[0] > 0.3
+    # positive pitch turns it down (-y in the y-up camera frame)
+    n = rotation_from_euler([0, 20, 0]) @ [0, 0, 1]
+    assert n[1] < -0.3
+
+
+def test_pose_vector_ignores_uniform_scale():
+    m = np.eye(4)
+    m[:3, :3] = 1.7 * rotation_from_euler([10, -5, 3])
+    p = pose_vector(m, np.zeros(52))
+    assert np.allclose(p[:3], [10, -5, 3], atol=1e-9)
+    assert len(p) == len(PARAM_NAMES)
+
+
+def test_image_rotation_composes_with_the_head_pose(net3d):
+    """Rotating the photo by t (counter-clockwise) rotates the head about the camera axis:
+    the new angles must be euler(Rz(t) @ R(base)) (roll grows by ~t; a pitched head also yaws)."""
+    img = load_rgb(ASSETS / "astronaut.png")
+    base = net3d.read(img).p
+    for angle in (-15, 15):
+        rot = np.asarray(Image.fromarray(img).rotate(angle, resample=Image.BICUBIC))
+        p = net3d.read(rot).p
+        expected = euler_from_rotation(rotation_from_euler([0, 0, angle]) @ rotation_from_euler(base[:3]))
+        assert np.abs(p[:3] - expected).max() < 2.0, (p[:3], expected)
+
+
+def test_mirror_negates_yaw_and_roll_and_swaps_sides(net3d):
+    img = load_rgb(ASSETS / "astronaut.png")
+    a = net3d.read(img)
+    b = net3d.read(np.ascontiguousarray(img[:, ::-1]))
+    assert b.p[0] == pytest.approx(-a.p[0], abs=2.5)
+    assert b.p[2] == pytest.approx(-a.p[2], abs=2.5)
+    assert b.p[1] == pytest.approx(a.p[1], abs=2.5)
+    i_l, i_r = PARAM_NAMES.index("mouthSmileLeft"), PARAM_NAMES.index("mouthSmileRight")
+    assert b.p[i_l] == pytest.approx(a.p[i_r], abs=0.08)
+
+
+def test_no_face_is_explicit(net3d):
+    assert net3d.read(np.full((240, 320, 3), 127, np.uint8)) is None
+
+
+def test_largest_face_first(shared_dir, net3d):
+    faces = net3d.read_all(load_rgb(shared_dir / "media" / "twofaces_obama_biden.jpg"))
+    assert len(faces) == 2 and faces[0].area >= faces[1].area
+
+
+def test_video_mode_tracks(net3d):
+    img = load_rgb(ASSETS / "astronaut.png")
+    with MediaPipeNet3D("video") as v:
+        ps = [v.read(img, t).p for t in (0, 33, 66)]
+    assert np.allclose(ps[2][:3], net3d.read(img).p[:3], atol=2.0)
