@@ -58,6 +58,7 @@ class EngineInfo:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (candidate, why not)
     build_s: float = 0.0
     cache_path: str | None = None
+    candidates: list[dict] = field(default_factory=list)  # every try: backend, dtype, errors or reason
 
     def line(self) -> str:
         why = "; ".join(f"{what}: {reason}" for what, reason in self.skipped)
@@ -68,7 +69,7 @@ class EngineInfo:
         return {"backend": self.backend, "dtype": self.dtype, "device": self.device, "name": self.name,
                 "detail": self.detail, "errors": self.errors, "tolerance": self.tolerance,
                 "skipped": [list(s) for s in self.skipped], "build_s": round(self.build_s, 3),
-                "cache_path": self.cache_path, "line": self.line()}
+                "cache_path": self.cache_path, "candidates": self.candidates, "line": self.line()}
 
 
 # -- output trees -------------------------------------------------------------------------------------
@@ -336,6 +337,7 @@ def build_engine(module: nn.Module, example_inputs: Sequence, device: str | torc
         return errs
 
     skipped: list[tuple[str, str]] = []
+    candidates: list[dict] = []
     run_dtype, run_module = dtype, module
     if dtype != torch.float32:
         tol = tolerance if tolerance is not None else TOLERANCE[dtype]
@@ -343,6 +345,8 @@ def build_engine(module: nn.Module, example_inputs: Sequence, device: str | torc
             reduced = reduced_precision(module, dtype)
             errs = errors_of(_no_grad(reduced))
             worst = max(errs.values(), default=0.0)
+            candidates.append({"backend": "eager (precision probe)", "dtype": DTYPE_NAMES[dtype], "errors": errs,
+                               "accepted": worst <= tol})
             if worst <= tol:
                 run_module = reduced
             else:
@@ -350,6 +354,8 @@ def build_engine(module: nn.Module, example_inputs: Sequence, device: str | torc
                 run_dtype = torch.float32
         except Exception as e:
             skipped.append((DTYPE_NAMES[dtype], f"{_first_line(e)}; using fp32"))
+            candidates.append({"backend": "eager (precision probe)", "dtype": DTYPE_NAMES[dtype],
+                               "reason": _first_line(e), "accepted": False})
             run_dtype = torch.float32
     tol = tolerance if tolerance is not None and run_dtype == dtype else TOLERANCE[run_dtype]
 
@@ -360,21 +366,23 @@ def build_engine(module: nn.Module, example_inputs: Sequence, device: str | torc
                                                         cache_dir, copy_outputs),
                 "eager": lambda: _build_eager(run_module, example_inputs, run_dtype, device, name, cache_dir)}
     chosen = None
+    dname = DTYPE_NAMES[run_dtype]
     for backend in prefer:
         why = _unavailable(backend, device)
         if why:
             skipped.append((backend, why))
+            candidates.append({"backend": backend, "dtype": dname, "reason": why, "accepted": False})
             continue
         try:
             fn, detail, cache_path = builders[backend]()
             errs = errors_of(fn)
-        except _Unavailable as e:
-            skipped.append((backend, str(e)))
-            continue
         except Exception as e:
-            skipped.append((backend, _first_line(e)))
+            why = str(e) if isinstance(e, _Unavailable) else _first_line(e)
+            skipped.append((backend, why))
+            candidates.append({"backend": backend, "dtype": dname, "reason": why, "accepted": False})
             continue
         worst = max(errs.values(), default=0.0)
+        candidates.append({"backend": backend, "dtype": dname, "errors": errs, "accepted": worst <= tol})
         if worst <= tol:
             chosen = (backend, fn, detail, cache_path, errs)
             break
@@ -384,7 +392,7 @@ def build_engine(module: nn.Module, example_inputs: Sequence, device: str | torc
         chosen = ("eager", _no_grad(module), "last resort", None, {n: 0.0 for n, _ in refs[0]})
     backend, fn, detail, cache_path, errs = chosen
     info = EngineInfo(backend, DTYPE_NAMES[run_dtype], str(device), name, detail, errs, tol, skipped,
-                      time.perf_counter() - t0, cache_path)
+                      time.perf_counter() - t0, cache_path, candidates)
     if log:
         log(info.line())
     return fn, info

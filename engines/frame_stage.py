@@ -42,9 +42,13 @@ DECA_BOX_SCALE = 1.1 * 1.25  # DECA TestData, kpt68 box: mean side x 1.1, crop s
 MIN_PRESENCE = 0.5  # MediaPipe's default min_tracking_confidence
 
 
-def deca_roi(landmarks_xy: torch.Tensor) -> torch.Tensor:
-    """[B, 478, >=2] image-pixel landmarks -> DECA's square crop ROI [B, 5] (no rotation)."""
-    pts = landmarks_xy[:, DECA_BOX_LANDMARKS, :2]
+def deca_roi(landmarks_xy: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, 478, >=2] image-pixel landmarks -> DECA's square crop ROI [B, 5] (no rotation).
+    `index`: DECA_BOX_LANDMARKS as a tensor on the landmarks' device (a Python list would be copied
+    to the device on every call, which a CUDA graph capture forbids)."""
+    if index is None:
+        index = torch.tensor(DECA_BOX_LANDMARKS, device=landmarks_xy.device)
+    pts = landmarks_xy[:, index, :2]
     lo, hi = pts.amin(dim=1), pts.amax(dim=1)
     centre = (lo + hi) / 2
     side = (hi - lo).sum(dim=1) / 2 * DECA_BOX_SCALE
@@ -72,7 +76,9 @@ class FrameStage(nn.Module):
 
     def _autocast(self, device_type: str):
         on = self.precision != torch.float32
-        return torch.autocast(device_type=device_type, dtype=self.precision if on else torch.bfloat16, enabled=on)
+        # no weight-cast cache: CUDA graph capture needs the casts inside the graph
+        return torch.autocast(device_type=device_type, dtype=self.precision if on else torch.bfloat16, enabled=on,
+                              cache_enabled=False)
 
     @property
     def half(self):
@@ -97,6 +103,7 @@ class VoxFrameStage(FrameStage):
         self.register_buffer("p_b", torch.tensor(b, dtype=torch.float32), persistent=False)
         self.register_buffer("angle_scale", torch.tensor([SHIFT_SCALE / s for s in ANGLE_SCALES]), persistent=False)
         self.register_buffer("trunc", torch.as_tensor(trunc, dtype=torch.float32).reshape(1, 1, -1), persistent=False)
+        self.register_buffer("deca_index", torch.tensor(DECA_BOX_LANDMARKS), persistent=False)
         self.psi = float(psi)
         self.k = 15
         self.source_shape = tuple(generator.latent_shape)
@@ -115,7 +122,7 @@ class VoxFrameStage(FrameStage):
             lm_crop, presence = self.landmarks(crop(img, roi, LANDMARK_SIZE))
         lm = uncrop_landmarks(lm_crop.float()[..., :2], roi)
         with self._autocast(img.device.type):
-            code = self.deca.encode_raw(crop(img, deca_roi(lm), DECA_SIZE))
+            code = self.deca.encode_raw(crop(img, deca_roi(lm, self.deca_index), DECA_SIZE))
         params = split_params(code.float())
         p = self.directions.normalise(self.p_from_deca(params["pose"], params["exp"]))
         shift = self.directions(p - p_ref)

@@ -6,9 +6,13 @@
 
 The scheduler's worker thread takes the oldest queued frame, then waits for companions until either
 `max_batch` frames are queued or the oldest one's deadline comes: arrival + budget - the expected run
-time of a batch of that size (an average of past runs per size). It runs ONE batch, hands each result
-back to its session's future, and repeats. A session never has two frames queued: a newer frame
-replaces the queued one (its caller gets `Dropped`), as the live pipeline's newest-wins channels do.
+time of a batch of that size (an average of past runs per size). It only waits for frames that are
+expected before that deadline: each session's next arrival is predicted from its own frame interval,
+so out-of-phase cameras do not make each other wait for nothing, and a lone session never waits.
+It runs ONE batch, hands each result back to its session's future, and repeats. A session never has
+two frames queued: a newer frame replaces the queued one (its caller gets `Dropped`), as the live
+pipeline's newest-wins channels do. Each session has one frame in flight (process() blocks), so its
+frame rate is 1 / latency: keep the budget under one frame period (bench default: half of one).
 
 `StageRunner` adapts an engines.frame_stage stage to this: it stacks the sessions' inputs, pads the
 batch up to a fixed size when the engine needs static shapes (CUDA graphs, TensorRT, compiled), runs
@@ -29,6 +33,10 @@ import numpy as np
 import torch
 
 from streamer.api import Output
+
+
+IDLE_S = 1.0    # a session silent this long is not waited for
+SLACK_S = 0.002  # how late a predicted frame may be before the batch goes without it
 
 
 class Dropped(Exception):
@@ -57,16 +65,19 @@ class SchedulerStats:
 
 class MicroBatchScheduler:
     def __init__(self, run_batch: Callable[[list], list], max_batch: int = 8, budget_ms: float = 33.0,
-                 clock: Callable[[], float] = time.perf_counter, name: str = "model-scheduler"):
+                 clock: Callable[[], float] = time.perf_counter, name: str = "model-scheduler",
+                 predict: bool = True):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.budget = budget_ms / 1000.0
         self.clock = clock
+        self.predict = predict  # False: always wait for max_batch frames or the deadline
         self.stats = SchedulerStats()
         self._queue: deque[_Request] = deque()
         self._by_session: dict[Hashable, _Request] = {}
+        self._seen: dict[Hashable, tuple[float, float | None]] = {}  # session -> (last submit, interval)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -83,11 +94,23 @@ class MicroBatchScheduler:
                 self._queue.remove(old)
                 self.stats.dropped += 1
                 old.future.set_exception(Dropped())
-            req = _Request(session, item, self.clock(), fut)
+            now = self.clock()
+            last = self._seen.get(session)
+            if last is None:
+                self._seen[session] = (now, None)
+            else:
+                gap = now - last[0]
+                self._seen[session] = (now, gap if last[1] is None else 0.7 * last[1] + 0.3 * gap)
+            req = _Request(session, item, now, fut)
             self._queue.append(req)
             self._by_session[session] = req
             self._cond.notify()
         return fut
+
+    def forget(self, session: Hashable) -> None:
+        """A session ended: stop expecting its frames."""
+        with self._cond:
+            self._seen.pop(session, None)
 
     def close(self, timeout: float | None = 5.0) -> None:
         with self._cond:
@@ -117,6 +140,17 @@ class MicroBatchScheduler:
         n = min(len(self._queue) + 1, self.max_batch)  # what one more companion would cost
         return self._queue[0].t_submit + max(0.0, self.budget - self.expected_run(n))
 
+    def _expected(self, now: float, deadline: float) -> list[float]:
+        """Predicted arrivals before `deadline` of active sessions that have no frame queued."""
+        out = []
+        for s, (last, interval) in self._seen.items():
+            if s in self._by_session or interval is None or now - last > IDLE_S:
+                continue
+            t = last + interval
+            if now - SLACK_S <= t <= deadline:
+                out.append(t)
+        return out
+
     def _take(self) -> list[_Request] | None:
         with self._cond:
             while not self._queue and not self._closed:
@@ -124,10 +158,17 @@ class MicroBatchScheduler:
             if self._closed and not self._queue:
                 return None
             while len(self._queue) < self.max_batch and not self._closed:
-                wait = self._deadline() - self.clock()
-                if wait <= 0:
+                now = self.clock()
+                deadline = self._deadline()
+                if now >= deadline:
                     break
-                self._cond.wait(wait)
+                if not self.predict:
+                    self._cond.wait(deadline - now)
+                    continue
+                expected = self._expected(now, deadline)
+                if not expected:
+                    break
+                self._cond.wait(min(deadline, max(expected) + SLACK_S) - now)
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             for r in batch:
                 self._by_session.pop(r.session, None)
@@ -187,13 +228,16 @@ class StageRunner:
     """Runs an engines.frame_stage stage on a list of StageRequests as one batch."""
 
     def __init__(self, stage, device="cpu", buckets: Sequence[int] = (1, 2, 4, 8, 16),
-                 prefer: Sequence[str] | None = None, dtype: torch.dtype = torch.float32,
+                 prefer: Sequence[str] | None = None, dtype: torch.dtype | str = torch.float32,
                  frame_hw: tuple[int, int] | None = None, log: Callable[[str], Any] | None = print):
         self.stage = stage
         self.device = torch.device(device)
         self.buckets = tuple(sorted(buckets))
         self.prefer = tuple(prefer) if prefer else (("eager",) if self.device.type == "cpu" else
                                                     ("tensorrt", "cuda-graph", "eager"))
+        if isinstance(dtype, str):
+            from engines.compile import DTYPES
+            dtype = DTYPES[dtype]
         self.dtype = dtype
         self.frame_hw = frame_hw
         self.log = log
@@ -327,5 +371,6 @@ class ModelSession:
         return Output(img, False, {"detect": (t_detect - t0) * 1000})
 
     def close(self) -> None:
+        self.scheduler.forget(id(self))
         self.runner.remove_avatar(self.slot)
         self.slot = 0

@@ -119,12 +119,14 @@ def test_generator_batch_matches_official_fixture(shared_dir):
             # slot 0 of the bank = the base weights, gathered per sample
             assert max_abs_diff(runner(w, torch.zeros(len(w), dtype=torch.long)), want) <= 1e-3
             ref = torch.from_numpy(want).double()
-            # CPU fp16 convolutions take a reference path (~30 s per image): fp16 only where it is fast
-            precisions = ((torch.float16, 2e-2),) if torch.cuda.is_available() else ()
-            for dtype, tol in precisions + ((torch.bfloat16, 5e-2),):
+            for dtype, tol in ((torch.bfloat16, 5e-2),):
                 out = runner(w, None, dtype).double()
                 assert torch.isfinite(out).all()
                 assert ((out - ref).norm() / ref.norm()).item() <= tol, (mode, dtype)
+            if torch.cuda.is_available():  # CPU fp16 convolutions take a reference path (~30 s per image)
+                out = copy.deepcopy(runner).cuda()(w.cuda(), None, torch.float16).double().cpu()
+                assert torch.isfinite(out).all()
+                assert ((out - ref).norm() / ref.norm()).item() <= 2e-2, (mode, "fp16")
         g.set_conv_mode("grouped")
 
 

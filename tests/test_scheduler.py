@@ -32,7 +32,7 @@ def test_concurrent_sessions_share_one_batch():
     def run(items):
         sizes.append(len(items))
         return [x * 10 for x in items]
-    with MicroBatchScheduler(run, max_batch=4, budget_ms=5000) as s:
+    with MicroBatchScheduler(run, max_batch=4, budget_ms=5000, predict=False) as s:
         futs = [s.submit(f"s{i}", i) for i in range(4)]
         assert [f.result(5) for f in futs] == [0, 10, 20, 30]  # each session gets its own result
         assert sizes == [4] and s.stats.mean_batch() == 4
@@ -40,6 +40,31 @@ def test_concurrent_sessions_share_one_batch():
         s.budget = 0.05
         assert s.submit("s0", 7).result(10) == 70
         assert sizes == [4, 1]
+
+
+def test_prediction_waits_only_for_expected_frames():
+    """predict=True: a frame waits for another session only when that session's next frame is due
+    before the deadline (its interval is known); a lone or irregular session runs at once."""
+    t = [0.0]
+    s = MicroBatchScheduler(lambda items: items, max_batch=4, budget_ms=30, clock=lambda: t[0])
+    try:
+        with s._cond:
+            s._seen = {"a": (0.033, 0.033), "b": (0.010, 0.033), "c": (0.0, None), "d": (-5.0, 0.033)}
+            s._by_session = {"a": None}  # a's frame is the queued one
+            t[0] = 0.033
+            # b is due at 0.043 (before 0.033 + 0.030): wait for it; c has no interval, d went idle
+            assert s._expected(0.033, 0.063) == [pytest.approx(0.043)]
+            s._seen["b"] = (0.010, 0.060)  # b's next frame (0.070) comes after the deadline
+            assert s._expected(0.033, 0.063) == []
+    finally:
+        s.close()
+
+
+def test_lone_session_does_not_wait_for_its_deadline():
+    with MicroBatchScheduler(lambda items: items, max_batch=4, budget_ms=60_000) as s:
+        for i in range(3):
+            assert s.submit("only", i).result(timeout=20) == i
+        assert s.stats.sizes == {1: 3}
 
 
 def test_more_sessions_than_max_batch_split():
@@ -50,7 +75,7 @@ def test_more_sessions_than_max_batch_split():
         gate.wait(5)
         sizes.append(len(items))
         return items
-    with MicroBatchScheduler(run, max_batch=3, budget_ms=5000) as s:
+    with MicroBatchScheduler(run, max_batch=3, budget_ms=5000, predict=False) as s:
         first = s.submit("a", 0)
         futs = [s.submit(f"s{i}", i) for i in range(5)]
         gate.set()
@@ -85,7 +110,7 @@ def test_failures_reach_every_session_and_the_worker_survives():
         if "bad" in items:
             raise RuntimeError("boom")
         return items
-    with MicroBatchScheduler(run, max_batch=2, budget_ms=5000) as s:
+    with MicroBatchScheduler(run, max_batch=2, budget_ms=5000, predict=False) as s:
         a, b = s.submit("a", "bad"), s.submit("b", "ok")
         for f in (a, b):
             with pytest.raises(RuntimeError, match="boom"):
@@ -135,7 +160,7 @@ def test_batched_sessions_equal_each_session_alone(vox_stage):
     def run(items):
         batches.append(len(items))
         return runner.run(items)
-    with MicroBatchScheduler(run, max_batch=3, budget_ms=60_000) as sched:
+    with MicroBatchScheduler(run, max_batch=3, budget_ms=60_000, predict=False) as sched:
         sessions = []
         for src, p_src, tuned, roi in specs:
             s = ModelSession(sched, runner, src, p_src, tuned=tuned)
