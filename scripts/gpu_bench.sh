@@ -44,7 +44,7 @@ OUT=${OUT:-out/gpu_bench}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.gpubench/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-16}
-export FACEREENACT_ENGINE_CACHE="$OUT/../engine_cache"
+export FACEREENACT_ENGINE_CACHE=/tmp/facereenact_engines
 PY=${PY:-python3}
 LOG="$OUT/log.txt"
 BUDGET=${BUDGET:-285}   # seconds for the whole script

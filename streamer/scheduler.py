@@ -229,7 +229,7 @@ class StageRunner:
 
     def __init__(self, stage, device="cpu", buckets: Sequence[int] = (1, 2, 4, 8, 16),
                  prefer: Sequence[str] | None = None, dtype: torch.dtype | str = torch.float32,
-                 frame_hw: tuple[int, int] | None = None, log: Callable[[str], Any] | None = print):
+                 log: Callable[[str], Any] | None = print):
         self.stage = stage
         self.device = torch.device(device)
         self.buckets = tuple(sorted(buckets))
@@ -239,7 +239,6 @@ class StageRunner:
             from engines.compile import DTYPES
             dtype = DTYPES[dtype]
         self.dtype = dtype
-        self.frame_hw = frame_hw
         self.log = log
         self.engines: dict[int, tuple[Callable, Any]] = {}
         self._lock = threading.Lock()
