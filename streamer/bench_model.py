@@ -427,6 +427,8 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device here")
     torch.set_num_threads(a.threads or (1 if device.type == "cpu" else torch.get_num_threads()))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # static shapes: pick conv algorithms once, outside graphs
     dtype = a.dtype or ("fp16" if device.type == "cuda" else "fp32")
     batches = [int(x) for x in (a.batches or ("1,4,16" if device.type == "cuda" else "1")).split(",")]
     prefer = prefer_for(a.backend, device)
