@@ -7,7 +7,9 @@ evaluation and streaming use it; training backpropagates through the PyTorch por
 """
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,16 @@ from .modelfiles import model_path
 from .pose import PARAM_NAMES, pose_vector
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: warnings and up only
+
+# mediapipe's landmarker raises from __del__ if it is still open at interpreter teardown: close
+# every open reader while the runtime still exists
+_OPEN: "weakref.WeakSet[MediaPipeNet3D]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for reader in list(_OPEN):
+        reader.close()
 
 
 @dataclass
@@ -59,6 +71,7 @@ class MediaPipeNet3D:
         self._landmarker = vision.FaceLandmarker.create_from_options(opts)
         self.mode = mode
         self._last_ts = -1
+        _OPEN.add(self)
 
     def read_all(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[FaceReading]:
         """All faces in an RGB uint8 image, largest first."""

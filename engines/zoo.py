@@ -30,6 +30,16 @@ class Zoo:
         from .net3d import MediaPipeNet3D
         return MediaPipeNet3D("video")
 
+    def compose_latent(self, latent, shift):
+        """Source latent + direction shift -> the latent G renders (vox256: the official truncation)."""
+        if "compose_latent" in self.extra:
+            return self.extra["compose_latent"](latent, shift)
+        return latent if shift is None else self.generator.apply_shift(latent, shift)
+
+    def encoder(self):
+        """The zoo's inversion encoder (image [B,3,R,R] in [-1,1] -> latent), or None."""
+        return self.extra["encoder"]() if "encoder" in self.extra else None
+
     def directions(self):
         from .directions import Directions
         if self.directions_path is None or not Path(self.directions_path).is_file():
@@ -44,7 +54,7 @@ def default_directions_path() -> Path:
 
 
 def load_zoo(name: str = "default", weights_dir: str | Path | None = None,
-             directions: str | Path | None = None) -> Zoo:
+             directions: str | Path | None = None, net3d: str | None = None) -> Zoo:
     if name == "default":
         from .dcgan import DCGAN
         from .pose import PARAM_NAMES
@@ -52,5 +62,5 @@ def load_zoo(name: str = "default", weights_dir: str | Path | None = None,
                    Path(directions) if directions else default_directions_path())
     if name == "vox256":
         from .vox256 import load_vox256  # bring-your-own weights
-        return load_vox256(weights_dir, directions)
+        return load_vox256(weights_dir, directions, net3d)
     raise UserError(f"unknown zoo '{name}' (choose from {', '.join(ZOOS)})")
