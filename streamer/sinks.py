@@ -89,8 +89,10 @@ class FileSink:
         self.path = Path(path)
         if self.path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
             raise UserError(f"--sink {path}: expected a .mp4 (or .mkv/.mov) file name")
-        if not self.path.parent.is_dir():
-            raise UserError(f"--sink {path}: folder {self.path.parent} does not exist")
+        try:  # like any recorder, make the output folder (out/demo.mp4 on a fresh clone)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--sink {path}: cannot create folder {self.path.parent} ({e.strerror})") from None
         self.rate = fractions.Fraction(fps).limit_denominator(100000)
         self.live, self.crf = live, crf
         try:

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Live face reenactment: `python run_stream.py --avatar me.png` (webcam 0 -> virtual camera).
+
+Examples
+  python run_stream.py --avatar assets/astronaut.png --source assets/pexels_woman.mp4 --sink out/demo.mp4 --side-by-side
+  python run_stream.py --avatar me.png --webrtc            # browser page on http://127.0.0.1:8080
+  python run_stream.py --avatar me.png --zoo vox256 --weights DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from streamer.live import add_live_arguments
+    ap = argparse.ArgumentParser(description="Drive an avatar photo with your face (Bounareli et al., BMVC 2022)",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    g = ap.add_argument_group("avatar and models")
+    g.add_argument("--avatar", help="portrait photo (enrolled once, cached) or an .avatar pack")
+    g.add_argument("--zoo", default="default", choices=["default", "vox256"],
+                   help="model set: default (ships with pip packages, CPU) or vox256 (the paper's, your weights)")
+    g.add_argument("--weights", help="folder with the vox256 weight files (see docs/weights.md)")
+    g.add_argument("--directions", help="direction matrix file (default: the zoo's)")
+    g.add_argument("--side-by-side", action="store_true", default=None, help="output driver | avatar | result")
+    g.add_argument("--absolute", action="store_true",
+                   help="absolute motion (the paper's dp = p_driver - p_avatar) instead of relative to the "
+                        "driver's first frame")
+    g.add_argument("--no-smooth", action="store_true", help="no temporal smoothing of the pose")
+    g.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: capture, MediaPipe and the encoder need the other cores; "
+                        "more threads only add waiting on small per-frame work)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_live_arguments(ap)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from streamer.live import run_live
+    import torch
+    torch.set_num_threads(max(1, args.threads))
+    state: dict = {}
+    lock = threading.Lock()
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+
+    def make_reenactor(avatar):
+        # models load on first use, once, shared by every session (peers call this concurrently)
+        with lock:
+            if "engine" not in state:
+                from streamer.reenact import Engine
+                state["engine"] = Engine(args.zoo, args.weights, args.directions, log=log,
+                                         progress=not args.quiet)
+        return state["engine"].make_reenactor(avatar or args.avatar, relative=not args.absolute,
+                                              smooth=not args.no_smooth)
+
+    return run_live(args, make_reenactor)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

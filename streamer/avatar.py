@@ -1,0 +1,86 @@
+"""Avatar packs: everything one portrait needs at stream time, in one safetensors file.
+
+Tensors: `latent` (the inverted code), `tuned.<param>` (the pivotal-tuned generator weights that
+differ from the zoo's, only the tuned layers), `crop` (the aligned photo, uint8 HWC) and `display`
+(a larger crop for side-by-side views). Metadata (JSON): zoo, source p (the avatar's own pose), crop box,
+photo sha256, enrollment settings and quality figures, software versions. Loading is a header read
+plus a few MB of tensors: well under a second.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.errors import UserError
+
+FORMAT = "facereenact-avatar/1"
+
+
+@dataclass
+class AvatarPack:
+    zoo: str
+    latent: torch.Tensor                 # [1, *latent_shape]
+    tuned: dict[str, torch.Tensor]       # generator parameter name -> tuned value
+    crop: np.ndarray                     # aligned photo at the generator's resolution, uint8 HWC
+    display: np.ndarray                  # aligned photo for display, uint8 HWC
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def p(self) -> np.ndarray:
+        return np.asarray(self.meta["p"], dtype=np.float64)
+
+    def generator(self, base):
+        """A copy of the zoo generator with this avatar's tuned weights (the zoo's stays untouched)."""
+        g = copy.deepcopy(base)
+        if self.tuned:
+            sd = g.state_dict()
+            unknown = set(self.tuned) - set(sd)
+            if unknown:
+                raise UserError(f"avatar pack tunes parameters this generator lacks: {sorted(unknown)[:3]}")
+            for k, v in self.tuned.items():
+                if sd[k].shape != v.shape:
+                    raise UserError(f"avatar pack: '{k}' has shape {tuple(v.shape)}, generator expects "
+                                    f"{tuple(sd[k].shape)} (enrolled for another zoo or weights?)")
+            g.load_state_dict({**sd, **{k: v.to(sd[k].dtype) for k, v in self.tuned.items()}})
+        return g.eval().requires_grad_(False)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+        tensors = {"latent": self.latent.detach().float().contiguous(),
+                   "crop": torch.from_numpy(np.array(self.crop)),
+                   "display": torch.from_numpy(np.array(self.display))}
+        tensors.update({f"tuned.{k}": v.detach().contiguous() for k, v in self.tuned.items()})
+        meta = {"format": FORMAT, "zoo": self.zoo, **self.meta}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(path) + ".tmp")
+        save_file(tensors, str(tmp), metadata={"json": json.dumps(meta)})
+        tmp.replace(path)  # never leave a half-written pack where the cache looks
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AvatarPack":
+        from safetensors import safe_open
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"avatar pack not found: {path}")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get("json", "{}"))
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise UserError(f"{path}: not a readable avatar pack ({type(e).__name__}: {str(e)[:100]})") from None
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{path}: not an avatar pack (format {meta.get('format')!r}, expected {FORMAT!r})")
+        for k in ("latent", "crop", "display"):
+            if k not in t:
+                raise UserError(f"{path}: avatar pack lacks '{k}'")
+        if "p" not in meta:
+            raise UserError(f"{path}: avatar pack lacks the avatar's pose 'p'")
+        tuned = {k[len("tuned."):]: v for k, v in t.items() if k.startswith("tuned.")}
+        zoo = meta.pop("zoo", "")
+        meta.pop("format")
+        return cls(zoo, t["latent"], tuned, t["crop"].numpy(), t["display"].numpy(), meta)

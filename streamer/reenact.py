@@ -1,0 +1,153 @@
+"""Per-frame reenactment: driving frame -> face -> pose -> latent -> image (paper Eq. 3).
+
+`Engine` holds one zoo's models, loaded once and shared by every session; `AvatarReenactor` is one
+session: an avatar pack (latent, tuned G, the avatar's own pose), its own Net3D tracker and filters.
+
+Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
+with a face; `reset_reference` re-takes it), applied on top of the avatar's own pose, so the avatar
+starts from its own expression and a driver whose neutral face is not the avatar's still drives it
+correctly. The target p_avatar + dp is clamped to the range calibration saw. In relative mode the
+shift is A dp - A 0 (the bias cancels, so the first frame reproduces the avatar exactly); absolute mode
+(`relative=False`) is the paper's formula dp = p_driver - p_avatar with the bias.
+Frames with no face hold the last pose for `hold_s`, then ease back to the avatar's neutral pose.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engines.errors import UserError
+from engines.zoo import load_zoo
+
+from .api import Output
+from .avatar import AvatarPack
+from .smoothing import OneEuro
+
+OUT_SIZE = 256
+
+
+class Engine:
+    """One zoo's models (generator, directions), shared read-only by all sessions."""
+
+    def __init__(self, zoo: str = "default", weights: str | Path | None = None,
+                 directions: str | Path | None = None, log=print, progress: bool = True):
+        self.zoo = load_zoo(zoo, weights, directions)
+        self.directions = self.zoo.directions()
+        self.log = log
+        self.progress = progress
+        self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
+
+    def pack(self, avatar: str | Path) -> AvatarPack:
+        from .enroll import load_or_enroll
+        with self._enroll_lock:
+            return load_or_enroll(avatar, self.zoo, self.progress, self.log)
+
+    def make_reenactor(self, avatar: str | Path | None, **kw) -> "AvatarReenactor":
+        if avatar is None:
+            raise UserError("no avatar given: pass --avatar PHOTO (or an .avatar pack)")
+        return AvatarReenactor(self, self.pack(avatar), **kw)
+
+
+class AvatarReenactor:
+    def __init__(self, engine: Engine, pack: AvatarPack, *, relative: bool = True, smooth: bool = True,
+                 side_by_side: bool = False, out_size: int = OUT_SIZE, hold_s: float = 1.0,
+                 ease_s: float = 0.5):
+        if pack.zoo != engine.zoo.name:
+            raise UserError(f"avatar was enrolled for zoo '{pack.zoo}', engine runs '{engine.zoo.name}'")
+        self.engine, self.pack = engine, pack
+        self.A = engine.directions
+        self.G = pack.generator(engine.zoo.generator)
+        self.z = pack.latent.float()
+        self.reader = engine.zoo.pose_reader()
+        self.relative, self.side_by_side, self.out_size = relative, side_by_side, out_size
+        self.hold_s, self.ease_s = hold_s, ease_s
+        k = self.A.k
+        self.p_avatar = torch.as_tensor(pack.p, dtype=torch.float32)
+        span = self.A.hi - self.A.lo
+        self.p_min, self.p_max = self.A.lo - 0.1 * span, self.A.hi + 0.1 * span
+        # angles jitter by ~0.5 deg and blendshapes by ~0.02 frame to frame: One-Euro per parameter
+        self.filter = OneEuro(min_cutoff=np.r_[[1.2] * 3, [2.0] * (k - 3)], beta=0.3) if smooth else None
+        self.p_ref: torch.Tensor | None = None
+        self.dp = torch.zeros(k)
+        self.last_face_t: float | None = None
+        self.frames = self.no_face = 0
+        with torch.no_grad():
+            self.bias = self.A(torch.zeros(1, k))
+            self.avatar_img = self._render(self._latent(torch.zeros(k)))
+        self._t0 = time.monotonic()
+
+    # -- controls ------------------------------------------------------------------------------
+    def reset_reference(self) -> None:
+        self.p_ref = None
+        if self.filter is not None:
+            self.filter.reset()
+
+    # -- stages ----------------------------------------------------------------------------------
+    def _pose(self, face, now: float) -> None:
+        """Update self.dp (normalised) from a Net3D reading (or None)."""
+        if face is None:
+            self.no_face += 1
+            if self.last_face_t is not None and now - self.last_face_t > self.hold_s:
+                self.dp = self.dp * float(np.exp(-(1 / 30) / self.ease_s))  # ease toward neutral
+            return
+        self.last_face_t = now
+        p = np.asarray(face.p, dtype=np.float64)
+        if self.filter is not None:
+            p = self.filter(p, now)
+        p = torch.as_tensor(p, dtype=torch.float32)
+        if self.relative:
+            if self.p_ref is None:
+                self.p_ref = p.clone()
+            target = self.p_avatar + (p - self.p_ref)
+        else:
+            target = p
+        target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
+        self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
+
+    @torch.no_grad()
+    def _latent(self, dp: torch.Tensor) -> torch.Tensor:
+        shift = self.A(dp[None])
+        if self.relative:
+            shift = shift - self.bias
+        return self.engine.zoo.compose_latent(self.z, shift)
+
+    @torch.no_grad()
+    def _render(self, latent: torch.Tensor) -> np.ndarray:
+        img = self.G.synthesize(latent)[0]
+        arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        if arr.shape[0] != self.out_size:
+            arr = np.asarray(Image.fromarray(arr).resize((self.out_size, self.out_size), Image.BICUBIC))
+        return arr
+
+    def _compose(self, driver: np.ndarray, result: np.ndarray) -> np.ndarray:
+        if not self.side_by_side:
+            return result
+        h = self.out_size
+        w = max(1, round(driver.shape[1] * h / driver.shape[0]))
+        drv = np.asarray(Image.fromarray(driver).resize((w, h), Image.BILINEAR))
+        avatar = np.asarray(Image.fromarray(self.pack.display).resize((h, h), Image.BICUBIC))
+        return np.concatenate([drv, avatar, result], axis=1)
+
+    def process(self, image: np.ndarray) -> Output:
+        t0 = time.perf_counter()
+        now = time.monotonic() - self._t0
+        face = self.reader.read(image, int(now * 1000))
+        t1 = time.perf_counter()
+        self._pose(face, now)
+        t2 = time.perf_counter()
+        latent = self._latent(self.dp)
+        t3 = time.perf_counter()
+        result = self._render(latent)
+        out = self._compose(image, result)
+        t4 = time.perf_counter()
+        self.frames += 1
+        return Output(out, face is not None, {"face": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3,
+                                              "latent": (t3 - t2) * 1e3, "image": (t4 - t3) * 1e3})
+
+    def close(self) -> None:
+        self.reader.close()
