@@ -1,0 +1,184 @@
+"""Enrollment, avatar packs, the per-frame reenactor and the offline run_stream path (default zoo)."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engines.errors import UserError
+from streamer.avatar import AvatarPack
+from streamer.enroll import Enroller, load_or_enroll
+from streamer.photo import read_photo
+from streamer.reenact import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "assets" / "astronaut.png"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine("default", log=lambda m: None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pack(engine, tmp_path_factory):
+    """A quick enrollment (fewer steps than the default; the same code path)."""
+    p = Enroller(engine.zoo, progress=False, log=lambda m: None).enroll(
+        read_photo(ASTRONAUT), "astronaut.png", invert_steps=40, tune_steps=30)
+    path = tmp_path_factory.mktemp("pack") / "astro.avatar"
+    p.save(path)
+    return path
+
+
+def test_pack_contents_and_round_trip(pack):
+    p = AvatarPack.load(pack)
+    assert p.zoo == "default" and tuple(p.latent.shape) == (1, 100)
+    assert set(k.split(".")[1] for k in p.tuned) <= {"6", "7", "9", "10", "12"}
+    assert p.crop.shape == (64, 64, 3) and p.display.shape == (256, 256, 3)
+    assert len(p.p) == 13 and p.meta["box"][2] > 0
+    q = p.meta["quality"]
+    # tuning must improve the reconstruction (identity up, pixel error down)
+    assert q["tuned"]["sface_cosine"] > q["inverted"]["sface_cosine"]
+    assert q["tuned"]["pixel_mae"] < q["inverted"]["pixel_mae"]
+    assert q["tuned"]["sface_cosine"] > 0.6
+    # the tuned generator reproduces the crop (what the quality numbers claim)
+    from engines.dcgan import DCGAN
+    g = p.generator(DCGAN.from_checkpoint())
+    with torch.no_grad():
+        img = ((g.synthesize(p.latent)[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+    assert np.abs(img - p.crop.astype(np.float32)).mean() == pytest.approx(q["tuned"]["pixel_mae"], abs=0.6)
+
+
+def test_corrupt_or_foreign_pack_is_a_user_error(pack, tmp_path):
+    bad = tmp_path / "bad.avatar"
+    bad.write_bytes(pack.read_bytes()[:300])
+    with pytest.raises(UserError, match="not a readable avatar pack"):
+        AvatarPack.load(bad)
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.avatar"))
+    with pytest.raises(UserError, match="not an avatar pack"):
+        AvatarPack.load(tmp_path / "other.avatar")
+
+
+def test_photo_errors(tmp_path, engine):
+    with pytest.raises(UserError, match="photo not found"):
+        read_photo(tmp_path / "nope.jpg")
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(UserError, match="not an image|corrupt"):
+        read_photo(junk)
+    blank = np.full((300, 300, 3), 200, np.uint8)
+    with pytest.raises(UserError, match="no face found"):
+        Enroller(engine.zoo, progress=False, log=lambda m: None).align(blank, "blank.png")
+
+
+def test_two_faces_use_the_largest_and_say_so(engine):
+    face = np.asarray(Image.open(ASTRONAUT).convert("RGB"))[20:300, 100:380]
+    canvas = np.full((300, 600, 3), 90, np.uint8)
+    canvas[10:290, 0:280] = face                                             # the larger face, left
+    canvas[50:250, 320:520] = np.asarray(Image.fromarray(face).resize((200, 200)))
+    said = []
+    box, *_ = Enroller(engine.zoo, progress=False, log=said.append).align(canvas, "two.png")
+    assert any("2 faces" in s and "largest" in s for s in said)
+    assert box[0] < 280  # centred on the big face on the left
+
+
+def test_photo_is_enrolled_once_and_cached(engine, tmp_path, monkeypatch, pack):
+    monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
+    import streamer.enroll as enroll
+    calls = []
+    real = enroll.Enroller.enroll
+
+    def quick(self, photo, name="photo", tune=True, invert_steps=None, tune_steps=None):
+        calls.append(name)
+        return real(self, photo, name, tune, 5, 3)
+    monkeypatch.setattr(enroll.Enroller, "enroll", quick)
+    a = load_or_enroll(ASTRONAUT, engine.zoo, progress=False, log=lambda m: None)
+    b = load_or_enroll(ASTRONAUT, engine.zoo, progress=False, log=lambda m: None)
+    assert calls == ["astronaut.png"] and torch.equal(a.latent, b.latent)
+
+
+def test_first_frame_reproduces_the_avatar_and_no_face_eases_back(engine, pack):
+    r = engine.make_reenactor(pack, hold_s=0.0, ease_s=0.05)
+    drv = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    out = r.process(drv)
+    assert out.face_found and set(out.stage_ms) == {"face", "pose", "latent", "image"}
+    # relative motion: the driver's first frame is its neutral reference, so dp = 0 and the shift
+    # A(0) - A(0) vanishes: the output is the avatar's own reconstruction, exactly
+    assert np.array_equal(out.image, r.avatar_img)
+    rot = np.asarray(Image.fromarray(drv).rotate(12, resample=Image.BICUBIC))
+    for _ in range(3):
+        moved = r.process(rot)
+    assert np.abs(moved.image.astype(int) - r.avatar_img).mean() > 2
+    dp_before = r.dp.abs().sum().item()
+    blank = np.zeros_like(drv)
+    for _ in range(40):
+        o = r.process(blank)
+        time.sleep(0.005)
+    assert not o.face_found and r.no_face >= 40
+    assert r.dp.abs().sum().item() < 0.2 * dp_before   # eased back toward the avatar's neutral pose
+    r.reset_reference()
+    assert np.array_equal(r.process(rot).image, r.avatar_img)  # new reference: dp = 0 again
+    r.close()
+
+
+def test_roll_of_the_driver_rolls_the_avatar(engine, pack):
+    """In-plane rotation of the driver photo is a pure roll change (closed form); the output's roll,
+    read by the MediaPipe runtime, must move the same way."""
+    from calibration.motion import output_view
+    from engines.net3d import MediaPipeNet3D
+    from engines.views import to_uint8
+    r = engine.make_reenactor(pack, smooth=False)
+    drv = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
+    r.process(drv)
+    rolls = []
+    with MediaPipeNet3D("image") as reader:
+        for angle in (-8, 0, 8):
+            out = r.process(np.asarray(Image.fromarray(drv).rotate(angle, resample=Image.BICUBIC)))
+            rolls.append(reader.read(to_uint8(output_view(out.image, 64))[0]).p[2])
+    r.close()
+    assert rolls[0] < rolls[1] < rolls[2]
+
+
+def test_run_stream_offline_writes_every_frame(pack, tmp_path):
+    clip = tmp_path / "short.mp4"
+    with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as src, av.open(str(clip), "w") as dst:
+        st = dst.add_stream("libx264", rate=24)
+        st.pix_fmt = "yuv420p"
+        for i, f in enumerate(src.decode(video=0)):
+            if i == 30:
+                break
+            if i == 0:
+                st.width, st.height = f.width, f.height
+            for pkt in st.encode(av.VideoFrame.from_ndarray(f.to_ndarray(format="rgb24"), format="rgb24")):
+                dst.mux(pkt)
+        for pkt in st.encode():
+            dst.mux(pkt)
+    out = tmp_path / "sub" / "out.mp4"
+    r = subprocess.run([sys.executable, "run_stream.py", "--avatar", str(pack), "--source", str(clip),
+                        "--sink", str(out), "--side-by-side", "--quiet"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "30 frames (0 without a face)" in r.stderr and "fps" in r.stderr
+    assert "Traceback" not in r.stderr
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 30
+    assert frames[0].shape[0] == 256 and frames[0].shape[1] > 3 * 256  # driver | avatar | result
+
+
+def test_run_stream_bad_avatar_is_one_line(tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(blank)
+    r = subprocess.run([sys.executable, "run_stream.py", "--avatar", str(blank), "--source",
+                        str(ROOT / "assets" / "pexels_woman.mp4"), "--sink", str(tmp_path / "o.mp4")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**__import__("os").environ, "FACEREENACT_CACHE": str(tmp_path / "c")})
+    assert r.returncode == 2
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert lines[-1].startswith("error: no face found in blank.png") and "Traceback" not in r.stderr
