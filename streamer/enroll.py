@@ -93,6 +93,20 @@ class Enroller:
                             "use a sharper, more frontal photo")
         return box, crop, display, target, reading
 
+    def avatar_p(self, photo: np.ndarray, reading) -> np.ndarray:
+        """The avatar's own pose in the zoo's Net3D terms: the default zoo reads the aligned crop as it
+        reads generated faces; a zoo with its own reader (vox256: DECA) reads the photo its way."""
+        if "pose_reader" not in self.zoo.extra:
+            return reading.p
+        reader = self.zoo.pose_reader()
+        try:
+            face = reader.read(photo, 0)
+        finally:
+            reader.close()
+        if face is None:
+            raise UserError("Net3D found no face in the avatar photo")
+        return face.p
+
     # -- losses ----------------------------------------------------------------------------------
     def _losses(self, img, target, roi, lm_target, emb_target):
         view = net3d_view(img)
@@ -217,7 +231,7 @@ class Enroller:
             G_t, tuned = self.tune(z, target, roi, lm_target, emb_target, tuning)
             with torch.no_grad():
                 quality["tuned"] = self._quality(G_t.synthesize(self.pivot(z)), target, emb_target)
-        meta = {"p": [float(v) for v in reading.p], "param_names": list(self.zoo.param_names),
+        meta = {"p": [float(v) for v in self.avatar_p(photo, reading)], "param_names": list(self.zoo.param_names),
                 "box": [float(v) for v in box], "quality": quality,
                 "inversion_steps": steps,
                 "tuning": {"layers": list(tuning.layers), "steps": tuning.steps, "lr": tuning.lr,
