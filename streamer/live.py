@@ -114,6 +114,8 @@ async def _offline(spec, sink_path, reenactor, max_frames, progress) -> dict:
     t0 = time.perf_counter()
     ch = pipeline.subscribe(sink.name)
     tasks = [asyncio.ensure_future(pipeline.run()), asyncio.ensure_future(run_sink(sink, pipeline, ch))]
+    # a failed output file ends the run now (not after processing the rest of the clip for nothing)
+    tasks[1].add_done_callback(lambda _: pipeline.input.close() if pipeline.stats.sink_errors else None)
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -124,10 +126,10 @@ async def _offline(spec, sink_path, reenactor, max_frames, progress) -> dict:
     seconds = time.perf_counter() - t0
     if pipeline.error:
         raise UserError(f"{pipeline.error} (at frame {pipeline.stats.processed})")
+    if pipeline.stats.sink_errors:     # before the source check: a failed sink stops the capture early
+        raise UserError(f"writing {sink_path} failed: {next(iter(pipeline.stats.sink_errors.values()))}")
     if not capture.ended:
         raise UserError(f"reading {spec.url} failed: {capture.status}")
-    if pipeline.stats.sink_errors:
-        raise UserError(f"writing {sink_path} failed: {next(iter(pipeline.stats.sink_errors.values()))}")
     s = pipeline.stats.snapshot()
     return {"frames": pipeline.stats.processed, "no_face": pipeline.stats.no_face,
             "fps": pipeline.stats.processed / max(seconds, 1e-9), "seconds": seconds,
@@ -215,6 +217,8 @@ async def _live(args, make_reenactor) -> int:
     sess.printer = StatusPrinter(sess.status_line)
     say = sess.printer.say
     stop = asyncio.Event()
+    sink_tasks: list[asyncio.Task] = []
+    failed: list[str] = []
     try:
         out_size = size or (640, 480)
         for s in sink_specs:   # open devices/files first: a missing virtual camera fails before model loading
@@ -235,7 +239,11 @@ async def _live(args, make_reenactor) -> int:
                                      status_text=lambda: None if cap.ok else f"{cap.label}: {cap.status}")
             for sink in sess.sinks:
                 ch = sess.pipeline.subscribe(sink.name)
-                sess.tasks.append(asyncio.ensure_future(run_sink(sink, sess.pipeline, ch)))
+                sink_tasks.append(asyncio.ensure_future(run_sink(sink, sess.pipeline, ch)))
+            sess.tasks += sink_tasks
+            if sink_tasks:
+                sess.tasks.append(asyncio.ensure_future(_watch_sinks(sink_tasks, sess.pipeline, say, failed,
+                                                                     None if serve else stop)))
             sess.tasks.append(asyncio.ensure_future(sess.pipeline.run()))
             cap.start(loop, sess.pipeline.input, opened=first)
             for s in sess.sinks:
@@ -267,7 +275,24 @@ async def _live(args, make_reenactor) -> int:
         await sess.close()
     if sess.pipeline is not None:
         say(f"done: {sess.status_line()}")
+    if sink_tasks and len(failed) == len(sink_tasks) and not serve:
+        errors = sess.pipeline.stats.sink_errors
+        raise UserError("every output failed: " + "; ".join(f"{n}: {errors[n]}" for n in failed))
     return 0
+
+
+async def _watch_sinks(tasks, pipeline: Pipeline, say, failed: list, stop: asyncio.Event | None) -> None:
+    """Report a failing output at once (the others go on). When every output has failed, nothing
+    consumes the stream: set `stop` (not when serving: browsers may still watch)."""
+    pending = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for name, err in pipeline.stats.sink_errors.items():
+            if name not in failed:
+                failed.append(name)
+                say(f"output {name} failed: {err}" + ("; the other outputs go on" if len(failed) < len(tasks) else ""))
+    if stop is not None and failed and len(failed) == len(tasks):
+        stop.set()
 
 
 async def _serve(sess: LiveSession, args, make_reenactor, controller, avatar, say) -> None:

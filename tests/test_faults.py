@@ -1,0 +1,560 @@
+"""The fault and bad-input matrix (docs/faults.md): every fault ends in a clear one-line message (no
+traceback), a non-zero exit where it is fatal, and no loss of output already written. Faults that the
+streaming tests already prove are listed in docs/faults.md with their test, not repeated here.
+
+The real default-zoo engine runs on a quickly enrolled astronaut (20 inversion + 10 tuning steps:
+motion and identity quality do not matter for these checks)."""
+from __future__ import annotations
+
+import asyncio
+import fractions
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engines.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRO = ROOT / "assets" / "astronaut.png"
+CLIP = ROOT / "assets" / "pexels_woman.mp4"
+QUIET = lambda m: None  # noqa: E731
+
+
+# ------------------------------------------------------------------------------------------ helpers
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FACEREENACT_CACHE", str(d))
+    yield d
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def engine(cache):
+    from streamer.reenact import Engine
+    torch.set_num_threads(1)
+    return Engine(progress=False, log=QUIET)
+
+
+@pytest.fixture(scope="module")
+def pack_path(engine, tmp_path_factory):
+    from streamer.enroll import Enroller
+    from streamer.photo import read_photo
+    pack = Enroller(engine.zoo, progress=False, log=QUIET).enroll(read_photo(ASTRO), ASTRO.name,
+                                                                 invert_steps=20, tune_steps=10)
+    path = tmp_path_factory.mktemp("pack") / "astronaut.avatar"
+    pack.save(path)
+    return path
+
+
+def one_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{text[-2000:]}"
+    assert "Traceback" not in text
+    return lines[0]
+
+
+def error_line(text: str) -> str:
+    """The one error line of a failed CLI run: the last line, the only 'error:' line, no traceback
+    (progress notes such as 'avatar: enrolling ...' may come before it)."""
+    assert "Traceback" not in text, text[-2000:]
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], text[-2000:]
+    return errors[0]
+
+
+def run_cli(module_main, argv, capsys) -> tuple[int, str]:
+    """A CLI main() in this process (models already loaded): exit status and stderr."""
+    try:
+        code = module_main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def stream_main(argv):
+    import run_stream
+    return run_stream.main(argv)
+
+
+def decode(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def short_clip(path: Path, n: int = 12, size=(320, 180)) -> Path:
+    with av.open(str(CLIP)) as src, av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+        for k, f in enumerate(src.decode(video=0)):
+            if k >= n:
+                break
+            f = f.reformat(width=size[0], height=size[1], format="yuv420p")
+            f.pts, f.time_base = k, fractions.Fraction(1, 24)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    return path
+
+
+def at(reen, t: float, img: np.ndarray):
+    """process() with the reenactor's clock at t seconds (its hold/ease timers run on it)."""
+    reen._t0 = time.monotonic() - t
+    return reen.process(img)
+
+
+# ------------------------------------------------------------------------------- driving-frame faults
+def test_driver_without_face_holds_the_pose_then_eases_to_neutral(engine, pack_path):
+    from streamer.avatar import AvatarPack
+    from streamer.reenact import AvatarReenactor
+    reen = AvatarReenactor(engine, AvatarPack.load(pack_path), smooth=False)
+    photo = Image.open(ASTRO).convert("RGB")
+    face = np.asarray(photo)
+    tilted = np.asarray(photo.rotate(15, resample=Image.BICUBIC))          # the driver tilts the head
+    blank = np.tile(np.linspace(30, 220, 512, dtype=np.uint8)[None, :, None], (512, 1, 3))  # no face
+    first = at(reen, 0.0, face)
+    moved = at(reen, 0.1, tilted)
+    assert first.face_found and moved.face_found
+    assert np.array_equal(first.image, reen.avatar_img)    # relative: the first face is the neutral
+    assert np.abs(moved.image.astype(int) - reen.avatar_img).mean() > 2   # the driver moved the avatar
+    held = [at(reen, 0.2 + 0.1 * k, blank) for k in range(8)]            # within hold_s = 1 s
+    assert not any(o.face_found for o in held) and reen.no_face == 8
+    assert all(np.array_equal(o.image, moved.image) for o in held)      # last pose held exactly
+    dist = []
+    for k in range(150):                                                 # past hold_s: ease back
+        out = at(reen, 1.3 + k / 30, blank)
+        dist.append(np.abs(out.image.astype(int) - reen.avatar_img).mean())
+    assert all(b <= a + 1e-9 for a, b in zip(dist, dist[1:])), "easing must approach neutral monotonically"
+    assert dist[-1] < 0.5 and out.image.shape == (256, 256, 3)          # exp(-150/15) of the shift left
+    reen.close()
+
+
+def two_face_frame(shared: Path | None) -> np.ndarray:
+    if shared is not None:
+        return np.asarray(Image.open(shared / "media" / "twofaces_obama_biden.jpg").convert("RGB"))
+    a = Image.open(ASTRO).convert("RGB").crop((100, 0, 360, 280))     # faces big enough to detect
+    small = a.transpose(Image.FLIP_LEFT_RIGHT).resize((156, 168))
+    canvas = Image.new("RGB", (280 + small.width, 280), (40, 40, 40))
+    canvas.paste(a, (0, 0))
+    canvas.paste(small, (280, 56))
+    return np.asarray(canvas)
+
+
+@pytest.mark.parametrize("which", ["bundled", "shared"])
+def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, request):
+    from engines.net3d import MediaPipeNet3D
+    from streamer.avatar import AvatarPack
+    from streamer.enroll import Enroller
+    from streamer.reenact import AvatarReenactor
+    img = two_face_frame(request.getfixturevalue("shared_dir") if which == "shared" else None)
+    with MediaPipeNet3D("image", num_faces=4) as r:
+        faces = r.read_all(img)
+    assert len(faces) == 2, "the test image must show two faces the runtime finds"
+    largest = faces[0]
+    reen = AvatarReenactor(engine, AvatarPack.load(pack_path))
+    outs = [at(reen, k / 30, img) for k in range(5)]
+    assert all(o.face_found and o.image.shape == (256, 256, 3) for o in outs)
+    tracked = reen.reader.read(img, 1000)                  # the session's own tracker: the larger face
+    assert np.allclose(tracked.box, largest.box, atol=8), (tracked.box, [f.box for f in faces])
+    reen.close()
+    notes = []
+    box = Enroller(engine.zoo, progress=False, log=notes.append).align(img, "two.jpg")[0]
+    assert notes == ["note: 2 faces in two.jpg; using the largest"]
+    x0, y0, x1, y1 = largest.box
+    assert x0 <= box[0] <= x1 and y0 - (y1 - y0) <= box[1] <= y1   # crop centred on the largest face
+
+
+def test_hand_over_the_face_keeps_a_face_in_the_output(engine, pack_path):
+    """assets/pexels_woman.mp4 frames 64-232: her hand covers mouth, nose and eyes in turn."""
+    from engines.net3d import MediaPipeNet3D
+    from engines.views import to_uint8
+    from calibration.motion import output_view
+    from streamer.avatar import AvatarPack
+    from streamer.reenact import AvatarReenactor
+    reen = AvatarReenactor(engine, AvatarPack.load(pack_path))
+    outs = []
+    with av.open(str(CLIP)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i > 232:
+                break
+            o = at(reen, f.time, f.to_ndarray(format="rgb24"))
+            if i >= 64 and i % 4 == 0:
+                outs.append(o)
+    reen.close()
+    assert all(o.image.shape == (256, 256, 3) and o.image.dtype == np.uint8 for o in outs)
+    with MediaPipeNet3D("image") as r:
+        found = [r.read(to_uint8(output_view(o.image, engine.zoo.generator.resolution))[0]) is not None
+                 for o in outs]
+    # the occluded driver must not push the avatar into a non-face (clamping to the calibrated range)
+    assert np.mean(found) >= 0.9, f"{np.mean(found):.2f} of outputs show a face"
+
+
+# ---------------------------------------------------------------------------------- avatar faults
+def no_face_photo(tmp_path: Path, shared: Path | None) -> Path:
+    if shared is not None:
+        return shared / "media" / "noface_coffee.png"
+    p = tmp_path / "plain.png"
+    g = np.linspace(0, 255, 320, dtype=np.uint8)
+    Image.fromarray(np.stack([np.tile(g, (240, 1))] * 3, -1)).save(p)
+    return p
+
+
+@pytest.mark.parametrize("which", ["bundled", "shared"])
+def test_avatar_photo_without_a_face(which, engine, tmp_path, request, capsys):
+    photo = no_face_photo(tmp_path, request.getfixturevalue("shared_dir") if which == "shared" else None)
+    out = tmp_path / "out.mp4"
+    code, err = run_cli(stream_main, ["--avatar", str(photo), "--source", str(CLIP), "--sink", str(out),
+                                      "--quiet"], capsys)
+    assert code == 2
+    assert error_line(err) == f"error: no face found in {photo.name}; use a photo with one clearly visible face"
+    assert not out.exists()                     # failed before anything was written
+
+
+def corrupt_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    data = ASTRO.read_bytes()
+    files = {"truncated PNG": ("half.png", data[: len(data) // 2], "corrupt or truncated image"),
+             "not an image": ("notes.jpg", b"these are not pixels\n" * 50, "not an image file PIL can read"),
+             "empty file": ("empty.png", b"", "not an image file PIL can read")}
+    buf = io.BytesIO()
+    Image.new("1", (10000, 9000)).save(buf, "PNG")       # 90 MP: a decompression bomb by size alone
+    files["decompression bomb"] = ("huge.png", buf.getvalue(), "image is too large")
+    out = {}
+    for what, (name, blob, msg) in files.items():
+        (tmp_path / name).write_bytes(blob)
+        out[what] = (tmp_path / name, msg)
+    return out
+
+
+def test_corrupt_avatar_images_are_one_line_errors(engine, tmp_path, capsys):
+    from streamer import enroll
+    for what, (path, msg) in corrupt_files(tmp_path).items():
+        code, err = run_cli(enroll.main, ["--avatar", str(path), "--out", str(tmp_path / "x.avatar")], capsys)
+        line = error_line(err)
+        assert code == 2 and line.startswith(f"error: {path}: ") and msg in line, (what, line)
+    # the stream CLI says the same, before opening any output
+    path, msg = corrupt_files(tmp_path)["truncated PNG"]
+    code, err = run_cli(stream_main, ["--avatar", str(path), "--source", str(CLIP), "--sink",
+                                      str(tmp_path / "o.mp4"), "--quiet"], capsys)
+    assert code == 2 and msg in error_line(err) and not (tmp_path / "o.mp4").exists()
+
+
+# ------------------------------------------------------------------------------ checkpoint faults
+def truncated(src: Path, dst: Path, frac: float = 0.6) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * frac)])
+    return dst
+
+
+def test_truncated_or_wrong_directions_file(engine, pack_path, tmp_path, capsys):
+    from engines.zoo import default_directions_path
+    bad = {"truncated": truncated(default_directions_path(), tmp_path / "A_cut.safetensors"),
+           "a photo renamed": tmp_path / "photo.safetensors"}
+    bad["a photo renamed"].write_bytes(ASTRO.read_bytes())
+    for what, path in bad.items():
+        code, err = run_cli(stream_main, ["--avatar", str(pack_path), "--directions", str(path), "--source",
+                                          str(CLIP), "--sink", str(tmp_path / "o.mp4"), "--quiet"], capsys)
+        line = error_line(err)
+        assert code == 2 and line.startswith(f"error: {path}: directions file is corrupt"), (what, line)
+
+
+def test_truncated_or_foreign_avatar_pack(engine, pack_path, tmp_path, capsys):
+    from streamer.avatar import AvatarPack
+    cut = truncated(pack_path, tmp_path / "cut.avatar")
+    code, err = run_cli(stream_main, ["--avatar", str(cut), "--source", str(CLIP), "--sink",
+                                      str(tmp_path / "o.mp4"), "--quiet"], capsys)
+    assert code == 2 and error_line(err).startswith(f"error: {cut}: not a readable avatar pack")
+    pack = AvatarPack.load(pack_path)
+    other = AvatarPack("vox256", pack.latent, {}, pack.crop, pack.display, dict(pack.meta))
+    other.save(tmp_path / "vox.avatar")
+    with pytest.raises(UserError, match="avatar was enrolled for zoo 'vox256', not 'default'"):
+        engine.make_reenactor(tmp_path / "vox.avatar")
+    name = next(iter(pack.tuned))
+    wrong = AvatarPack("default", pack.latent, {name: torch.zeros(3)}, pack.crop, pack.display, dict(pack.meta))
+    wrong.save(tmp_path / "wrong.avatar")
+    with pytest.raises(UserError, match=f"avatar pack: '{name}' has shape \\(3,\\), generator expects"):
+        engine.make_reenactor(tmp_path / "wrong.avatar")
+
+
+def test_damaged_cached_enrollment_is_rebuilt(engine, pack_path, cache, monkeypatch, tmp_path):
+    import streamer.enroll as enroll
+    from streamer.avatar import AvatarPack
+    photo = tmp_path / "me.png"
+    photo.write_bytes(ASTRO.read_bytes())
+    calls = []
+
+    class StubEnroller:             # enrollment itself is tested elsewhere; here only the cache matters
+        def __init__(self, *a, **k):
+            pass
+
+        def enroll(self, *a, **k):
+            calls.append(1)
+            return AvatarPack.load(pack_path)
+
+    monkeypatch.setattr(enroll, "Enroller", StubEnroller)
+    enroll.load_or_enroll(photo, engine.zoo, False, QUIET)
+    cached = list((cache / "avatars").glob(f"{enroll.file_sha256(photo)[:24]}-*.avatar"))
+    assert len(calls) == 1 and len(cached) == 1
+    truncated(cached[0], cached[0], 0.5)                # a crash while the cache was written elsewhere
+    pack = enroll.load_or_enroll(photo, engine.zoo, False, QUIET)
+    assert len(calls) == 2 and pack.zoo == "default" and AvatarPack.load(cached[0]).zoo == "default"
+
+
+# ----------------------------------------------------------------------- sources that fail or lie
+def test_driving_file_that_is_not_a_video_or_is_truncated(tmp_path, capsys):
+    from streamer.fakes import make_fake_reenactor
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of
+    text = tmp_path / "clip.mp4"
+    text.write_text("not a video\n")
+    cut = truncated(short_clip(tmp_path / "full.mp4"), tmp_path / "cut.mp4", 0.5)   # moov atom lost
+    for src in (text, cut):
+        code = run_live(args_of("--source", str(src), "--sink", str(tmp_path / "o.mp4")), make_fake_reenactor)
+        line = one_line(capsys.readouterr().err)
+        assert code == 2 and line.startswith(f"error: cannot open file {src}"), line
+
+
+class FailingSource:
+    """Delivers `good` frames of the clip, then raises like a camera unplugged / a disk read error."""
+
+    def __init__(self, spec, good: int):
+        from streamer.sources import AVSource
+        self._src, self.good = AVSource(spec), good
+        self.fps, self.rate = self._src.fps, self._src.rate
+
+    def read(self):
+        if self.good == 0:
+            raise OSError("Input/output error")
+        self.good -= 1
+        return self._src.read()
+
+    def close(self):
+        self._src.close()
+
+
+def test_offline_source_failure_keeps_what_was_written(tmp_path, monkeypatch):
+    import streamer.live as live
+    from streamer.fakes import FakeReenactor, expected_output
+    monkeypatch.setattr(live, "AVSource", lambda spec: FailingSource(spec, good=20))
+    out = tmp_path / "out.mp4"
+    with pytest.raises(UserError) as e:
+        live.run_offline(CLIP, out, FakeReenactor())
+    assert one_line(str(e.value)).startswith(f"reading {CLIP} failed: lost (OSError: Input/output error)")
+    got = decode(out)
+    assert len(got) == 20                                # every frame before the failure, playable
+    with av.open(str(CLIP)) as c:
+        src = [f.to_ndarray(format="rgb24") for _, f in zip(range(20), c.decode(video=0))]
+    ref = expected_output(src[19], (255, 0, 255)).astype(float)
+    # the last frame is frame 19's output (H.264 crf 20: > 30 dB; a neighbouring frame scores lower)
+    assert 10 * np.log10(255 ** 2 / np.mean((ref - got[19]) ** 2)) > 30
+
+
+def test_offline_engine_failure_keeps_what_was_written(tmp_path):
+    from streamer.fakes import FakeReenactor
+    from streamer.live import run_offline
+    out = tmp_path / "out.mp4"
+    with pytest.raises(UserError, match="reenactor error: RuntimeError: fake failure on frame 30 .at frame 29."):
+        run_offline(CLIP, out, FakeReenactor(fail_every=30))
+    assert len(decode(out)) == 29
+
+
+# ---------------------------------------------------------------------------------- sink faults
+class BrokenSink:
+    """A sink whose device/disk fails after `good` frames."""
+
+    def __init__(self, name: str, good: int):
+        self.name, self.good, self.frames, self.closed = name, good, 0, False
+
+    def write(self, item):
+        if self.frames >= self.good:
+            raise OSError(28, "No space left on device")
+        self.frames += 1
+
+    def close(self):
+        self.closed = True
+
+
+def test_offline_sink_failure_stops_early_with_one_line(tmp_path, monkeypatch):
+    import streamer.live as live
+    from streamer.fakes import FakeReenactor
+    from streamer.sinks import FileSink
+    write = FileSink.write
+    calls = {"n": 0}
+
+    def failing_write(self, item):
+        calls["n"] += 1
+        if calls["n"] > 15:
+            raise OSError(28, "No space left on device")
+        write(self, item)
+    monkeypatch.setattr(FileSink, "write", failing_write)
+    out = tmp_path / "out.mp4"
+    reen = FakeReenactor()
+    with pytest.raises(UserError) as e:
+        live.run_offline(CLIP, out, reen)
+    assert one_line(str(e.value)) == f"writing {out} failed: OSError: [Errno 28] No space left on device"
+    assert reen.calls < 100                   # stopped early (while the file closes), not after all 472
+    assert len(decode(out)) == 15             # the frames written before the failure stay playable
+
+
+def test_live_sink_failure_is_reported_and_the_others_go_on(monkeypatch, capsys):
+    import streamer.live as live
+    from streamer.fakes import make_fake_reenactor
+    from streamer.sinks import NullSink
+    from tests.test_stream_live import args_of
+    sinks = {"broken": BrokenSink("vcam", good=5), "file": NullSink("file:ok.mp4")}
+    monkeypatch.setattr(live, "open_sink", lambda spec, **kw: sinks[spec])
+    code = live.run_live(args_of("--source", "lavfi:testsrc2=size=160x120:rate=30", "--sink", "broken",
+                                 "--sink", "file", "--duration", "1.5"), make_fake_reenactor)
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "output vcam failed: OSError: [Errno 28] No space left on device; the other outputs go on" in err
+    assert sinks["broken"].closed and sinks["file"].frames > sinks["broken"].frames + 10
+
+
+def test_live_run_whose_only_output_fails_exits_2(monkeypatch, capsys):
+    import streamer.live as live
+    from streamer.fakes import make_fake_reenactor
+    from tests.test_stream_live import args_of
+    monkeypatch.setattr(live, "open_sink", lambda spec, **kw: BrokenSink("vcam:/dev/video10", good=3))
+    t0 = time.perf_counter()
+    code = live.run_live(args_of("--source", "lavfi:testsrc2=size=160x120:rate=30", "--sink", "vcam",
+                                 "--duration", "30"), make_fake_reenactor)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and time.perf_counter() - t0 < 20          # stopped, did not run for 30 s
+    assert err[-1] == "error: every output failed: vcam:/dev/video10: OSError: [Errno 28] No space left on device"
+
+
+def test_unwritable_output_path_is_one_line(tmp_path, capsys):
+    from streamer.fakes import make_fake_reenactor
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = run_live(args_of("--source", "lavfi:testsrc2", "--sink", str(blocker / "out.mp4")), make_fake_reenactor)
+    assert code == 2 and one_line(capsys.readouterr().err).startswith(f"error: --sink {blocker}/out.mp4: cannot create folder")
+
+
+def test_slow_sink_drops_frames_without_slowing_the_others():
+    """An overloaded consumer (slow virtual camera) gets the newest frame, never a backlog; the engine
+    and the other sinks keep the full rate."""
+    from streamer.fakes import FakeReenactor
+    from streamer.pipeline import Pipeline, run_sink
+    from streamer.sinks import NullSink
+    from streamer.sources import Capture
+    from tests.test_stream_pipeline import CountingSource
+
+    src = CountingSource(period_s=0.005)
+
+    class SlowSink(NullSink):
+        def __init__(self):
+            super().__init__("slow")
+            self.stale = []
+
+        def write(self, item):
+            self.stale.append(src.newest - item.index)   # camera frames made since this one was captured
+            time.sleep(0.05)
+            super().write(item)
+
+    async def main():
+        nonlocal pipe
+        pipe = Pipeline(FakeReenactor())
+        slow, fast = SlowSink(), NullSink("fast")
+        chs = [pipe.subscribe("slow"), pipe.subscribe("fast")]
+        tasks = [asyncio.ensure_future(pipe.run()), asyncio.ensure_future(run_sink(slow, pipe, chs[0])),
+                 asyncio.ensure_future(run_sink(fast, pipe, chs[1]))]
+        cap = Capture(lambda: src, label="counter")
+        cap.start(asyncio.get_running_loop(), pipe.input)
+        while slow.frames < 12:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(cap.stop)
+        pipe.input.close()
+        await asyncio.gather(*tasks)
+        pipe.close()
+        return slow, fast, chs
+
+    pipe = None
+    slow, fast, chs = asyncio.run(main())
+    assert fast.frames == pipe.stats.processed                  # the fast sink missed nothing
+    assert pipe.stats.sink_dropped.get("slow", 0) > 0 and chs[0].max_depth <= 1
+    assert fast.frames > 3 * slow.frames
+    # the slow sink always got a fresh frame; a queue would fall ~10 camera frames behind per write
+    assert max(slow.stale[1:]) <= 15, slow.stale
+
+
+# ---------------------------------------------------------------------------------- peer faults
+def test_peer_that_vanishes_without_closing_is_dropped(monkeypatch):
+    """A browser whose network dies (no DTLS close, no /close): ICE consent checks fail and the server
+    frees the session and its engine. Consent timing is shortened here (aioice: 6 x 5 s by default)."""
+    import aiohttp
+    import aioice.ice
+    from streamer.fakes import FakeReenactor
+    from streamer.rtc_client import ClientPeer, StampedCameraTrack
+    from tests.stream_support import served
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
+    made = []
+
+    def factory(avatar):
+        made.append(FakeReenactor(avatar))
+        return made[-1]
+
+    async def main():
+        frames = [np.full((120, 160, 3), v, np.uint8) for v in (60, 120, 180)]
+        async with served(factory) as srv, aiohttp.ClientSession() as http:
+            peer = ClientPeer(srv.url, http, send=StampedCameraTrack(frames))
+            await peer.connect()
+            await peer.wait_frames(5)
+            assert len(srv.peers.sessions) == 1
+            # the network goes away: every datagram of the client is dropped, in and out
+            conn = peer.pc.getTransceivers()[0].sender.transport.transport._connection
+            for proto in conn._protocols:
+                proto.transport.sendto = lambda *a, **k: None
+                proto.datagram_received = lambda *a, **k: None
+            peer.send.stop()
+            t0 = time.perf_counter()
+            while srv.peers.sessions and time.perf_counter() - t0 < 20:
+                await asyncio.sleep(0.05)
+            left = len(srv.peers.sessions)
+            await peer.close(tell_server=False)
+            return left
+
+    assert asyncio.run(main()) == 0 and len(made) == 1
+
+
+# --------------------------------------------------------------------- interrupting a recording
+def test_sigterm_during_a_live_recording_leaves_a_playable_file(pack_path, cache, tmp_path):
+    out = tmp_path / "rec.mp4"
+    env = dict(os.environ, FACEREENACT_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_stream.py"), "--avatar", str(pack_path), "--source",
+                             "lavfi:testsrc2=size=320x240:rate=15", "--sink", str(out), "--quiet"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in proc.stderr:            # the status line (every 5 s): frames are being recorded
+            seen.append(line)
+            if "fps |" in line or len(seen) > 50:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        err = "".join(seen) + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    frames = decode(out)
+    assert len(frames) >= 15 and frames[0].shape == (256, 256, 3)
