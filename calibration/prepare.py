@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from engines.face_geometry import FaceGeometry
 from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
-from engines.pose import EXPRESSION_INDEX
+from engines.pose import EXPRESSION_INDEX, euler_from_rotation
 from engines.views import VIEW_SIZE, net3d_view
 
 from .identity import IdentityScorer, points_from_landmarks
@@ -30,6 +31,7 @@ class TrainData:
     canonical: torch.Tensor   # [N, 478, 3]
     scale: torch.Tensor       # [N]
     rotation: torch.Tensor    # [N, 3, 3]
+    angles: torch.Tensor      # [N, 3] yaw/pitch/roll of the port's landmarks by MediaPipe's geometry
     emb: torch.Tensor         # [N, 128] unit SFace embeddings
     shape_model: ShapeModel
 
@@ -65,9 +67,11 @@ def prepare(generator, pool: Pool, landmarker: FaceLandmarkerTorch, scorer: Iden
         bss.append(bs[:, EXPRESSION_INDEX])
         pts = points_from_landmarks(lm)
         embs.append(scorer.embed_points(views, pts))
-    lm_cam = to_camera(torch.cat(lms))
+    lms = torch.cat(lms)
+    angles = euler_from_rotation(FaceGeometry()(lms, VIEW_SIZE, VIEW_SIZE))
+    lm_cam = to_camera(lms)
     expr = torch.cat(bss)
     model = fit_shape_model(lm_cam, expr)
     C, s, R, _ = model.canonical(lm_cam)
-    return TrainData(z, torch.as_tensor(ok.p, dtype=torch.float32), roi, expr, C, s, R,
+    return TrainData(z, torch.as_tensor(ok.p, dtype=torch.float32), roi, expr, C, s, R, angles,
                      torch.cat(embs), model)

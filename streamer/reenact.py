@@ -56,7 +56,7 @@ class Engine:
 class AvatarReenactor:
     def __init__(self, engine: Engine, pack: AvatarPack, *, relative: bool = True, smooth: bool = True,
                  side_by_side: bool = False, out_size: int = OUT_SIZE, hold_s: float = 1.0,
-                 ease_s: float = 0.5):
+                 ease_s: float = 0.5, correct: bool = True):
         if pack.zoo != engine.zoo.name:
             raise UserError(f"avatar was enrolled for zoo '{pack.zoo}', engine runs '{engine.zoo.name}'")
         self.engine, self.pack = engine, pack
@@ -76,10 +76,71 @@ class AvatarReenactor:
         self.dp = torch.zeros(k)
         self.last_face_t: float | None = None
         self.frames = self.no_face = 0
+        self.correction = None
         with torch.no_grad():
             self.bias = self.A(torch.zeros(1, k))
             self.avatar_img = self._render(self._latent(torch.zeros(k)))
+        self.correction = self._local_correction() if correct else None
         self._t0 = time.monotonic()
+
+    @torch.no_grad()
+    def _local_correction(self, step: float = 2.0, ridge: float = 0.05):
+        """Per-avatar direction calibration (beyond the paper). A is one linear map for all faces, but
+        how far a direction moves *this* avatar varies by face, is often asymmetric (one avatar turns
+        right easily and left hardly), and expression directions can move the head (cross-talk).
+        Measured once on the avatar's tuned generator, read by Net3D on calibration's view:
+          * for yaw, pitch and roll, the response curve p_i(t) along direction i (t = -5..5), used
+            inverted: the requested change is mapped to the t that produces it;
+          * the head-pose drift each expression direction causes (central differences), cancelled by
+            moving the pose directions the other way.
+        Returns (curves [(t, response)] per angle, drift matrix [3, K-3]) or None when the zoo's
+        Net3D does not read generated faces this way (vox256 with DECA) or a render has no face."""
+        if "pose_reader" in self.engine.zoo.extra:
+            return None
+        from engines.net3d import MediaPipeNet3D
+        from engines.views import net3d_view, to_uint8
+        k = self.A.k
+        ts = torch.linspace(-5, 5, 11)
+        sweeps = torch.zeros(3 * len(ts), k)
+        for i in range(3):
+            sweeps[i * len(ts):(i + 1) * len(ts), i] = ts
+        diffs = torch.cat([torch.eye(k)[3:] * step, -torch.eye(k)[3:] * step])
+        dps = torch.cat([sweeps, diffs])
+        imgs = self.G.synthesize(self._latent_batch(dps))
+        with MediaPipeNet3D("image") as reader:
+            faces = [reader.read(a) for a in to_uint8(net3d_view(imgs))]
+        if any(f is None for f in faces):
+            return None
+        p = self.A.normalise(torch.as_tensor(np.stack([f.p for f in faces]), dtype=torch.float32)).numpy()
+        curves = []
+        for i in range(3):
+            r = p[i * len(ts):(i + 1) * len(ts), i]
+            r = r - np.interp(0.0, ts.numpy(), r)
+            if r[-1] - r[0] < 0.5:       # this direction hardly moves this avatar: leave it linear
+                curves.append(None)
+                continue
+            # monotone (strictly, by a hair) so it can be inverted by interpolation
+            curves.append((ts.numpy(), np.maximum.accumulate(r) + 1e-6 * np.arange(len(r))))
+        n = 3 * len(ts)
+        m = k - 3
+        J = ((p[n:n + m] - p[n + m:]) / (2 * step)).T      # [K measured, K-3 expression dirs]
+        slope = np.array([1.0 if c is None else max((c[1][-1] - c[1][0]) / 10, 0.1) for c in curves])
+        drift = -J[:3] / slope[:, None]
+        return curves, torch.as_tensor(drift, dtype=torch.float32)
+
+    def _corrected(self, dp: torch.Tensor) -> torch.Tensor:
+        curves, drift = self.correction
+        out = dp.clone()
+        out[:3] = out[:3] + drift @ dp[3:]
+        for i, c in enumerate(curves):
+            if c is not None and float(out[i]) != 0.0:  # no change requested stays no change
+                t, r = c
+                out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
+        return out
+
+    def _latent_batch(self, dps: torch.Tensor) -> torch.Tensor:
+        shift = self.A(dps) - (self.bias if self.relative else 0)
+        return self.engine.zoo.compose_latent(self.z.expand(len(dps), *self.z.shape[1:]), shift)
 
     # -- controls ------------------------------------------------------------------------------
     def reset_reference(self) -> None:
@@ -111,6 +172,8 @@ class AvatarReenactor:
 
     @torch.no_grad()
     def _latent(self, dp: torch.Tensor) -> torch.Tensor:
+        if self.correction is not None:
+            dp = self._corrected(dp)
         shift = self.A(dp[None])
         if self.relative:
             shift = shift - self.bias

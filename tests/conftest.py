@@ -12,3 +12,12 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present (official fixtures / test media)")
     return SHARED
+
+
+def pytest_configure(config):
+    # one torch thread: on small shared machines two threads wait on each other far more than they
+    # help (measured 10-100x slowdowns under load); CI_TORCH_THREADS overrides
+    import os
+
+    import torch
+    torch.set_num_threads(int(os.environ.get("CI_TORCH_THREADS", "1")))
