@@ -36,7 +36,7 @@ from .prepare import TrainData, prepare
 from .sampling import Pool
 from .shape_model import to_camera
 
-WEIGHTS = {"shape": 1.0, "eye": 1.0, "mouth": 1.0, "pose": 4.0, "exp": 4.0, "id": 0.1, "pix": 0.05}
+WEIGHTS = {"shape": 1.0, "eye": 1.0, "mouth": 4.0, "pose": 4.0, "exp": 4.0, "id": 0.1, "pix": 0.05}
 
 
 def rotation_torch(angles_deg: torch.Tensor) -> torch.Tensor:
@@ -206,9 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo", default="default")
     ap.add_argument("--weights", help="weights folder (vox256)")
     ap.add_argument("--run", type=Path, help="folder with stats.json/pool.npz; outputs go here (default runs/<zoo>)")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay to 0)")
     ap.add_argument("--init", choices=["random", "least_squares"], default="random")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-every", type=int, default=50)
