@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from tqdm import tqdm
 
 from engines.directions import Directions
 from engines.errors import UserError, main_guard
-from engines.facelandmarker import FaceLandmarkerTorch
+from engines.face_geometry import FaceGeometry
+from engines.facelandmarker import FaceLandmarkerTorch, crop, roi_from_landmarks, uncrop_landmarks
 from engines.pose import EXPRESSION_INDEX, euler_from_rotation, rotation_from_euler
-from engines.views import net3d_view
+from engines.views import VIEW_SIZE, net3d_view
 from engines.zoo import load_zoo
 
 from .identity import IdentityScorer, points_from_landmarks
@@ -34,7 +36,7 @@ from .prepare import TrainData, prepare
 from .sampling import Pool
 from .shape_model import to_camera
 
-WEIGHTS = {"shape": 1.0, "eye": 1.0, "mouth": 1.0, "pose": 1.0, "exp": 1.0, "id": 0.5, "pix": 0.2}
+WEIGHTS = {"shape": 1.0, "eye": 1.0, "mouth": 4.0, "pose": 4.0, "exp": 4.0, "id": 0.1, "pix": 0.05}
 
 
 def rotation_torch(angles_deg: torch.Tensor) -> torch.Tensor:
@@ -43,12 +45,19 @@ def rotation_torch(angles_deg: torch.Tensor) -> torch.Tensor:
 
 class Trainer:
     def __init__(self, generator, data: TrainData, directions: Directions, landmarker: FaceLandmarkerTorch,
-                 scorer: IdentityScorer, weights: dict, lr: float, batch: int, seed: int):
+                 scorer: IdentityScorer, weights: dict, lr: float, batch: int, seed: int,
+                 total_steps: int | None = None):
         self.G, self.data, self.A = generator, data, directions
         self.landmarker, self.scorer = landmarker, scorer
         self.w = weights
         self.batch = batch
+        self.lr, self.total_steps = lr, total_steps
         self.opt = torch.optim.Adam(self.A.linear.parameters(), lr=lr, weight_decay=5e-4)
+        self.geometry = FaceGeometry()
+        # jawOpen (talking) counts as much as the other nine expressions together
+        self.exp_w = torch.ones(len(EXPRESSION_INDEX))
+        self.exp_w[0] = float(len(EXPRESSION_INDEX) - 1)
+        self.exp_w = self.exp_w * (len(self.exp_w) / self.exp_w.sum())
         self.rng = torch.Generator().manual_seed(seed)
         self.step = 0
         self.real_from: int | None = None   # mixed mode: rows from here on are inverted real frames
@@ -82,7 +91,10 @@ class Trainer:
         R = dR @ d.rotation[s]
         lm = d.scale[s].view(-1, 1, 1) * canon @ R.transpose(1, 2)
         expr_target = (d.expr_port[s] + d_expr).clamp(0, 1)
-        return lm, expr_target, euler_from_rotation(R)
+        # target angles as the port + MediaPipe geometry would read them (its reading of the source
+        # plus the requested change), so the runtime's small offsets on the source cancel
+        angles_target = d.angles[s] + (p_ref[:, :3] - p_s[:, :3])
+        return lm, expr_target, angles_target
 
     # -- one step --------------------------------------------------------------------------------
     def losses(self, s, dp, p_ref):
@@ -91,17 +103,20 @@ class Trainer:
         img_s = self.G.synthesize(z_s)
         img_r = self.G.synthesize(self.G.apply_shift(z_s, self.A(dp)))
         view_r = net3d_view(img_r)
-        out = self.landmarker(view_r, d.roi[s])
+        with torch.no_grad():  # track the face like the runtime does: re-crop on where it now is
+            first = self.landmarker.landmark_net(crop(view_r, d.roi[s]))[0]
+            roi = roi_from_landmarks(uncrop_landmarks(first, d.roi[s])[..., :2], VIEW_SIZE, VIEW_SIZE)
+        out = self.landmarker(view_r, roi)
         lm_r = to_camera(out["landmarks"])
         lm_ref, expr_ref, angles_ref = self.reference(s, p_ref)
         shape, eye, mouth = landmark_losses(lm_r, lm_ref, d.scale[s], d.shape_model.rigid)
         # parameter consistency, in the units evaluation reports (not normalised p: roll's narrow
         # range would make 1 degree of roll cost as much as 6 of yaw and forbid turning the head):
-        # head rotation of the reenacted landmarks (Procrustes to the mean shape) vs the reference's,
-        # 10 degrees = 1; expression scores vs the reference's, 0.5 = 1.
-        _, _, R_r, _ = d.shape_model.canonical(lm_r)
-        pose = (euler_from_rotation(R_r) - angles_ref).abs().mean() / 10.0
-        exp = (out["blendshapes"][:, EXPRESSION_INDEX] - expr_ref).abs().mean() * 2.0
+        # head angles of the reenacted landmarks by MediaPipe's own geometry pipeline (the pose the
+        # runtime reports) vs the target's, 10 degrees = 1; expression scores, 0.5 = 1.
+        angles_r = euler_from_rotation(self.geometry(out["landmarks"], VIEW_SIZE, VIEW_SIZE))
+        pose = (angles_r - angles_ref).abs().mean() / 10.0
+        exp = ((out["blendshapes"][:, EXPRESSION_INDEX] - expr_ref).abs() * self.exp_w).mean() * 2.0
         emb_r = self.scorer.embed_points(view_r, points_from_landmarks(out["landmarks"].detach()))
         ident = identity_loss(emb_r, d.emb[s])
         pix = lowpass_l1(img_r, img_s.detach())
@@ -110,6 +125,9 @@ class Trainer:
         return total, parts
 
     def train_step(self) -> dict:
+        if self.total_steps:  # cosine decay: large early steps, little random walk at the end
+            for g in self.opt.param_groups:
+                g["lr"] = 0.5 * self.lr * (1 + math.cos(math.pi * min(self.step / self.total_steps, 1.0)))
         s, dp, p_ref = self.sample()
         total, parts = self.losses(s, dp, p_ref)
         self.opt.zero_grad(set_to_none=True)
@@ -188,9 +206,9 @@ def main(argv=None) -> int:
     ap.add_argument("--zoo", default="default")
     ap.add_argument("--weights", help="weights folder (vox256)")
     ap.add_argument("--run", type=Path, help="folder with stats.json/pool.npz; outputs go here (default runs/<zoo>)")
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch", type=int, default=12)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay to 0)")
     ap.add_argument("--init", choices=["random", "least_squares"], default="random")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-every", type=int, default=50)
@@ -229,7 +247,8 @@ def main(argv=None) -> int:
         data.save(cache)
     weights = {k: getattr(args, f"w_{k}") for k in WEIGHTS}
     A = init_directions(zoo, stats, args.init, run / "least_squares.safetensors")
-    trainer = Trainer(zoo.generator, data, A, landmarker, scorer, weights, args.lr, args.batch, args.seed)
+    trainer = Trainer(zoo.generator, data, A, landmarker, scorer, weights, args.lr, args.batch, args.seed,
+                      total_steps=args.steps)
     if n_real:
         trainer.real_from = len(data.z) - n_real   # prepare() keeps the pool's order: real rows last
     ckpt = run / "train_ckpt.pt"
