@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,15 +18,19 @@ from .pose import PARAM_NAMES, pose_vector
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: warnings and up only
 
-# mediapipe's landmarker raises from __del__ if it is still open at interpreter teardown: close
-# every open reader while the runtime still exists
-_OPEN: "weakref.WeakSet[MediaPipeNet3D]" = weakref.WeakSet()
+# A mediapipe landmarker must be closed explicitly, never by the garbage collector: its close()
+# hands work to a one-thread executor, and when the landmarker sits in a reference cycle the cycle
+# collector may already have retired that executor's thread, so close() from __del__ waits forever
+# (seen as a hung test). Every open landmarker is therefore held here until close(); whatever is
+# still open at exit is closed while the runtime still exists.
+_OPEN: set = set()
 
 
 @atexit.register
 def _close_all() -> None:
-    for reader in list(_OPEN):
-        reader.close()
+    for landmarker in list(_OPEN):
+        landmarker.close()
+    _OPEN.clear()
 
 
 @dataclass
@@ -71,7 +74,7 @@ class MediaPipeNet3D:
         self._landmarker = vision.FaceLandmarker.create_from_options(opts)
         self.mode = mode
         self._last_ts = -1
-        _OPEN.add(self)
+        _OPEN.add(self._landmarker)
 
     def read_all(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[FaceReading]:
         """All faces in an RGB uint8 image, largest first."""
@@ -99,9 +102,10 @@ class MediaPipeNet3D:
         return faces[0] if faces else None
 
     def close(self) -> None:
-        if getattr(self, "_landmarker", None) is not None:
-            self._landmarker.close()
-            self._landmarker = None
+        landmarker, self._landmarker = getattr(self, "_landmarker", None), None
+        if landmarker is not None:
+            landmarker.close()
+            _OPEN.discard(landmarker)
 
     def __enter__(self):
         return self
@@ -109,8 +113,3 @@ class MediaPipeNet3D:
     def __exit__(self, *exc):
         self.close()
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: mediapipe's own teardown may already be gone
-            pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -220,6 +221,7 @@ class Pipeline:
                  status_text: Callable[[], str | None] | None = None,
                  idle_size: tuple[int, int] = (640, 480)):
         self.reenactor = reenactor
+        self._engine_to_close = reenactor
         self.offline, self.name = offline, name
         self.input = Channel(maxsize=4 if offline else 1, lossy=not offline)
         self.stats = Stats()
@@ -268,7 +270,9 @@ class Pipeline:
     async def swap_reenactor(self, new: Reenactor) -> None:
         def swap():
             new.side_by_side = getattr(self.reenactor, "side_by_side", False)
-            self.reenactor = new
+            old, self.reenactor = self.reenactor, new
+            self._engine_to_close = new
+            _close_engine(old)  # on the worker thread: never while it is processing a frame
         await self.call(swap)
 
     def _process(self, frame: Frame) -> tuple[Output, float]:
@@ -334,6 +338,23 @@ class Pipeline:
     def close(self) -> None:
         self.input.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        engine, self._engine_to_close = self._engine_to_close, None
+        if engine is not None:  # release the engine's own resources (e.g. its MediaPipe tracker)
+            threading.Thread(target=_close_after, args=(self._executor, engine), daemon=True).start()
+
+
+def _close_engine(engine) -> None:
+    closer = getattr(engine, "close", None)
+    if callable(closer):
+        try:
+            closer()
+        except Exception:  # a failing close must not take the pipeline down with it
+            pass
+
+
+def _close_after(executor, engine) -> None:
+    executor.shutdown(wait=True)   # the frame being processed, if any, finishes first
+    _close_engine(engine)
 
 
 async def run_sink(sink, pipeline: Pipeline, ch: Channel) -> None:
