@@ -214,3 +214,17 @@ class AvatarReenactor:
 
     def close(self) -> None:
         self.reader.close()
+
+
+_SHARED: dict = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def default_zoo_factory(avatar):
+    """`make_reenactor` for tools that take MODULE:FUNCTION (e.g. `python -m streamer.bench_live
+    --factory streamer.reenact:default_zoo_factory --avatar me.png`): one shared default-zoo Engine."""
+    with _SHARED_LOCK:
+        if "engine" not in _SHARED:
+            torch.set_num_threads(1)
+            _SHARED["engine"] = Engine("default", progress=False)
+    return _SHARED["engine"].make_reenactor(avatar)
