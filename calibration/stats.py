@@ -79,11 +79,12 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=4000, help="number of random latents")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="output folder (default runs/<zoo>)")
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     out = args.out or Path("runs") / args.zoo
     out.mkdir(parents=True, exist_ok=True)
     zoo = load_zoo(args.zoo, args.weights)
-    pool = sample_pool(zoo.generator, args.n, args.seed)
+    pool = sample_pool(zoo.generator, args.n, args.seed, progress=not args.no_progress)
     if pool.detected.sum() < max(10, len(zoo.param_names) * 3):
         raise UserError(f"Net3D found a face in only {pool.detected.sum()} of {args.n} samples; "
                         "too few for statistics")
