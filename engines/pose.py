@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .facelandmarker import BLENDSHAPE_NAMES  # mediapipe's order; index 0 is '_neutral'
+
 ANGLES = ["yaw", "pitch", "roll"]
 EXPRESSIONS = [
     "jawOpen",
@@ -23,19 +25,6 @@ EXPRESSIONS = [
 ]
 PARAM_NAMES = ANGLES + EXPRESSIONS
 
-# mediapipe's blendshape order (index 0 is '_neutral'); the scores arrive in this order
-BLENDSHAPE_NAMES = [
-    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
-    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight",
-    "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft",
-    "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight",
-    "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose",
-    "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight", "mouthFunnel",
-    "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight",
-    "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
-    "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthUpperUpLeft", "mouthUpperUpRight", "noseSneerLeft", "noseSneerRight",
-]
 EXPRESSION_INDEX = [BLENDSHAPE_NAMES.index(n) for n in EXPRESSIONS]
 
 

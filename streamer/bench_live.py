@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.machine import cpu_model
+
 ASSET_CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
 
 
@@ -124,16 +126,6 @@ def bench(make_reenactor=None, *, peers: int = 3, seconds: float = 10.0, warmup:
 
 def _fmt(v) -> str:
     return "  n/a" if v is None else f"{v:5.1f}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(results: list[dict]) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from engines.errors import UserError, main_guard
+from streamer.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAME_HW = (480, 640)
@@ -73,16 +74,6 @@ def time_fn(fn, device: torch.device, iters: int = 30, warmup: int = 5) -> dict:
 
 
 # -- environment -------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict:
     env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads()}

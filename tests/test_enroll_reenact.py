@@ -15,6 +15,7 @@ from streamer.avatar import AvatarPack
 from streamer.enroll import Enroller, load_or_enroll
 from streamer.photo import read_photo
 from streamer.reenact import Engine
+from tests.media import short_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "assets" / "astronaut.png"
@@ -152,19 +153,7 @@ def test_driver_head_turn_turns_the_avatar(engine, pack):
 
 
 def test_run_stream_offline_writes_every_frame(pack, tmp_path):
-    clip = tmp_path / "short.mp4"
-    with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as src, av.open(str(clip), "w") as dst:
-        st = dst.add_stream("libx264", rate=24)
-        st.pix_fmt = "yuv420p"
-        for i, f in enumerate(src.decode(video=0)):
-            if i == 30:
-                break
-            if i == 0:
-                st.width, st.height = f.width, f.height
-            for pkt in st.encode(av.VideoFrame.from_ndarray(f.to_ndarray(format="rgb24"), format="rgb24")):
-                dst.mux(pkt)
-        for pkt in st.encode():
-            dst.mux(pkt)
+    clip = short_clip(tmp_path / "short.mp4", 30)
     out = tmp_path / "sub" / "out.mp4"
     r = subprocess.run([sys.executable, "run_stream.py", "--avatar", str(pack), "--source", str(clip),
                         "--sink", str(out), "--side-by-side", "--quiet"], cwd=ROOT, capture_output=True,

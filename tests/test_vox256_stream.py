@@ -13,6 +13,7 @@ import torch
 from engines.random_weights import write_random_vox256
 from engines.zoo import load_zoo
 from streamer.avatar import AvatarPack
+from tests.media import short_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,20 +28,7 @@ def weights(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """The first 12 frames of the bundled clip."""
-    out = tmp_path_factory.mktemp("clip") / "short.mp4"
-    with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as src, av.open(str(out), "w") as dst:
-        st = dst.add_stream("libx264", rate=24)
-        st.pix_fmt = "yuv420p"
-        for i, f in enumerate(src.decode(video=0)):
-            if i == 12:
-                break
-            if i == 0:
-                st.width, st.height = f.width, f.height
-            for pkt in st.encode(av.VideoFrame.from_ndarray(f.to_ndarray(format="rgb24"), format="rgb24")):
-                dst.mux(pkt)
-        for pkt in st.encode():
-            dst.mux(pkt)
-    return out
+    return short_clip(tmp_path_factory.mktemp("clip") / "short.mp4", 12)
 
 
 def run(*args, timeout=600):
