@@ -119,8 +119,13 @@ class AvatarReenactor:
             if r[-1] - r[0] < 0.5:       # this direction hardly moves this avatar: leave it linear
                 curves.append(None)
                 continue
-            # monotone (strictly, by a hair) so it can be inverted by interpolation
-            curves.append((ts.numpy(), np.maximum.accumulate(r) + 1e-6 * np.arange(len(r))))
+            # monotone, with a minimum slope (the inverse's gain at most 20) and anchored at 0 again, so
+            # it inverts by interpolation without jumps: on a plateau through t = 0 a tiny requested
+            # change would map to the plateau's end, and the avatar would never return to neutral
+            t = ts.numpy()
+            r = np.maximum.accumulate(r)
+            r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
+            curves.append((t, r - np.interp(0.0, t, r)))
         n = 3 * len(ts)
         m = k - 3
         J = ((p[n:n + m] - p[n + m:]) / (2 * step)).T      # [K measured, K-3 expression dirs]
