@@ -476,7 +476,7 @@ def main(argv=None) -> int:
                    f"inversion {steps[0] or 'zoo default'} / tuning {steps[1] or 'zoo default'} steps")
                   + (", no generator tuning" if args.no_tune else ""),
         "lpips": lpips is not None, "fid": fid_extractor is not None, "seconds": time.time() - t0,
-        "avatar_frame": args.avatar_frame, "max_frames": args.max_frames}
+        "avatar_frame": args.avatar_frame, "max_frames": args.max_frames, "figure_clips": args.figure_clips}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     if args.report:

@@ -75,6 +75,18 @@ def observations(results: dict) -> list[str]:
                    f"{fmt(s['pose'])}°, expression error {fmt(r['exp'], 3)} vs {fmt(s['exp'], 3)}, CSIM "
                    f"{fmt(r['csim'], 3)} vs {fmt(s['csim'], 3)}; driving beats holding still on pose error in "
                    f"{wins} of {len(rel)} pairs; median correlation of output with target over the pairs: {med or '–'}.")
+    # holding still errs by exactly the driver's own motion (cross, relative target): a strong baseline
+    # when the driver hardly moves, so compare per driver
+    per = {}
+    for p in results["pairs"]:
+        if p["kind"] == "cross" and p["summary"]["pose"] is not None:
+            per.setdefault(p["driver"], {}).setdefault(p["mode"], []).append(p["summary"]["pose"])
+    parts = [f"`{d}` {np.mean(m['static']):.2f}° → {np.mean(m['relative']):.2f}°" for d, m in per.items()
+             if "static" in m and "relative" in m]
+    if parts:
+        out.append("- Per driver (cross, pose error held still → driven with relative motion; the first number is the "
+                   "driver's own mean head motion since its first frame): " + "; ".join(parts) + ". Driving pays off "
+                   "when the driver moves more than the output's own pose error.")
     return out
 
 
@@ -159,6 +171,9 @@ def write_report(results: dict, path: Path, figures: list[tuple[str, Path]]) -> 
         "(– where the output does not move).", ""]
     if figures:
         parts += ["## Figures", ""]
+        if meta.get("figure_clips"):
+            parts += [f"Only clips whose name contains `{meta['figure_clips']}` get figures (source and driver): "
+                      "the other clips' licences allow testing, not publishing frames or faces made from them.", ""]
         for title, fig in figures:
             rel = Path(fig).resolve().relative_to(path.resolve().parent) if Path(fig).resolve().is_relative_to(
                 path.resolve().parent) else Path(fig)

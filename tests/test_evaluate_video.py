@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from calibration import evaluate_video as ev
@@ -39,19 +40,22 @@ def test_frechet_distance_matches_closed_forms_and_scipy():
     assert abs(fid_from_features(x, x)) < 1e-9
 
 
-def test_onnx_feature_extractor_and_bad_specs(tmp_path):
+def means_onnx(path: Path) -> Path:
+    """A stand-in "Inception": NCHW [N,3,24,32] in [0,1] -> per-channel means [N,3]."""
     import onnx
     from onnx import TensorProto, helper
-    # a stand-in "Inception": NCHW [N,3,24,32] in [0,1] -> per-channel means [N,3]
     g = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
                            helper.make_node("Flatten", ["p"], ["f"])], "means",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 24, 32])],
                           [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 3])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    path = tmp_path / "means.onnx"
     onnx.save(model, str(path))
-    extract = load_extractor(str(path))
+    return path
+
+
+def test_onnx_feature_extractor_and_bad_specs(tmp_path):
+    extract = load_extractor(str(means_onnx(tmp_path / "means.onnx")))
     imgs = np.random.default_rng(1).integers(0, 256, (5, 40, 50, 3), dtype=np.uint8)
     ref = np.stack([np.asarray(Image.fromarray(im).resize((32, 24), Image.BILINEAR), np.float64).mean((0, 1)) / 255
                     for im in imgs])
@@ -116,8 +120,15 @@ def run(tmp_path_factory):
     left = write_clip(tmp / "drv_left.mp4", frames)
     mirror = write_clip(tmp / "drv_mirror.mp4", [np.ascontiguousarray(f[:, ::-1]) for f in frames])
     out = tmp / "out"
+    weights = tmp / "weights"          # random LPIPS weights in the documented files: exercises the path
+    weights.mkdir()
+    from engines.random_weights import random_lpips
+    alex, lin = random_lpips(seed=3)
+    torch.save(lin, weights / "alex.pth")
+    torch.save(alex, weights / "alexnet-owt-7be5be79.pth")
     code = ev.main(["--clips", str(left), str(mirror), "--max-frames", "8", "--fast-enroll", "--json",
-                    str(out / "r.json"), "--report", str(out / "report.md"), "--figure-clips", "left", "--quiet"])
+                    str(out / "r.json"), "--report", str(out / "report.md"), "--figure-clips", "left", "--quiet",
+                    "--weights", str(weights), "--fid-features", str(means_onnx(tmp / "means.onnx"))])
     mp.undo()
     assert code == 0
     return json.loads((out / "r.json").read_text()), out, left, mirror
@@ -133,13 +144,17 @@ def test_run_covers_self_and_cross_pairs_in_every_mode(run):
         assert p["kind"] == ("self" if s == d else "cross")
         assert r["frames"] == (7 if s == d else 8)           # self: the source frame is not a target
         assert -1 <= r["csim"] <= 1 and r["pose"] >= 0 and r["exp"] >= 0
-        assert (r["nme"] is not None) == (s == d) and r["lpips"] is None and r["fid"] is None
+        selfr = s == d
+        assert (r["nme"] is not None) == selfr
+        assert (r["lpips"] is not None) == selfr and (r["fid"] is not None) == selfr   # self only
+        if selfr:
+            assert r["lpips"] >= 0 and np.isfinite(r["fid"]) and r["fid"] >= -1e-9
         if m == "static":                                     # a still output has no correlation
             assert r["r_yaw"] is None and r["r_jawOpen"] is None
         else:
             assert all(r[k] is None or -1 <= r[k] <= 1 for k in ("r_yaw", "r_pitch", "r_jawOpen"))
     assert set(res["summary"]) == {"self", "cross"} and set(res["summary"]["self"]) == {"relative", "absolute", "static"}
-    assert res["meta"]["lpips"] is False and len(res["meta"]["directions_sha256"]) == 64
+    assert res["meta"]["lpips"] is True and res["meta"]["fid"] is True and len(res["meta"]["directions_sha256"]) == 64
 
 
 def test_static_cross_error_is_the_drivers_own_motion(run):
@@ -161,7 +176,7 @@ def test_report_table_and_licence_filtered_figures(run):
     text = (out / "report.md").read_text()
     assert "| self | paper, vox256 (VoxCeleb1, Table 1) | 0.66 | – | 0.11 | 35.0 | 14.1 |" in text
     assert "| cross | default zoo, relative motion (product default) |" in text
-    assert "LPIPS: no LPIPS weights given" in text and "python -m calibration.evaluate_video --clips" in text
+    assert "LPIPS: no LPIPS weights" not in text and "python -m calibration.evaluate_video --clips" in text
     figs = sorted(p.name for p in (out / "evaluation").iterdir())
     # only clips matching --figure-clips get images (source and driver both)
     assert figs == ["drv_left__drv_left_curves.png", "drv_left__drv_left_strip.png"]
