@@ -202,10 +202,8 @@ class Session:
     def output(self, t: float, rgb: np.ndarray) -> np.ndarray:
         if self.reen is None:
             return self.source.avatar_img
-        # the engine's filters and tracker run on its own clock: drive it with the clip's time, so the
-        # result does not depend on how fast this machine evaluates (as a camera at the clip's rate)
-        self.reen._t0 = time.monotonic() - t
-        return self.reen.process(rgb).image
+        # the clip's own clock: the result does not depend on how fast this machine evaluates
+        return self.reen.process(rgb, t).image
 
     def close(self) -> None:
         if self.reen is not None:

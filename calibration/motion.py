@@ -56,7 +56,7 @@ def measure_clip(engine, avatar, clip: Path, max_frames: int | None = None, stri
                 if max_frames and i >= max_frames:
                     break
                 rgb = frame.to_ndarray(format="rgb24")
-                out = reen.process(rgb)
+                out = reen.process(rgb, frame.time)
                 if i % stride or not out.face_found:
                     continue
                 d = reader.read(rgb)

@@ -22,8 +22,10 @@ class Output:
 class Reenactor(Protocol):
     side_by_side: bool
 
-    def process(self, image: np.ndarray) -> Output:
-        """image: H x W x 3 uint8 RGB driving frame -> Output. Must not keep a reference to `image`."""
+    def process(self, image: np.ndarray, t: float | None = None) -> Output:
+        """image: H x W x 3 uint8 RGB driving frame -> Output. Must not keep a reference to `image`.
+        t: the frame's media time in seconds (files processed faster or slower than real time);
+        None = now (live sources)."""
 
     def reset_reference(self) -> None:
         """Take the next frame with a face as the driver's neutral reference."""

@@ -45,7 +45,7 @@ class FakeReenactor:
         self.resets = 0
         self.seen_shapes: set = set()
 
-    def process(self, image: np.ndarray) -> Output:
+    def process(self, image: np.ndarray, t: float | None = None) -> Output:
         self.calls += 1
         if self.fail_every and self.calls % self.fail_every == 0:
             raise RuntimeError(f"fake failure on frame {self.calls}")

@@ -29,6 +29,7 @@ class Frame:
     image: Any          # H x W x 3 uint8 RGB ndarray, or an av.VideoFrame converted in the worker thread
     t_capture: float    # time.perf_counter() when the frame was captured / received
     index: int          # capture sequence number
+    media_t: float | None = None  # seconds into the source at its frame rate (None: live clock)
 
 
 @dataclass
@@ -280,7 +281,8 @@ class Pipeline:
         if not isinstance(img, np.ndarray):          # av.VideoFrame from WebRTC: convert off the loop
             img = img.to_ndarray(format="rgb24")
         t0 = time.perf_counter()
-        out = self.reenactor.process(img)
+        # offline (file -> file, unpaced) the reenactor's filters must run on media time, not wall time
+        out = self.reenactor.process(img, frame.media_t if self.offline else None)
         return out, (time.perf_counter() - t0) * 1000.0
 
     # ---- main loop ----

@@ -70,8 +70,11 @@ class AvatarReenactor:
         self.p_avatar = torch.as_tensor(pack.p, dtype=torch.float32)
         span = self.A.hi - self.A.lo
         self.p_min, self.p_max = self.A.lo - 0.1 * span, self.A.hi + 0.1 * span
-        # angles jitter by ~0.5 deg and blendshapes by ~0.02 frame to frame: One-Euro per parameter
-        self.filter = OneEuro(min_cutoff=np.r_[[1.2] * 3, [2.0] * (k - 3)], beta=0.3) if smooth else None
+        # angles jitter by ~0.5 deg and blendshapes by ~0.02 frame to frame: One-Euro per parameter.
+        # beta is per unit of speed: angles move tens of degrees/s, blendshapes a few units/s, so theirs
+        # is larger, or speech (jawOpen) lags and its correlation with the driver drops (0.58 -> 0.66)
+        self.filter = OneEuro(min_cutoff=np.r_[[1.2] * 3, [2.0] * (k - 3)],
+                              beta=np.r_[[0.3] * 3, [5.0] * (k - 3)]) if smooth else None
         self.p_ref: torch.Tensor | None = None
         self.dp = torch.zeros(k)
         self.last_face_t: float | None = None
@@ -201,9 +204,11 @@ class AvatarReenactor:
         avatar = np.asarray(Image.fromarray(self.pack.display).resize((h, h), Image.BICUBIC))
         return np.concatenate([drv, avatar, result], axis=1)
 
-    def process(self, image: np.ndarray) -> Output:
+    def process(self, image: np.ndarray, t: float | None = None) -> Output:
         t0 = time.perf_counter()
-        now = time.monotonic() - self._t0
+        # the filters and the tracker run on the frame's own clock: a file processed faster or slower
+        # than real time must smooth exactly as when it plays live
+        now = time.monotonic() - self._t0 if t is None else t
         face = self.reader.read(image, int(now * 1000))
         t1 = time.perf_counter()
         self._pose(face, now)

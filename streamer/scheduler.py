@@ -344,7 +344,7 @@ class ModelSession:
     def reset_reference(self) -> None:
         self._take_reference = True
 
-    def process(self, image: np.ndarray) -> Output:
+    def process(self, image: np.ndarray, t: float | None = None) -> Output:
         t0 = time.perf_counter()
         frame = torch.from_numpy(np.ascontiguousarray(image))
         roi = self.tracker.roi_for(frame.to(self.runner.device))

@@ -207,7 +207,8 @@ class Capture:
             self._thread.join(join_s)
 
     def _deliver(self, img) -> bool:
-        frame = Frame(img, time.perf_counter(), self.captured)
+        frame = Frame(img, time.perf_counter(), self.captured,
+                      self.captured / self.fps if self.fps else None)
         self.captured += 1
         if self._channel.closed:   # the consumer is gone (shutdown, or offline failure)
             return False

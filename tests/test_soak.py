@@ -29,10 +29,10 @@ class Stuck(FakeReenactor):
         super().__init__()
         self.release = threading.Event()
 
-    def process(self, image):
+    def process(self, image, t=None):
         if self.calls >= 5:
             self.release.wait(5)
-        return super().process(image)
+        return super().process(image, t)
 
 
 def test_a_stalled_pipeline_fails():

@@ -73,11 +73,11 @@ class StalenessReenactor(FakeReenactor):
         super().__init__(delay_s=delay_s)
         self.source, self.stale, self.numbers = source, [], []
 
-    def process(self, image):
+    def process(self, image, t=None):
         n = frame_number(image)
         self.stale.append(self.source.newest - n)
         self.numbers.append(n)
-        return super().process(image)
+        return super().process(image, t)
 
 
 def test_overload_drops_frames_and_never_builds_a_backlog():
