@@ -60,6 +60,7 @@ class Trainer:
         self.exp_w = self.exp_w * (len(self.exp_w) / self.exp_w.sum())
         self.rng = torch.Generator().manual_seed(seed)
         self.step = 0
+        self.expr_range = 1.0                # single expression shifts: eps ~ U[-r a, r a]
         self.real_from: int | None = None   # mixed mode: rows from here on are inverted real frames
         self.history: list[dict] = []
 
@@ -75,6 +76,9 @@ class Trainer:
         half = self.batch // 2  # the second half shifts a single random direction
         one = torch.randint(0, k, (self.batch - half,), generator=self.rng)
         eps = (torch.rand(self.batch - half, generator=self.rng) * 2 - 1) * a
+        # expressions: a driver's dp spans the whole normalised range (a full blink from open eyes is
+        # 2a), and a direction must not turn the head anywhere in it; angles stay within +-a
+        eps = eps * torch.where(one >= 3, self.expr_range, 1.0)
         dp[half:] = 0
         dp[half:, :][torch.arange(self.batch - half), one] = eps
         p_ref = self.A.denormalise(self.A.normalise(p_s) + dp)
@@ -220,6 +224,8 @@ def main(argv=None) -> int:
                                      "(the paper's mixed mode; calibration.mixed)")
     ap.add_argument("--mixed-frames", type=int, default=32, help="real frames to invert (default 32)")
     ap.add_argument("--mixed-steps", type=int, default=40, help="inversion steps per frame (default 40)")
+    ap.add_argument("--expr-range", type=float, default=1.0,
+                    help="single-direction expression shifts span +-R*a (default 1; a driver reaches 2)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -249,6 +255,7 @@ def main(argv=None) -> int:
     A = init_directions(zoo, stats, args.init, run / "least_squares.safetensors")
     trainer = Trainer(zoo.generator, data, A, landmarker, scorer, weights, args.lr, args.batch, args.seed,
                       total_steps=args.steps)
+    trainer.expr_range = args.expr_range
     if n_real:
         trainer.real_from = len(data.z) - n_real   # prepare() keeps the pool's order: real rows last
     ckpt = run / "train_ckpt.pt"
@@ -264,7 +271,8 @@ def main(argv=None) -> int:
             torch.save(trainer.state(), ckpt)
     bar.close()
     A.save(run / "directions.safetensors", {"steps": trainer.step, "batch": args.batch, "lr": args.lr,
-                                            "init": args.init, "loss_weights": weights})
+                                            "init": args.init, "loss_weights": weights,
+                                            "expr_range": args.expr_range})
     (run / "train_history.json").write_text(json.dumps(trainer.history))
     plot_losses(trainer.history, run / "loss_curve.png")
     sweep_grid(zoo.generator, A, data.z[:1], run / "direction_sweep.png")

@@ -29,6 +29,7 @@ from .avatar import AvatarPack
 from .smoothing import OneEuro
 
 OUT_SIZE = 256
+GATE_MIN = 0.5  # normalised units an expression direction must move its own parameter to stay on
 
 
 class Engine:
@@ -87,34 +88,42 @@ class AvatarReenactor:
         self._t0 = time.monotonic()
 
     @torch.no_grad()
-    def _local_correction(self, step: float = 2.0, ridge: float = 0.05):
+    def _local_correction(self, step: float = 2.0, probe: float = 4.0):
         """Per-avatar direction calibration (beyond the paper). A is one linear map for all faces, but
         how far a direction moves *this* avatar varies by face, is often asymmetric (one avatar turns
-        right easily and left hardly), and expression directions can move the head (cross-talk).
-        Measured once on the avatar's tuned generator, read by Net3D on calibration's view:
+        right easily and left hardly), and directions can move the head instead of doing their job (on
+        the bundled astronaut the blink directions close no eye but turn the head up to 12 degrees, and
+        the smile directions cannot widen a smile that is already full). Measured once on the avatar's
+        tuned generator, read by Net3D on calibration's view:
           * for yaw, pitch and roll, the response curve p_i(t) along direction i (t = -5..5), used
             inverted: the requested change is mapped to the t that produces it;
-          * the head-pose drift each expression direction causes (central differences), cancelled by
-            moving the pose directions the other way.
-        Returns (curves [(t, response)] per angle, drift matrix [3, K-3]) or None when the zoo's
-        Net3D does not read generated faces this way (vox256 with DECA) or a render has no face."""
+          * for each expression direction and each sense (+/-): whether a step of `probe` moves its own
+            parameter that way by at least GATE_MIN (normalised units); a sense that does not is
+            switched off for this avatar, since all it can add is cross-talk;
+          * the head-pose drift of each expression direction, one-sided differences at +/-`step`,
+            cancelled by asking the pose directions for the opposite change.
+        Returns (curves [(t, response)] per angle, drift [2, 3, K-3] for the - and + senses, gates
+        [2, K-3] bool) or None when the zoo's Net3D does not read generated faces this way (vox256
+        with DECA) or a render has no face."""
         if "pose_reader" in self.engine.zoo.extra:
             return None
         from engines.net3d import MediaPipeNet3D
         from engines.views import net3d_view, to_uint8
         k = self.A.k
+        m = k - 3
         ts = torch.linspace(-5, 5, 11)
         sweeps = torch.zeros(3 * len(ts), k)
         for i in range(3):
             sweeps[i * len(ts):(i + 1) * len(ts), i] = ts
-        diffs = torch.cat([torch.eye(k)[3:] * step, -torch.eye(k)[3:] * step])
-        dps = torch.cat([sweeps, diffs])
+        e = torch.eye(k)[3:]
+        dps = torch.cat([sweeps, e * step, -e * step, e * probe, -e * probe])
         imgs = self.G.synthesize(self._latent_batch(dps))
         with MediaPipeNet3D("image") as reader:
             faces = [reader.read(a) for a in to_uint8(net3d_view(imgs))]
         if any(f is None for f in faces):
             return None
         p = self.A.normalise(torch.as_tensor(np.stack([f.p for f in faces]), dtype=torch.float32)).numpy()
+        p0 = p[5]                                   # t = 0 of the yaw sweep: the avatar itself
         curves = []
         for i in range(3):
             r = p[i * len(ts):(i + 1) * len(ts), i]
@@ -130,16 +139,22 @@ class AvatarReenactor:
             r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
             curves.append((t, r - np.interp(0.0, t, r)))
         n = 3 * len(ts)
-        m = k - 3
-        J = ((p[n:n + m] - p[n + m:]) / (2 * step)).T      # [K measured, K-3 expression dirs]
-        slope = np.array([1.0 if c is None else max((c[1][-1] - c[1][0]) / 10, 0.1) for c in curves])
-        drift = -J[:3] / slope[:, None]
-        return curves, torch.as_tensor(drift, dtype=torch.float32)
+        plus, minus = p[n:n + m] - p0, p[n + m:n + 2 * m] - p0
+        far_plus, far_minus = p[n + 2 * m:n + 3 * m] - p0, p[n + 3 * m:] - p0
+        own = np.arange(m), np.arange(3, k)
+        gates = np.stack([far_minus[own] <= -GATE_MIN, far_plus[own] >= GATE_MIN])
+        # drift in response units (normalised p per unit step): `_corrected` adds it to the requested
+        # angle change before the curve inversion turns responses into steps
+        drift = np.stack([minus[:, :3].T / step, -plus[:, :3].T / step])   # [-sense, +sense]
+        return curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates)
 
     def _corrected(self, dp: torch.Tensor) -> torch.Tensor:
-        curves, drift = self.correction
+        curves, drift, gates = self.correction
         out = dp.clone()
-        out[:3] = out[:3] + drift @ dp[3:]
+        ex = out[3:]
+        ex[~(gates[1] | (ex <= 0))] = 0.0           # senses that do not move this avatar: off
+        ex[~(gates[0] | (ex >= 0))] = 0.0
+        out[:3] = out[:3] + drift[0] @ ex.clamp(max=0) + drift[1] @ ex.clamp(min=0)
         for i, c in enumerate(curves):
             if c is not None and float(out[i]) != 0.0:  # no change requested stays no change
                 t, r = c

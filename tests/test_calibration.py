@@ -156,6 +156,23 @@ def test_reference_of_a_zero_shift_is_the_source_itself(G, train_data, stats):
     assert torch.allclose(expr, data.expr_port[s], atol=1e-5)
 
 
+def test_single_direction_shifts_span_the_requested_range(G, train_data, stats):
+    """Half of each batch moves one direction; --expr-range widens only the expression shifts."""
+    data, lm, sc = train_data
+    A = init_directions(_zoo(G), stats, "random", None)
+    a = A.shift_scale
+    for r in (1.0, 2.0):
+        tr = Trainer(G, data, A, lm, sc, WEIGHTS, 1e-3, 400, seed=3)
+        tr.expr_range = r
+        _, dp, _ = tr.sample()
+        single = dp[200:]
+        assert ((single != 0).sum(1) <= 1).all()
+        angle = single[:, :3].abs().max().item()
+        expr = single[:, 3:].abs().max().item()
+        assert angle <= a and 0.8 * a < angle
+        assert expr <= r * a and 0.8 * r * a < expr
+
+
 def test_training_steps_lower_the_loss_and_resume(G, train_data, stats, tmp_path):
     data, lm, sc = train_data
     torch.manual_seed(0)

@@ -152,6 +152,24 @@ def test_driver_head_turn_turns_the_avatar(engine, pack):
     assert abs(yaws[2] - yaws[0]) < 1.0
 
 
+def test_correction_gates_senses_and_cancels_one_sided_drift():
+    """`_corrected` in closed form: angles left linear (no curves), two expression directions. The
+    first moves its parameter only upward (the - sense is gated off), the second only downward; each
+    sense's head drift is cancelled by the opposite angle request."""
+    from types import SimpleNamespace
+    from streamer.reenact import AvatarReenactor
+    k = 5
+    drift = torch.zeros(2, 3, k - 3)
+    drift[1, 0, 0] = -0.5      # + sense of expression 0 turns the head +0.5 per unit: ask -0.5
+    drift[0, 1, 1] = 0.25      # - sense of expression 1 tilts it: per unit step (negative), ask +0.25
+    gates = torch.tensor([[False, True], [True, False]])   # [- sense, + sense] per expression
+    fake = SimpleNamespace(correction=([None] * 3, drift, gates))
+    out = AvatarReenactor._corrected(fake, torch.tensor([1.0, 0.0, 0.0, 2.0, -4.0]))
+    assert torch.allclose(out, torch.tensor([1.0 - 1.0, -1.0, 0.0, 2.0, -4.0]))
+    out = AvatarReenactor._corrected(fake, torch.tensor([0.0, 0.0, 0.0, -2.0, 3.0]))
+    assert torch.allclose(out, torch.zeros(5))   # both requests are in senses that are off
+
+
 def test_media_time_makes_file_output_independent_of_processing_speed(engine, pack):
     """With the frame's media time given, smoothing and tracking run on the clip's clock: the same
     frames give the same output whether this machine is fast or slow (here: one run stalls)."""
