@@ -44,6 +44,8 @@ def rotation_torch(angles_deg: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
+    expr_range = 1.0    # single-direction expression shifts: eps ~ U[-r a, r a] (angles: U[-a, a])
+
     def __init__(self, generator, data: TrainData, directions: Directions, landmarker: FaceLandmarkerTorch,
                  scorer: IdentityScorer, weights: dict, lr: float, batch: int, seed: int,
                  total_steps: int | None = None):
@@ -60,7 +62,6 @@ class Trainer:
         self.exp_w = self.exp_w * (len(self.exp_w) / self.exp_w.sum())
         self.rng = torch.Generator().manual_seed(seed)
         self.step = 0
-        self.expr_range = 1.0                # single expression shifts: eps ~ U[-r a, r a]
         self.real_from: int | None = None   # mixed mode: rows from here on are inverted real frames
         self.history: list[dict] = []
 

@@ -315,6 +315,12 @@ class Pipeline:
         t_start = time.perf_counter()
         try:
             out, process_ms = await self.call(self._process, frame)
+        except asyncio.CancelledError:
+            # close() shut the executor down under a queued frame: that is a stop, not an error; a
+            # cancellation of this task itself still propagates
+            if self.input.closed and not asyncio.current_task().cancelling():
+                return False
+            raise
         except Exception as e:  # live: a crashing reenactor must not kill the stream: report, go on
             self.stats.errors += 1
             self.error = f"reenactor error: {type(e).__name__}: {e}"

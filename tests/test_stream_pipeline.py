@@ -197,3 +197,27 @@ def test_offline_side_by_side_and_failure_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="reenactor error"):
         run_offline(CLIP, tmp_path / "bad.mp4", FakeReenactor(fail_every=4), max_frames=20)
     assert threading.active_count() < 10    # capture threads of both runs are gone
+
+
+def test_close_with_a_frame_queued_behind_a_control_call_ends_cleanly():
+    """close() shuts the worker down with cancel_futures: a frame waiting behind a slow control call
+    (here reset_reference) is cancelled, and run() must end as a stop, not raise CancelledError."""
+    from streamer.pipeline import Frame
+
+    class SlowReset(FakeReenactor):
+        def reset_reference(self):
+            time.sleep(0.3)
+
+    async def main():
+        pipe = Pipeline(SlowReset())
+        run = asyncio.ensure_future(pipe.run())
+        reset = asyncio.ensure_future(pipe.reset_reference())
+        await asyncio.sleep(0.05)                  # the reset is now running on the worker
+        pipe.input.put_nowait(Frame(np.zeros((48, 64, 3), np.uint8), time.perf_counter(), 0))
+        await asyncio.sleep(0.05)                  # the frame's call is queued behind it
+        pipe.close()
+        await asyncio.wait_for(run, 5)
+        await reset
+        return pipe.stats.processed
+
+    assert asyncio.run(main()) == 0
