@@ -210,8 +210,17 @@ def test_small_evaluate_run(G, pool, stats, tmp_path):
     ls, _ = fit_least_squares(pool, lo, hi, PARAM_NAMES, "default")
     ls.save(tmp_path / "ls.safetensors")
     ls.save(tmp_path / "learned.safetensors")
-    res = evaluate(_zoo(G), 12, seed=3, learned=tmp_path / "learned.safetensors",
-                   least_squares=tmp_path / "ls.safetensors", progress=False)
+    from calibration.evaluate import split_common
+    res, common = split_common(evaluate(_zoo(G), 12, seed=3, learned=tmp_path / "learned.safetensors",
+                                        least_squares=tmp_path / "ls.safetensors", progress=False),
+                               PARAM_NAMES)
+    # the common subset: the same pairs for every method; no_shift keeps every pair, so it is the
+    # subset of pairs the shifted methods kept
+    n = common["no_shift"]["pairs"]
+    assert n == common["learned"]["pairs"] and 0 < n <= 12
+    assert n == round(res["learned"]["detected"] * 12)   # one matrix under two names: same faces lost
+    if n == 12:
+        assert common["learned"]["yaw"] == pytest.approx(res["learned"]["yaw"])
     assert set(res) == {"no_shift", "least_squares", "learned"}
     for r in res.values():
         assert set(r) == {*PARAM_NAMES, "identity", "detected"}
