@@ -1,4 +1,5 @@
 """Helpers shared by the tests/test_stream_*.py files."""
+import asyncio
 import contextlib
 import io
 
@@ -24,6 +25,14 @@ async def served(make_reenactor, **kw):
         yield server
     finally:
         await server.close()
+
+
+async def stop_stream(cap, pipe, tasks) -> None:
+    """Stop the capture, close the pipeline's input, let the pipeline and its sinks drain, close it."""
+    await asyncio.to_thread(cap.stop)
+    pipe.input.close()
+    await asyncio.gather(*tasks)
+    pipe.close()
 
 
 def png_bytes(seed: int, size=(96, 96), fmt="PNG") -> bytes:

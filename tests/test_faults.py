@@ -7,7 +7,6 @@ motion and identity quality do not matter for these checks)."""
 from __future__ import annotations
 
 import asyncio
-import fractions
 import io
 import os
 import signal
@@ -23,6 +22,8 @@ import torch
 from PIL import Image
 
 from engines.errors import UserError
+from tests.media import short_clip
+from tests.stream_support import stop_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRO = ROOT / "assets" / "astronaut.png"
@@ -92,22 +93,6 @@ def stream_main(argv):
 def decode(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-
-
-def short_clip(path: Path, n: int = 12, size=(320, 180)) -> Path:
-    with av.open(str(CLIP)) as src, av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=24)
-        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
-        for k, f in enumerate(src.decode(video=0)):
-            if k >= n:
-                break
-            f = f.reformat(width=size[0], height=size[1], format="yuv420p")
-            f.pts, f.time_base = k, fractions.Fraction(1, 24)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
-    return path
 
 
 def at(reen, t: float, img: np.ndarray):
@@ -319,7 +304,7 @@ def test_driving_file_that_is_not_a_video_or_is_truncated(tmp_path, capsys):
     from tests.test_stream_live import args_of
     text = tmp_path / "clip.mp4"
     text.write_text("not a video\n")
-    cut = truncated(short_clip(tmp_path / "full.mp4"), tmp_path / "cut.mp4", 0.5)   # moov atom lost
+    cut = truncated(short_clip(tmp_path / "full.mp4", 12, size=(320, 180)), tmp_path / "cut.mp4", 0.5)   # moov atom lost
     for src in (text, cut):
         code = run_live(args_of("--source", str(src), "--sink", str(tmp_path / "o.mp4")), make_fake_reenactor)
         line = one_line(capsys.readouterr().err)
@@ -478,10 +463,7 @@ def test_slow_sink_drops_frames_without_slowing_the_others():
         cap.start(asyncio.get_running_loop(), pipe.input)
         while slow.frames < 12:
             await asyncio.sleep(0.02)
-        await asyncio.to_thread(cap.stop)
-        pipe.input.close()
-        await asyncio.gather(*tasks)
-        pipe.close()
+        await stop_stream(cap, pipe, tasks)
         return slow, fast, chs
 
     pipe = None

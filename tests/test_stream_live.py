@@ -2,14 +2,12 @@
 controls, the status line."""
 import argparse
 import asyncio
-import fractions
 import json
 import os
 import socket
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import av
 import numpy as np
@@ -19,8 +17,7 @@ from streamer.controls import Controller, TerminalKeys
 from streamer.fakes import FakeReenactor, make_fake_reenactor
 from streamer.live import add_live_arguments, is_offline, run_live
 from streamer.pipeline import Pipeline
-
-CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
+from tests.media import short_clip
 
 
 def args_of(*argv):
@@ -35,22 +32,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def short_clip(path: Path, n=30) -> Path:
-    with av.open(str(CLIP)) as src, av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=24)
-        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
-        for k, f in enumerate(src.decode(video=0)):
-            if k >= n:
-                break
-            f = f.reformat(width=320, height=180, format="yuv420p")
-            f.pts, f.time_base = k, fractions.Fraction(1, 24)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
-    return path
 
 
 def test_defaults_and_mode_choice():
@@ -83,7 +64,7 @@ def test_user_errors_are_one_line_and_exit_2(argv, message, capsys, monkeypatch)
 
 
 def test_offline_through_run_live(tmp_path, capsys):
-    src = short_clip(tmp_path / "in.mp4", n=30)
+    src = short_clip(tmp_path / "in.mp4", 30, size=(320, 180))
     out = tmp_path / "out.mp4"
     assert run_live(args_of("--source", str(src), "--sink", str(out), "--side-by-side"), make_fake_reenactor) == 0
     with av.open(str(out)) as c:

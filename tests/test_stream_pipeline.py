@@ -14,6 +14,7 @@ from streamer.live import run_offline
 from streamer.pipeline import Channel, ChannelClosed, Pipeline, run_sink
 from streamer.sinks import NullSink
 from streamer.sources import Capture
+from tests.stream_support import stop_stream
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
 
@@ -128,10 +129,7 @@ def test_crashing_reenactor_becomes_status_frames_and_stream_goes_on():
         cap.start(asyncio.get_running_loop(), pipe.input)
         while pipe.stats.errors < 3:
             await asyncio.sleep(0.02)
-        await asyncio.to_thread(cap.stop)
-        pipe.input.close()
-        await asyncio.gather(*tasks)
-        pipe.close()
+        await stop_stream(cap, pipe, tasks)
         return pipe, got
 
     pipe, got = asyncio.run(main())

@@ -12,6 +12,7 @@ from streamer.fakes import FakeReenactor
 from streamer.pipeline import Pipeline, run_sink
 from streamer.sinks import NullSink
 from streamer.sources import AVSource, Capture, LoopingSource, parse_size, parse_source
+from tests.stream_support import stop_stream
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
 
@@ -158,10 +159,7 @@ def test_source_failure_reconnects_with_backoff_and_sinks_keep_running():
         t_end = time.perf_counter() + 20
         while (cap.reconnects < 1 or pipe.stats.processed < 15) and time.perf_counter() < t_end:
             await asyncio.sleep(0.02)
-        await asyncio.to_thread(cap.stop)
-        pipe.input.close()
-        await asyncio.gather(*tasks)
-        pipe.close()
+        await stop_stream(cap, pipe, tasks)
         return cap, pipe, seen
 
     cap, pipe, seen = asyncio.run(main())
