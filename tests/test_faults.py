@@ -95,12 +95,6 @@ def decode(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def at(reen, t: float, img: np.ndarray):
-    """process() with the reenactor's clock at t seconds (its hold/ease timers run on it)."""
-    reen._t0 = time.monotonic() - t
-    return reen.process(img)
-
-
 # ------------------------------------------------------------------------------- driving-frame faults
 def test_driver_without_face_holds_the_pose_then_eases_to_neutral(engine, pack_path):
     from streamer.avatar import AvatarPack
@@ -110,17 +104,17 @@ def test_driver_without_face_holds_the_pose_then_eases_to_neutral(engine, pack_p
     face = np.asarray(photo)
     tilted = np.asarray(photo.rotate(15, resample=Image.BICUBIC))          # the driver tilts the head
     blank = np.tile(np.linspace(30, 220, 512, dtype=np.uint8)[None, :, None], (512, 1, 3))  # no face
-    first = at(reen, 0.0, face)
-    moved = at(reen, 0.1, tilted)
+    first = reen.process(face, 0.0)
+    moved = reen.process(tilted, 0.1)
     assert first.face_found and moved.face_found
     assert np.array_equal(first.image, reen.avatar_img)    # relative: the first face is the neutral
     assert np.abs(moved.image.astype(int) - reen.avatar_img).mean() > 2   # the driver moved the avatar
-    held = [at(reen, 0.2 + 0.1 * k, blank) for k in range(8)]            # within hold_s = 1 s
+    held = [reen.process(blank, 0.2 + 0.1 * k) for k in range(8)]            # within hold_s = 1 s
     assert not any(o.face_found for o in held) and reen.no_face == 8
     assert all(np.array_equal(o.image, moved.image) for o in held)      # last pose held exactly
     dist = []
     for k in range(150):                                                 # past hold_s: ease back
-        out = at(reen, 1.3 + k / 30, blank)
+        out = reen.process(blank, 1.3 + k / 30)
         dist.append(np.abs(out.image.astype(int) - reen.avatar_img).mean())
     assert all(b <= a + 1e-9 for a, b in zip(dist, dist[1:])), "easing must approach neutral monotonically"
     assert dist[-1] < 0.5 and out.image.shape == (256, 256, 3)          # exp(-150/15) of the shift left
@@ -150,7 +144,7 @@ def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, r
     assert len(faces) == 2, "the test image must show two faces the runtime finds"
     largest = faces[0]
     reen = AvatarReenactor(engine, AvatarPack.load(pack_path))
-    outs = [at(reen, k / 30, img) for k in range(5)]
+    outs = [reen.process(img, k / 30) for k in range(5)]
     assert all(o.face_found and o.image.shape == (256, 256, 3) for o in outs)
     tracked = reen.reader.read(img, 1000)                  # the session's own tracker: the larger face
     assert np.allclose(tracked.box, largest.box, atol=8), (tracked.box, [f.box for f in faces])
@@ -175,7 +169,7 @@ def test_hand_over_the_face_keeps_a_face_in_the_output(engine, pack_path):
         for i, f in enumerate(c.decode(video=0)):
             if i > 232:
                 break
-            o = at(reen, f.time, f.to_ndarray(format="rgb24"))
+            o = reen.process(f.to_ndarray(format="rgb24"), f.time)
             if i >= 64 and i % 4 == 0:
                 outs.append(o)
     reen.close()
