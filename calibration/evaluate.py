@@ -43,8 +43,9 @@ def held_out_pairs(generator, n_pairs: int, seed: int, progress: bool = True):
 @torch.no_grad()
 def reenact_and_measure(generator, directions: Directions | None, z_src, p_src, p_tgt,
                         net3d: MediaPipeNet3D, scorer: IdentityScorer, src_emb: torch.Tensor,
-                        batch: int = 100) -> dict:
-    errs, cos, found = [], [], []
+                        batch: int = 100) -> tuple[dict, np.ndarray]:
+    """(summary, per-pair absolute errors [N, K] with NaN rows where the runtime found no face)."""
+    errs, cos = [], []
     for s in range(0, len(z_src), batch):
         z = z_src[s:s + batch]
         if directions is not None:
@@ -54,27 +55,24 @@ def reenact_and_measure(generator, directions: Directions | None, z_src, p_src, 
         views = net3d_view(generator.synthesize(z))
         faces = scorer.read(views, net3d)
         for j, face in enumerate(faces):
-            found.append(face is not None)
-            if face is None:
-                continue
-            errs.append(np.abs(face.p - p_tgt[s + j]))
+            errs.append(np.full(len(scorer.param_names), np.nan) if face is None else np.abs(face.p - p_tgt[s + j]))
         emb = scorer.embed(views, faces)
         ok = torch.tensor([f is not None for f in faces])
         if ok.any():
             cos.append(torch.nn.functional.cosine_similarity(emb[ok], src_emb[s:s + batch][ok]).numpy())
     errs = np.array(errs)
-    out = {n: float(errs[:, i].mean()) for i, n in enumerate(scorer.param_names)}
-    # per pair (NaN where the runtime found no face), for comparisons on the pairs every method kept
-    per_pair = np.full((len(found), len(scorer.param_names)), np.nan)
-    per_pair[np.array(found)] = errs
-    out["_per_pair"] = per_pair
+    found = ~np.isnan(errs[:, 0])
+    out = {n: float(errs[found, i].mean()) for i, n in enumerate(scorer.param_names)}
     out["identity"] = float(np.concatenate(cos).mean()) if cos else float("nan")
-    out["detected"] = float(np.mean(found))
-    return out
+    out["detected"] = float(found.mean())
+    return out, errs
 
 
 def evaluate(zoo, pairs: int, seed: int, learned: Path | None, least_squares: Path | None,
-             progress: bool = True) -> dict:
+             progress: bool = True) -> tuple[dict, dict]:
+    """(results per method, the same errors on the pairs where every method's output has a face).
+    Each method's own mean skips the pairs it broke, so a method that breaks the hard pairs would
+    look better than it is: the common subset compares like with like."""
     z_src, p_src, z_tgt, p_tgt = held_out_pairs(zoo.generator, pairs, seed, progress)
     learned_d = zoo.directions() if learned is None else Directions.from_checkpoint(
         learned, expect_zoo=zoo.name, expect_params=zoo.param_names)
@@ -86,25 +84,16 @@ def evaluate(zoo, pairs: int, seed: int, learned: Path | None, least_squares: Pa
         with torch.no_grad():
             src_views = net3d_view(zoo.generator.synthesize(z_src))
             src_emb = scorer.embed(src_views, scorer.read(src_views, net3d))
-        results = {}
+        results, per_pair = {}, {}
         for method, d in (("no_shift", None), ("least_squares", ls_d), ("learned", learned_d)):
             # each matrix normalises dp with the statistics it was fitted/trained with
-            results[method] = reenact_and_measure(zoo.generator, d, z_src, p_src, p_tgt, net3d,
-                                                  scorer, src_emb)
+            results[method], per_pair[method] = reenact_and_measure(zoo.generator, d, z_src, p_src, p_tgt,
+                                                                    net3d, scorer, src_emb)
     finally:
         net3d.close()
-    return results
-
-
-def split_common(results: dict, names: list[str]) -> tuple[dict, dict]:
-    """(results as specified, the same errors on the pairs where every method's output has a face).
-    Each method's own mean skips the pairs it broke, so a method that breaks the hard pairs would
-    look better than it is: the common subset compares like with like."""
-    per = {m: r.pop("_per_pair") for m, r in results.items()}
-    keep = np.all([~np.isnan(v[:, 0]) for v in per.values()], axis=0)
-    common = {m: {n: float(v[keep, i].mean()) for i, n in enumerate(names)} for m, v in per.items()}
-    for m in common:
-        common[m]["pairs"] = int(keep.sum())
+    keep = np.all([~np.isnan(v[:, 0]) for v in per_pair.values()], axis=0)
+    common = {m: {n: float(v[keep, i].mean()) for i, n in enumerate(zoo.param_names)} | {"pairs": int(keep.sum())}
+              for m, v in per_pair.items()}
     return results, common
 
 
@@ -129,8 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     zoo = load_zoo(args.zoo, args.weights)
-    results, common = split_common(evaluate(zoo, args.pairs, args.seed, args.directions, args.least_squares),
-                                   zoo.param_names)
+    results, common = evaluate(zoo, args.pairs, args.seed, args.directions, args.least_squares)
     print(format_table(results, zoo.param_names))
     n = next(iter(common.values()))["pairs"]
     print(f"\non the {n} pairs where every method's output has a face:")

@@ -210,10 +210,8 @@ def test_small_evaluate_run(G, pool, stats, tmp_path):
     ls, _ = fit_least_squares(pool, lo, hi, PARAM_NAMES, "default")
     ls.save(tmp_path / "ls.safetensors")
     ls.save(tmp_path / "learned.safetensors")
-    from calibration.evaluate import split_common
-    res, common = split_common(evaluate(_zoo(G), 12, seed=3, learned=tmp_path / "learned.safetensors",
-                                        least_squares=tmp_path / "ls.safetensors", progress=False),
-                               PARAM_NAMES)
+    res, common = evaluate(_zoo(G), 12, seed=3, learned=tmp_path / "learned.safetensors",
+                           least_squares=tmp_path / "ls.safetensors", progress=False)
     # the common subset: the same pairs for every method; no_shift keeps every pair, so it is the
     # subset of pairs the shifted methods kept
     n = common["no_shift"]["pairs"]
