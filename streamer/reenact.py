@@ -123,7 +123,7 @@ class AvatarReenactor:
         if any(f is None for f in faces):
             return None
         p = self.A.normalise(torch.as_tensor(np.stack([f.p for f in faces]), dtype=torch.float32)).numpy()
-        p0 = p[5]                                   # t = 0 of the yaw sweep: the avatar itself
+        p0 = p[len(ts) // 2]                        # t = 0 of the yaw sweep: the avatar itself
         curves = []
         for i in range(3):
             r = p[i * len(ts):(i + 1) * len(ts), i]
