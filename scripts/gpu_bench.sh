@@ -20,7 +20,11 @@
 #   default.json       the default zoo's stage (landmark port + face geometry + DCGAN), batch 1 and 8
 #   compile.json       torch.compile (inductor + CUDA graph) of the vox256 stage at fp16, batch 1,
 #                      error vs eager fp32 and time (the slowest step, so it runs last-but-one)
-#   log.txt            everything printed (the three test files run between default and compile)
+#   tests.txt          the three CUDA-aware test files (compile, frame stage, scheduler), verbose
+#   log.txt            everything printed
+# Optional steps (name them in STEPS, e.g. STEPS="sessions50 profile compile" for a second call):
+#   sessions50.json    50 cameras x 30 fps, batches up to 32 (the issue's "50 sessions" figure)
+#   profile.json       eager fp16 stage at batch 16 under torch.profiler: top CUDA kernels
 # The last lines printed are a summary table.
 set -u
 cd "$(dirname "$0")/.."
@@ -48,10 +52,13 @@ export FACEREENACT_ENGINE_CACHE=/tmp/facereenact_engines
 PY=${PY:-python3}
 LOG="$OUT/log.txt"
 BUDGET=${BUDGET:-285}   # seconds for the whole script
+STEPS=" ${STEPS:-check vox256 sessions8 default tests vox256_shared compile} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 : > "$LOG"
 
 step() {  # step NAME MAX_SECONDS ARGS... : run one benchmark, never past the overall budget
   local name=$1 max=$2; shift 2
+  want "$name" || return 0
   local left=$((BUDGET - SECONDS - 5))
   local t=$(( max < left ? max : left ))
   if [ "$t" -lt 15 ]; then echo "== $name: skipped (time budget)" | tee -a "$LOG"; return; fi
@@ -74,14 +81,17 @@ V="--zoo vox256-random --device $DEV --size ${VOX_SIZE:-256}"
 step check 80 $V --check --check-backends eager,cuda-graph,tensorrt --batches 0 --no-parts --iters 30 --json "$OUT/check.json"
 step vox256 70 $V --batches 1,2,4,8,16 --iters 50 --json "$OUT/vox256.json"
 step sessions8 60 $V --sessions 8 --seconds 8 --batches 0 --no-parts --json "$OUT/sessions8.json"
+step sessions50 110 $V --sessions 50 --max-batch 32 --buckets 8,16 --seconds 8 --batches 0 --no-parts --json "$OUT/sessions50.json"
+step profile 40 $V --batches 0 --no-parts --profile 16 --json "$OUT/profile.json"
 step default 35 --zoo default --device "$DEV" --batches 1,8 --iters 50 --json "$OUT/default.json"
 left=$((BUDGET - SECONDS - 5)); t=$(( left < 60 ? left : 60 ))
-if [ "$t" -ge 20 ]; then
-  echo "== tests (limit ${t}s)" | tee -a "$LOG"
-  timeout "$t" "$PY" -m pytest -q -p no:cacheprovider tests/test_compile.py tests/test_frame_stage.py \
-    tests/test_scheduler.py 2>&1 | tail -15 | tee -a "$LOG"
+if want tests && [ "$t" -ge 20 ]; then
+  echo "== tests (limit ${t}s, output in tests.txt)" | tee -a "$LOG"
+  timeout "$t" "$PY" -m pytest -v -p no:cacheprovider tests/test_compile.py tests/test_frame_stage.py \
+    tests/test_scheduler.py > "$OUT/tests.txt" 2>&1
+  echo "== tests: exit $? at ${SECONDS}s; $(grep -E '(passed|failed|error)' "$OUT/tests.txt" | tail -1)" | tee -a "$LOG"
 fi
-step vox256_shared 30 $V --conv-mode shared --batches 1,4,16 --no-parts --iters 50 --json "$OUT/vox256_shared.json"
+step vox256_shared 40 $V --conv-mode shared --batches 1,4,16,32 --no-parts --iters 50 --json "$OUT/vox256_shared.json"
 step compile 150 $V --check --check-backends compile --batches 0 --no-parts --iters 30 --json "$OUT/compile.json"
 
 
@@ -99,16 +109,21 @@ for name in ("vox256.json", "vox256_shared.json", "default.json"):
         e = t["engine"]
         print(f"{name[:-5]:<14} b{b:<3} p50 {t['p50_ms']:7.2f} ms p95 {t['p95_ms']:7.2f} ms {t['fps']:8.1f} fps  "
               f"{e['backend']} {e['dtype']}  mem {d['memory']}")
+for name in ("sessions8.json", "sessions50.json"):
+    s = (load(name) or {}).get("sessions")
+    if s:
+        print(f"sessions {s['sessions']} x {s['fps_target']:g} fps: latency p50 {s['latency']['p50_ms']} ms "
+              f"p95 {s['latency']['p95_ms']} ms, mean batch {s['mean_batch']}, kept fps: {s['kept_fps']}, "
+              f"delivered min {min(s['delivered_fps'])} fps")
+pr = (load("profile.json") or {}).get("profile")
+if pr:
+    print(f"profile b{pr['batch']} {pr['dtype']}: {pr['per_call_ms']} ms of kernels per call; top 5: " +
+          "; ".join(f"{k['name'][:40]} {100 * k['share']:.0f}%" for k in pr["kernels"][:5]))
 for name in ("check.json", "compile.json"):
     for r in (load(name) or {}).get("check") or []:
         errs = [f"{c['backend']} {c['dtype']} " + (f"err {max(c['errors'].values()):.1e}{'' if c['accepted'] else ' REJECTED'}"
                 if "errors" in c else c["reason"]) for c in r.get("tried", [])]
         tm = f"{r['p50_ms']:.2f} ms" if "p50_ms" in r else "-"
         print(f"check {r['backend']:<10} {r['dtype']}: ran {r.get('chosen', r.get('failed'))} {tm}: {'; '.join(errs)}")
-s = (load("sessions8.json") or {}).get("sessions")
-if s:
-    print(f"sessions {s['sessions']} x {s['fps_target']:g} fps: latency p50 {s['latency']['p50_ms']} ms "
-          f"p95 {s['latency']['p95_ms']} ms, mean batch {s['mean_batch']}, kept fps: {s['kept_fps']}, "
-          f"delivered {s['delivered_fps']}")
 EOF
 echo "total ${SECONDS}s"

@@ -57,6 +57,8 @@ def time_fn(fn, device: torch.device, iters: int = 30, warmup: int = 5) -> dict:
             fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+            # steady state: build-time peaks (cudnn.benchmark tries workspaces of GBs) do not count
+            torch.cuda.reset_peak_memory_stats(device)
         ms = []
         for _ in range(iters):
             if device.type == "cuda":
@@ -70,7 +72,10 @@ def time_fn(fn, device: torch.device, iters: int = 30, warmup: int = 5) -> dict:
                 t = time.perf_counter()
                 fn()
                 ms.append((time.perf_counter() - t) * 1000)
-    return summarize(ms)
+    out = summarize(ms)
+    if device.type == "cuda":
+        out["gpu_run_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    return out
 
 
 # -- environment -------------------------------------------------------------------------------------
@@ -276,16 +281,45 @@ def check_backends(stage, frame, roi, device, dtypes, backends, iters, log) -> l
     return rows
 
 
+# -- where GPU time goes ---------------------------------------------------------------------------
+def kernel_profile(stage, inputs, device, dtype: str, top: int = 25) -> dict:
+    """Eager stage at the run precision under torch.profiler: the kernels with the most device time
+    (a guide to what to fuse or re-layout next; eager launches every kernel, so the total is the GPU
+    work, not the wall time)."""
+    from torch.profiler import ProfilerActivity, profile
+    from engines.compile import DTYPES
+    mod = stage if dtype == "fp32" else stage.with_precision(DTYPES[dtype])
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.no_grad():
+        for _ in range(3):
+            mod(*inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        with profile(activities=acts) as prof:
+            for _ in range(5):
+                mod(*inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = [(e.key, getattr(e, key, 0.0) / 5e3, e.count // 5) for e in prof.key_averages()]
+    rows = [r for r in rows if r[1] > 0]
+    total = sum(r[1] for r in rows)
+    rows.sort(key=lambda r: -r[1])
+    return {"batch": int(inputs[0].shape[0]), "dtype": dtype, "per_call_ms": round(total, 3),
+            "kernels": [{"name": n[:120], "ms": round(ms, 4), "calls": c, "share": round(ms / total, 4)}
+                        for n, ms, c in rows[:top]]}
+
+
 # -- sessions ----------------------------------------------------------------------------------------
 def simulate_sessions(stage, frame, roi, device, n: int, fps: float, seconds: float, max_batch: int,
-                      budget_ms: float, dtype, prefer, avatars: bool, log) -> dict:
+                      budget_ms: float, dtype, prefer, avatars: bool, log, buckets=None) -> dict:
     from engines.facedetector import FaceDetectorNet
     from streamer.scheduler import MicroBatchScheduler, ModelSession, StageRunner
-    buckets = tuple(b for b in (1, 2, 4, 8, 16, 32) if b < max_batch) + (max_batch,)
+    buckets = tuple(sorted(set(buckets or (b for b in (1, 2, 4, 8, 16, 32) if b < max_batch)) | {max_batch}))
     runner = StageRunner(stage, device, buckets=buckets, prefer=prefer, dtype=dtype, log=log)
     hw = tuple(frame.shape[:2])
-    for b in (buckets if runner.static else ()):  # build engines before the clock starts
-        runner.engine(b, hw)
+    for b in (buckets if runner.static else ()):  # build engines before the clock starts, on the face
+        runner.engine(b, hw, stage_inputs(stage, frame, roi, b, device, seed=b))
     detector = FaceDetectorNet.from_task().to(device)
     sched = MicroBatchScheduler(runner.run, max_batch=max_batch, budget_ms=budget_ms)
     sessions = []
@@ -366,6 +400,10 @@ def parse_args(argv=None):
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--buckets", default=None,
+                    help="comma list of static batch sizes for --sessions (default powers of two up to --max-batch)")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="profile the eager stage at this batch size (run precision): top CUDA kernels by time")
     ap.add_argument("--budget-ms", type=float, default=None,
                     help="scheduler latency budget (default half a frame period: each session has one frame "
                          "in flight, so latency over one period halves its frame rate)")
@@ -408,6 +446,11 @@ def _print_table(res: dict) -> None:
         lt = s["latency"] or {}
         say(f"  sessions {s['sessions']} x {s['fps_target']:g} fps: latency p50 {lt.get('p50_ms')} ms p95 {lt.get('p95_ms')} ms, "
             f"mean batch {s['mean_batch']}, delivered {s['delivered_fps']} fps, kept {s['fps_target']:g} fps: {s['kept_fps']}")
+    pr = res.get("profile")
+    if pr:
+        say(f"  profile b{pr['batch']} {pr['dtype']}: {pr['per_call_ms']} ms of kernels per call; top:")
+        for k in pr["kernels"][:12]:
+            say(f"    {k['ms']:8.3f} ms {100 * k['share']:5.1f}% x{k['calls']:<4} {k['name'][:90]}")
     say(f"  memory {res['memory']}")
 
 
@@ -458,7 +501,10 @@ def main(argv=None) -> int:
             res["stage"] = engine_timings(stage, frame, roi, device, batches, dtype, prefer, a.iters, a.warmup, log)
         if a.sessions:
             res["sessions"] = simulate_sessions(stage, frame, roi, device, a.sessions, a.fps, a.seconds, a.max_batch,
-                                                a.budget_ms or 500.0 / a.fps, dtype, prefer, not a.no_avatars, log)
+                                                a.budget_ms or 500.0 / a.fps, dtype, prefer, not a.no_avatars, log,
+                                                [int(x) for x in a.buckets.split(",")] if a.buckets else None)
+        if a.profile:
+            res["profile"] = kernel_profile(stage, stage_inputs(stage, frame, roi, a.profile, device), device, dtype)
     res["memory"] = memory_report(device)
     res["engine_lines"] = lines
     _print_table(res)

@@ -205,3 +205,32 @@ def test_runner_pads_static_batches(vox_stage):
     assert len(res) == 3 and runner.engines[(4, (120, 160))][1].backend == "eager"
     alone = runner.run(reqs[1:2])
     assert np.abs(alone[0].image.astype(int) - res[1].image.astype(int)).max() <= 1
+
+
+def test_static_engines_are_verified_on_the_streams_faces(vox_stage):
+    """A reduced precision is judged on the first real batch (and its mirror), not on noise frames:
+    on noise the landmark net's presence flips under bf16 rounding (error ~0.7), which rejected every
+    candidate and left 8 GPU sessions on eager fp32 (H100 run, 2026-11-27)."""
+    from streamer.bench_model import face_roi, portrait_frame
+    from streamer.scheduler import mirrored
+    frame = portrait_frame()
+    roi = face_roi(frame, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    reqs = [StageRequest(frame, roi, vox_stage.trunc.reshape(-1) + 0.3 * torch.randn(*vox_stage.source_shape,
+                                                                                     generator=gen),
+                         torch.zeros(15), 0) for _ in range(2)]
+    runner = StageRunner(vox_stage, "cpu", buckets=(2,), prefer=("cuda-graph", "eager"), dtype="bf16", log=None)
+    out = runner.run(reqs)
+    info = runner.engines[(2, frame.shape[:2])][1]
+    assert (info.backend, info.dtype) == ("eager", "bf16") and max(info.errors.values()) <= info.tolerance
+    assert all(o.presence > 0.5 for o in out)
+    # the synthetic (noise) examples would have rejected bf16: the reason for verifying on faces
+    noise = StageRunner(vox_stage, "cpu", buckets=(2,), prefer=("cuda-graph", "eager"), dtype="bf16", log=None)
+    noise.engine(2, frame.shape[:2])
+    assert noise.engines[(2, frame.shape[:2])][1].dtype == "fp32"
+    # the mirror: a different but still valid batch (frame flipped, ROI reflected, rows reversed)
+    f, r, s, p, sl = mirrored((torch.arange(12.).reshape(1, 2, 2, 3).repeat(2, 1, 1, 1),
+                               torch.tensor([[0.5, 1.0, 1.0, 1.0, 0.2], [1.5, 1.0, 1.0, 1.0, 0.0]]),
+                               torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0], [4.0]]), torch.tensor([0, 1])))
+    assert torch.equal(f[0, 0, 0], torch.tensor([3., 4., 5.])) and r[:, 0].tolist() == [1.5, 0.5]
+    assert r[0, 4].item() == pytest.approx(-0.2) and s.flatten().tolist() == [2.0, 1.0] and sl.tolist() == [1, 0]
