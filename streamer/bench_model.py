@@ -300,8 +300,14 @@ def kernel_profile(stage, inputs, device, dtype: str, top: int = 25) -> dict:
                 mod(*inputs)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+    events = list(prof.key_averages())
+    if device.type == "cuda":
+        # op rows (aten::*) carry their kernels' time too: count the kernels only, once
+        from torch.autograd import DeviceType
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        events = kernels or [e for e in events if not e.key.startswith("aten::")]
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    rows = [(e.key, getattr(e, key, 0.0) / 5e3, e.count // 5) for e in prof.key_averages()]
+    rows = [(e.key, getattr(e, key, 0.0) / 5e3, e.count // 5) for e in events]
     rows = [r for r in rows if r[1] > 0]
     total = sum(r[1] for r in rows)
     rows.sort(key=lambda r: -r[1])
