@@ -8,6 +8,9 @@ source). Printed per run: server capture-to-publish latency p50/p95 (frame recei
 handed to the encoder), the client's round trip p50/p95 (its send -> its decode, read from a barcode
 in the frame; only with reenactors that keep the barcode, like the default fake), and fps per peer.
 The clients share the CPU with the server, so these numbers are a lower bound for a real deployment.
+By default the clients also share the server's process (and its GIL: aiortc's RTP, jitter buffer and
+codec glue are Python); `--client-process` runs them in a second Python process instead, as real
+peers would be — same machine and cores, no shared interpreter.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import importlib
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -41,8 +45,67 @@ def load_factory(spec: str | None, fake_delay_ms: float = 0.0):
     return getattr(importlib.import_module(mod), fn or "make_reenactor")
 
 
+async def _clients(url: str, peers: int, watch: bool, seconds: float, warmup: float, fps: float, frames,
+                   mark=lambda what: None) -> list[dict]:
+    """Connect `peers` client peers, let them settle `warmup` s, then count what each receives for
+    `seconds`. `mark("start")` / `mark("end")` are called when the measured window opens / closes."""
+    import aiohttp
+
+    from streamer.rtc_client import ClientPeer, StampedCameraTrack
+    clients = []
+    async with aiohttp.ClientSession() as http:  # ClientPeer.close talks to the server through it
+        try:
+            for _ in range(peers):
+                c = ClientPeer(url, http, send=None if watch else StampedCameraTrack(frames, fps))
+                await c.connect()
+                clients.append(c)
+            await asyncio.sleep(warmup)
+            for c in clients:
+                c.latencies_ms.clear()
+            mark("start")
+            t0 = time.perf_counter()
+            await asyncio.sleep(seconds)
+            t1 = time.perf_counter()
+            mark("end")
+            per_peer = []
+            for c in clients:
+                n = sum(1 for t in c.received if t0 <= t <= t1)
+                rt50, rt95 = _pcts(c.latencies_ms)
+                per_peer.append({"fps": n / (t1 - t0), "roundtrip_ms_p50": rt50, "roundtrip_ms_p95": rt95})
+            return per_peer
+        finally:
+            for c in clients:
+                await c.close()
+
+
+async def _clients_elsewhere(url: str, peers: int, watch: bool, seconds: float, warmup: float, fps: float,
+                             size: tuple[int, int], mark) -> list[dict]:
+    """The same clients in a child Python process; its stdout says START, then the JSON result."""
+    cmd = [sys.executable, "-m", "streamer.bench_live", "--clients-for", url, "--peers", str(peers),
+           "--seconds", str(seconds), "--warmup", str(warmup), "--fps", str(fps), "--size", f"{size[0]}x{size[1]}"]
+    if watch:
+        cmd.append("--watch")
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    result = None
+    try:
+        async for line in proc.stdout:
+            line = line.decode().strip()
+            if line in ("START", "END"):
+                mark(line.lower())
+            elif line.startswith("RESULT "):
+                result = json.loads(line[7:])
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0 or result is None:
+        raise RuntimeError(f"client process failed (exit {proc.returncode})")
+    return result
+
+
 async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmup: float, fps: float,
-               frames, avatar=None) -> dict:
+               frames, avatar=None, client_process: bool = False) -> dict:
     import aiohttp
 
     from streamer.pipeline import Pipeline, run_sink
@@ -65,33 +128,23 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
         capture.start(loop, pipeline.input)
     server = await start_server(make_reenactor, server_pipeline=pipeline, default_avatar=avatar,
                                 max_peers=max(8, peers))
-    clients = []
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(peers):
-                send = None if watch else StampedCameraTrack(frames, fps)
-                c = ClientPeer(server.url, http, send=send)
-                await c.connect()
-                clients.append(c)
-            await asyncio.sleep(warmup)
-            t0 = time.perf_counter()
-            sessions = list(server.peers.sessions.values())
-            stats_sources = [pipeline] if watch else [s.pipeline for s in sessions]
-            for p in stats_sources:
+    window = {}
+
+    def mark(what):  # the clients' measured window: server statistics start afresh and end with it
+        if what == "start":
+            window["sources"] = [pipeline] if watch else [s.pipeline for s in server.peers.sessions.values()]
+            for p in window["sources"]:
                 p.stats.latency_ms.clear()
-            for c in clients:
-                c.latencies_ms.clear()
-            await asyncio.sleep(seconds)
-            t1 = time.perf_counter()
-            per_peer = []
-            for c in clients:
-                n = sum(1 for t in c.received if t0 <= t <= t1)
-                rt50, rt95 = _pcts(c.latencies_ms)
-                per_peer.append({"fps": n / (t1 - t0), "roundtrip_ms_p50": rt50, "roundtrip_ms_p95": rt95})
-            server_lat = [v for p in stats_sources for v in p.stats.latency_ms]
-            snap = [p.stats.snapshot() for p in stats_sources]
-            for c in clients:
-                await c.close()
+        else:
+            window["latency"] = [v for p in window["sources"] for v in p.stats.latency_ms]
+            window["snap"] = [p.stats.snapshot() for p in window["sources"]]
+    try:
+        if client_process:
+            h, w = frames[0].shape[:2]
+            per_peer = await _clients_elsewhere(server.url, peers, watch, seconds, warmup, fps, (w, h), mark)
+        else:
+            per_peer = await _clients(server.url, peers, watch, seconds, warmup, fps, frames, mark)
+        server_lat, snap = window["latency"], window["snap"]
     finally:
         if capture is not None:
             await asyncio.to_thread(capture.stop)
@@ -103,13 +156,15 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
         await asyncio.gather(*tasks, return_exceptions=True)
     c50, c95 = _pcts(server_lat)
     return {"peers": peers, "mode": "watch" if watch else "send+receive", "seconds": seconds,
+            "clients": "own process" if client_process else "server's process",
             "capture_to_publish_ms_p50": c50, "capture_to_publish_ms_p95": c95,
             "per_peer": per_peer, "server_process_ms": [s["stage_ms"].get("process") for s in snap],
             "server_dropped": [s["dropped"] for s in snap]}
 
 
 def bench(make_reenactor=None, *, peers: int = 3, seconds: float = 10.0, warmup: float = 3.0,
-          fps: float = 30.0, size: tuple[int, int] = (640, 360), avatar=None) -> list[dict]:
+          fps: float = 30.0, size: tuple[int, int] = (640, 360), avatar=None,
+          client_process: bool = False) -> list[dict]:
     """Run the three scenarios; returns their results (also what main prints)."""
     from streamer.rtc_client import clip_frames
     from streamer.webrtc import allow_loopback_candidates
@@ -120,7 +175,7 @@ def bench(make_reenactor=None, *, peers: int = 3, seconds: float = 10.0, warmup:
     out = []
     for n, watch in ((1, False), (peers, False), (peers, True)):
         out.append(asyncio.run(_run(make_reenactor, peers=n, watch=watch, seconds=seconds, warmup=warmup,
-                                    fps=fps, frames=frames, avatar=avatar)))
+                                    fps=fps, frames=frames, avatar=avatar, client_process=client_process)))
     return out
 
 
@@ -157,13 +212,32 @@ def main(argv=None) -> int:
                     help="make the default fake engine sleep this long per frame (a heavier engine)")
     ap.add_argument("--avatar", default=None)
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
+    ap.add_argument("--client-process", action="store_true",
+                    help="run the client peers in a second Python process (as real peers would be)")
+    ap.add_argument("--clients-for", default=None, help=argparse.SUPPRESS)  # the child of --client-process
+    ap.add_argument("--watch", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     w, h = (int(v) for v in a.size.split("x"))
+    if a.clients_for:
+        return _clients_child(a.clients_for, a.peers, a.watch, a.seconds, a.warmup, a.fps, (w, h))
     results = bench(load_factory(a.factory, a.fake_delay_ms), peers=a.peers, seconds=a.seconds, warmup=a.warmup, fps=a.fps,
                     size=(w, h), avatar=a.avatar)
     print(report(results))
     if a.json:
         print(json.dumps(results, indent=1))
+    return 0
+
+
+def _clients_child(url, peers, watch, seconds, warmup, fps, size) -> int:
+    from streamer.rtc_client import clip_frames
+    from streamer.webrtc import allow_loopback_candidates
+    allow_loopback_candidates(only=True)
+    frames = None if watch else clip_frames(str(ASSET_CLIP), count=72, size=size)
+
+    def mark(what):
+        print(what.upper(), flush=True)
+    per_peer = asyncio.run(_clients(url, peers, watch, seconds, warmup, fps, frames, mark))
+    print("RESULT " + json.dumps(per_peer), flush=True)
     return 0
 
 

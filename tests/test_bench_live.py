@@ -1,0 +1,39 @@
+"""streamer/bench_live.py, the WebRTC benchmark harness (behaviour, not speed): its clients in the
+server's process and in a second process both receive the reenacted stream, and the server-side
+statistics cover the clients' measured window."""
+import asyncio
+
+import pytest
+
+from streamer import bench_live
+from streamer.rtc_client import clip_frames
+from streamer.webrtc import allow_loopback_candidates
+
+
+@pytest.fixture(scope="module")
+def frames():
+    allow_loopback_candidates(only=True)
+    return clip_frames(str(bench_live.ASSET_CLIP), count=12, size=(640, 360))  # the barcode needs this size
+
+
+@pytest.mark.parametrize("client_process, peers, watch", [(True, 2, False), (False, 1, True)])
+def test_clients_receive_frames(frames, client_process, peers, watch):
+    make = bench_live.load_factory(None)
+    r = asyncio.run(bench_live._run(make, peers=peers, watch=watch, seconds=2.0, warmup=1.0, fps=30,
+                                    frames=frames, client_process=client_process))
+    assert r["clients"] == ("own process" if client_process else "server's process")
+    assert len(r["per_peer"]) == peers and all(p["fps"] > 5 for p in r["per_peer"])
+    # the server's own statistics: one source per peer (send+receive) or the shared pipeline (watch)
+    assert len(r["server_process_ms"]) == (1 if watch else peers)
+    assert r["capture_to_publish_ms_p50"] is not None and r["capture_to_publish_ms_p50"] > 0
+    if not watch:  # the fake keeps the client's barcode: the round trip was measured
+        assert all(p["roundtrip_ms_p50"] is not None for p in r["per_peer"])
+
+
+def test_client_process_failure_is_reported(monkeypatch):
+    """A child that dies before its result -> an error naming its exit status, not a hang."""
+    async def go():
+        return await bench_live._clients_elsewhere("http://127.0.0.1:9/", 1, True, 0.5, 0.1, 30, (64, 64),
+                                                   lambda what: None)
+    with pytest.raises(RuntimeError, match="client process failed"):
+        asyncio.run(go())
