@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     if a.clients_for:
         return _clients_child(a.clients_for, a.peers, a.watch, a.seconds, a.warmup, a.fps, (w, h))
     results = bench(load_factory(a.factory, a.fake_delay_ms), peers=a.peers, seconds=a.seconds, warmup=a.warmup, fps=a.fps,
-                    size=(w, h), avatar=a.avatar)
+                    size=(w, h), avatar=a.avatar, client_process=a.client_process)
     print(report(results))
     if a.json:
         print(json.dumps(results, indent=1))

@@ -37,3 +37,9 @@ def test_client_process_failure_is_reported(monkeypatch):
                                                    lambda what: None)
     with pytest.raises(RuntimeError, match="client process failed"):
         asyncio.run(go())
+
+
+def test_cli_passes_client_process(capsys):
+    assert bench_live.main(["--peers", "1", "--seconds", "1", "--warmup", "0.5", "--client-process", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count('"clients": "own process"') == 3 and "server's process" not in out
