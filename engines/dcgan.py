@@ -22,6 +22,9 @@ CHANNELS = (100, 512, 256, 128, 64, 3)
 class DCGAN(LatentGenerator):
     latent_shape = (100,)
     resolution = 64
+    # one frame on one core: 4.5 -> 3.5 ms (2-vCPU AMD EPYC; mkldnn's transposed convolution reads
+    # its 12.6 MB of weights better in this layout)
+    prefers_channels_last = True
 
     def __init__(self):
         super().__init__()

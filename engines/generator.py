@@ -14,6 +14,15 @@ class LatentGenerator(nn.Module):
     latent_shape: tuple[int, ...] = ()
     #: output side length in pixels
     resolution: int = 0
+    #: whether per-frame inference should store the weights channels-last (faster on CPU for plain
+    #: convolution stacks; not for StyleGAN2's per-sample grouped convolutions)
+    prefers_channels_last: bool = False
+
+    def for_streaming(self) -> "LatentGenerator":
+        """This generator prepared for per-frame inference (same maths, in place)."""
+        if self.prefers_channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
 
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random latents from the prior (the ones calibration trains on)."""

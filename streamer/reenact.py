@@ -62,7 +62,7 @@ class AvatarReenactor:
             raise UserError(f"avatar was enrolled for zoo '{pack.zoo}', engine runs '{engine.zoo.name}'")
         self.engine, self.pack = engine, pack
         self.A = engine.directions
-        self.G = pack.generator(engine.zoo.generator)
+        self.G = pack.generator(engine.zoo.generator).for_streaming()
         self.z = pack.latent.float()
         self.reader = engine.zoo.pose_reader()
         self.relative, self.side_by_side, self.out_size = relative, side_by_side, out_size

