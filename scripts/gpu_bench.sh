@@ -25,6 +25,8 @@
 # Optional steps (name them in STEPS, e.g. STEPS="sessions50 profile compile" for a second call):
 #   sessions50.json    50 cameras x 30 fps, batches up to 32 (the issue's "50 sessions" figure)
 #   profile.json       eager fp16 stage at batch 16 under torch.profiler: top CUDA kernels
+#   vox256_cl.json     the stage with channels-last weights at batch 1, 16, 32 (+ its error vs the
+#                      plain layout): does skipping cuDNN's NCHW<->NHWC conversions pay off?
 # The last lines printed are a summary table.
 set -u
 cd "$(dirname "$0")/.."
@@ -81,7 +83,7 @@ V="--zoo vox256-random --device $DEV --size ${VOX_SIZE:-256}"
 step check 80 $V --check --check-backends eager,cuda-graph,tensorrt --batches 0 --no-parts --iters 30 --json "$OUT/check.json"
 step vox256 70 $V --batches 1,2,4,8,16 --iters 50 --json "$OUT/vox256.json"
 step sessions8 60 $V --sessions 8 --seconds 8 --batches 0 --no-parts --json "$OUT/sessions8.json"
-step sessions50 110 $V --sessions 50 --max-batch 32 --buckets 8,16 --seconds 8 --batches 0 --no-parts --json "$OUT/sessions50.json"
+step sessions50 110 $V --sessions 50 --max-batch 32 --buckets 8,16,24 --seconds 8 --batches 0 --no-parts --json "$OUT/sessions50.json"
 step profile 40 $V --batches 0 --no-parts --profile 16 --json "$OUT/profile.json"
 step default 35 --zoo default --device "$DEV" --batches 1,8 --iters 50 --json "$OUT/default.json"
 left=$((BUDGET - SECONDS - 5)); t=$(( left < 60 ? left : 60 ))
@@ -93,6 +95,7 @@ if want tests && [ "$t" -ge 20 ]; then
     tests/test_compile.py tests/test_frame_stage.py tests/test_scheduler.py > "$OUT/tests.txt" 2>&1
   echo "== tests: exit $? at ${SECONDS}s; $(grep -E '(passed|failed|error)' "$OUT/tests.txt" | tail -1)" | tee -a "$LOG"
 fi
+step vox256_cl 50 $V --channels-last --batches 1,16,32 --no-parts --iters 50 --json "$OUT/vox256_cl.json"
 step vox256_shared 40 $V --conv-mode shared --batches 1,4,16,32 --no-parts --iters 50 --json "$OUT/vox256_shared.json"
 step compile 150 $V --check --check-backends compile --batches 0 --no-parts --iters 30 --json "$OUT/compile.json"
 
@@ -105,7 +108,7 @@ def load(n):
     p = out / n
     return json.loads(p.read_text()) if p.is_file() else None
 print("\n==== summary", (load("vox256.json") or {}).get("env", {}).get("gpu", "?"))
-for name in ("vox256.json", "vox256_shared.json", "default.json"):
+for name in ("vox256.json", "vox256_cl.json", "vox256_shared.json", "default.json"):
     d = load(name)
     for b, t in ((d or {}).get("stage") or {}).items():
         e = t["engine"]

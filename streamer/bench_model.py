@@ -281,6 +281,21 @@ def check_backends(stage, frame, roi, device, dtypes, backends, iters, log) -> l
     return rows
 
 
+def to_channels_last(stage, device) -> dict:
+    """Convert the stage's weights to channels-last in place; -> the relative error of its outputs
+    against the plain layout (fp32, TF32 off, the bundled portrait, batch 2): same maths, so ~1e-6."""
+    from engines.compile import exact_fp32, flatten, relative_error
+    frame = portrait_frame()
+    inputs = stage_inputs(stage, frame, face_roi(frame, device), 2, device)
+    with torch.no_grad(), exact_fp32():
+        ref = flatten(stage(*inputs))
+        for t in list(stage.parameters()) + list(stage.buffers()):
+            if t.dim() == 4:  # Module.to(memory_format=) refuses the avatar bank's 5-D weight stacks
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+        out = flatten(stage(*inputs))
+    return {n: relative_error(o, r) for (n, o), (_, r) in zip(out, ref)}
+
+
 # -- where GPU time goes ---------------------------------------------------------------------------
 def kernel_profile(stage, inputs, device, dtype: str, top: int = 25) -> dict:
     """Eager stage at the run precision under torch.profiler: the kernels with the most device time
@@ -391,6 +406,8 @@ def parse_args(argv=None):
     ap.add_argument("--zoo", choices=("default", "vox256-random"), default="default")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--size", type=int, default=256, help="vox256-random generator size (256 = the paper's)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="store the stage's 4-D weights channels-last (every engine is still checked vs eager fp32)")
     ap.add_argument("--conv-mode", choices=("grouped", "shared"), default="grouped",
                     help="StyleGAN2 modulated-conv form for untuned layers")
     ap.add_argument("--backend", choices=("auto", "eager", "compile", "cuda-graph", "tensorrt"), default="auto")
@@ -482,6 +499,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()
         stage = build_stage(a.zoo, device, a.size, workdir, max(a.sessions + 1, 8), a.conv_mode)
+        res["channels_last"] = a.channels_last
+        if a.channels_last:  # 4-D weights NHWC: cuDNN then skips its NCHW<->NHWC conversions (H100 profile)
+            res["channels_last_error"] = to_channels_last(stage, device)
         res["build_s"] = round(time.perf_counter() - t0, 1)
         res["parameters_m"] = round(sum(p.numel() for p in stage.parameters()) / 1e6, 2)
         if a.zoo == "default" and getattr(stage.directions, "meta", {}).get("random"):

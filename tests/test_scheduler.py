@@ -234,3 +234,14 @@ def test_static_engines_are_verified_on_the_streams_faces(vox_stage):
                                torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0], [4.0]]), torch.tensor([0, 1])))
     assert torch.equal(f[0, 0, 0], torch.tensor([3., 4., 5.])) and r[:, 0].tolist() == [1.5, 0.5]
     assert r[0, 4].item() == pytest.approx(-0.2) and s.flatten().tolist() == [2.0, 1.0] and sl.tolist() == [1, 0]
+
+
+def test_channels_last_stage_keeps_its_outputs(tmp_path):
+    """bench_model --channels-last (for the GPU profile's layout conversions): the stage's 4-D weights
+    become channels-last in place and its outputs stay the plain layout's (same maths)."""
+    from streamer.bench_model import build_stage, to_channels_last
+    st = build_stage("vox256-random", torch.device("cpu"), 64, str(tmp_path), 2, "grouped")
+    errors = to_channels_last(st, torch.device("cpu"))
+    assert set(errors) == {"image", "presence", "roi_next", "p"} and max(errors.values()) < 1e-5
+    w = next(t for t in st.deca.parameters() if t.dim() == 4 and t.shape[-1] > 1)  # a 3x3 or 7x7 conv
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
