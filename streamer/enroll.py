@@ -64,13 +64,18 @@ def _from_uint8(a: np.ndarray) -> torch.Tensor:
 
 # Enrollment is an optimisation: with another torch thread count its float sums round differently and
 # 270 steps later the pack differs (astronaut: latent max |diff| 0.66, 2 vs 1 threads; Pexels yaw
-# correlation 0.77 vs 0.81). A fixed count makes a photo give the same avatar whichever tool enrolls it
-# (they share one cache).
-ENROLL_THREADS = 1
+# correlation 0.77 vs 0.81). A fixed count per zoo makes a photo give the same avatar whichever tool
+# enrolls it on this machine (they share one cache): one thread for the small default zoo (~40 s),
+# every core for StyleGAN2-256, where one thread would take many minutes.
+ENROLL_THREADS = {"default": 1}
+
+
+def enroll_threads(zoo_name: str) -> int:
+    return ENROLL_THREADS.get(zoo_name) or os.cpu_count() or 1
 
 
 class Enroller:
-    def __init__(self, zoo, progress: bool = True, log=print, threads: int = ENROLL_THREADS):
+    def __init__(self, zoo, progress: bool = True, log=print, threads: int | None = None):
         from calibration.identity import IdentityScorer
         self.zoo = zoo
         self.G = zoo.generator
@@ -81,7 +86,7 @@ class Enroller:
         self.scorer = IdentityScorer(zoo.param_names)
         self.progress = progress
         self.log = log
-        self.threads = threads
+        self.threads = threads or enroll_threads(zoo.name)
 
     # -- 1. align ------------------------------------------------------------------------------
     def align(self, photo: np.ndarray, name: str = "photo"):
@@ -301,7 +306,7 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print) ->
         key = file_sha256(path)[:24]
         a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
         # t<threads>: packs from before enrollment pinned its thread count are not reused
-        cached = cache_dir() / f"{key}-{zoo.name}-{a_sha}-t{ENROLL_THREADS}.avatar"
+        cached = cache_dir() / f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}.avatar"
         if cached.is_file():
             try:
                 pack = AvatarPack.load(cached)
@@ -330,15 +335,15 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tune", action="store_true", help="skip pivotal tuning")
     ap.add_argument("--invert-steps", type=int, help="optimisation steps of the inversion (zoo default)")
     ap.add_argument("--tune-steps", type=int, help="pivotal tuning steps (zoo default)")
-    ap.add_argument("--threads", type=int, default=ENROLL_THREADS,
-                    help="torch CPU threads of the optimisation (default 1, as every other tool enrolls: "
-                         "the same photo then gives the same pack; other counts change it numerically)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads of the optimisation (default as every other tool enrolls: 1 for "
+                         "the default zoo, all cores for vox256; other counts change the pack numerically)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     zoo = load_zoo(args.zoo, args.weights)
     photo = read_photo(args.avatar)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    enroller = Enroller(zoo, not args.no_progress, log, max(1, args.threads))
+    enroller = Enroller(zoo, not args.no_progress, log, max(1, args.threads) if args.threads else None)
     pack = enroller.enroll(photo, Path(args.avatar).name, not args.no_tune, args.invert_steps, args.tune_steps)
     pack.meta["photo_sha256"] = file_sha256(Path(args.avatar))
     out = args.out or Path(args.avatar).with_suffix(".avatar")
