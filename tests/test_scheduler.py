@@ -239,9 +239,10 @@ def test_static_engines_are_verified_on_the_streams_faces(vox_stage):
 def test_channels_last_stage_keeps_its_outputs(tmp_path):
     """bench_model --channels-last (for the GPU profile's layout conversions): the stage's 4-D weights
     become channels-last in place and its outputs stay the plain layout's (same maths)."""
-    from streamer.bench_model import build_stage, to_channels_last
+    from streamer.bench_model import build_stage, face_roi, portrait_frame, stage_inputs, to_channels_last
     st = build_stage("vox256-random", torch.device("cpu"), 64, str(tmp_path), 2, "grouped")
-    errors = to_channels_last(st, torch.device("cpu"))
+    frame = portrait_frame()
+    errors = to_channels_last(st, stage_inputs(st, frame, face_roi(frame, "cpu"), 2, "cpu"))
     assert set(errors) == {"image", "presence", "roi_next", "p"} and max(errors.values()) < 1e-5
     w = next(t for t in st.deca.parameters() if t.dim() == 4 and t.shape[-1] > 1)  # a 3x3 or 7x7 conv
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
