@@ -159,8 +159,10 @@ class LiveSession:
             known = [k for k in ("face", "pose", "latent", "image") if k in stages]
             if known:
                 parts.append(" ".join(f"{k} {stages[k]:.0f}" for k in known) + " ms")
-        if self.capture is not None and not self.capture.ok:
-            parts.append(f"source: {self.capture.status}")
+        if self.capture is not None:
+            status, ok = self.capture.state
+            if not ok:
+                parts.append(f"source: {status}")
         if self.peers is not None:
             parts.append(f"peers {len(self.peers.sessions)}")
         return " | ".join(parts) or "idle"
@@ -171,7 +173,8 @@ class LiveSession:
             d["server"] = self.pipeline.stats.snapshot()
             d["server"]["error"] = self.pipeline.error
         if self.capture is not None:
-            d["source"] = {"status": self.capture.status, "ok": self.capture.ok,
+            status, ok = self.capture.state
+            d["source"] = {"status": status, "ok": ok,
                            "captured": self.capture.captured, "reconnects": self.capture.reconnects}
         return d
 
@@ -236,7 +239,7 @@ async def _live(args, make_reenactor) -> int:
             _apply_side_by_side(args, reenactor)
             cap = sess.capture
             sess.pipeline = Pipeline(reenactor, idle_size=out_size,
-                                     status_text=lambda: None if cap.ok else f"{cap.label}: {cap.status}")
+                                     status_text=cap.problem)
             for sink in sess.sinks:
                 ch = sess.pipeline.subscribe(sink.name)
                 sink_tasks.append(asyncio.ensure_future(run_sink(sink, sess.pipeline, ch)))

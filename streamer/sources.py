@@ -172,8 +172,7 @@ class Capture:
         self.backoff_s, self.max_backoff_s, self.max_attempts = backoff_s, max_backoff_s, max_attempts
         self.max_frames = max_frames
         self.on_status = on_status or (lambda s: None)
-        self.status = "starting"
-        self.ok = False
+        self._state = ("starting", False)   # (status, ok), replaced whole: readers on other threads
         self.ended = False
         self.captured = 0
         self.reconnects = 0
@@ -185,8 +184,27 @@ class Capture:
         self.fps: float | None = None
         self.rate = None
 
+    @property
+    def state(self) -> tuple[str, bool]:
+        """(status, ok) as one consistent pair."""
+        return self._state
+
+    @property
+    def status(self) -> str:
+        return self._state[0]
+
+    @property
+    def ok(self) -> bool:
+        return self._state[1]
+
+    def problem(self) -> str | None:
+        """'<label>: <status>' while the source is not ok, else None, read in one step: reading `ok`
+        and then `status` could pair a stale ok=False with the new 'ok (reconnected ...)' text."""
+        status, ok = self._state
+        return None if ok else f"{self.label}: {status}"
+
     def _set_status(self, text: str, ok: bool) -> None:
-        self.status, self.ok = text, ok
+        self._state = (text, ok)
         self.history.append(text)
         del self.history[:-50]
         self.on_status(f"{self.label}: {text}")
