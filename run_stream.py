@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-smooth", action="store_true", help="no temporal smoothing of the pose")
     g.add_argument("--no-correction", action="store_true",
                    help="use A exactly as learned: no per-avatar response calibration (docs/reenactment.md)")
+    g.add_argument("--device", default="cpu",
+                   help="where the per-frame networks run: cpu (default), cuda, cuda:N, or auto")
     g.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: capture, MediaPipe and the encoder need the other cores; "
                         "more threads only add waiting on small per-frame work)")
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
             if "engine" not in state:
                 from streamer.reenact import Engine
                 state["engine"] = Engine(args.zoo, args.weights, args.directions, log=log,
-                                         progress=not args.quiet)
+                                         progress=not args.quiet, device=args.device)
         return state["engine"].make_reenactor(avatar or args.avatar, relative=not args.absolute,
                                               smooth=not args.no_smooth, correct=not args.no_correction)
 

@@ -36,8 +36,9 @@ class DecaReader:
         from .deca import deca_p
         crop = crop_image(image, crop_box(face.landmarks, OFFICIAL), 224)
         x = torch.from_numpy(np.array(crop, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0
+        x = x.to(next(self.deca.parameters()).device)   # wherever the engine put the encoder
         with torch.no_grad():
-            p = deca_p(self.deca(x), self.ranges)[0].double().numpy()
+            p = deca_p(self.deca(x), self.ranges)[0].double().cpu().numpy()
         return _Reading(face.landmarks, p)
 
     def close(self) -> None:
@@ -70,6 +71,7 @@ def load_vox256(weights_dir, directions=None, net3d: str | None = None):
         deca = DecaEncoder.from_checkpoint(weight_path(weights_dir, "deca")).eval().requires_grad_(False)
         ranges = load_ranges(weight_path(weights_dir, "ranges"))
         extra["pose_reader"] = lambda: DecaReader(deca, ranges)
+        extra["device_modules"] = [deca]   # streamer.reenact.Engine moves these to --device
         names = list(P_NAMES)
     elif net3d == "mediapipe":
         names = list(PARAM_NAMES)

@@ -20,7 +20,7 @@ class Zoo:
     param_names: list[str]
     directions_path: Path | None           # committed / user-given A
     weights_dir: Path | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)   # zoo-specific hooks; "device_modules": per-frame nets
 
     def pose_reader(self):
         """A fresh per-session Net3D reader for video (tracking); `.read(rgb, t_ms)` -> reading | None,

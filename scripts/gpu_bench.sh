@@ -20,7 +20,7 @@
 #   default.json       the default zoo's stage (landmark port + face geometry + DCGAN), batch 1 and 8
 #   compile.json       torch.compile (inductor + CUDA graph) of the vox256 stage at fp16, batch 1,
 #                      error vs eager fp32 and time (the slowest step, so it runs last-but-one)
-#   tests.txt          the three CUDA-aware test files (compile, frame stage, scheduler), verbose
+#   tests.txt          the CUDA-aware test files (compile, frame stage, scheduler, device), verbose
 #   log.txt            everything printed
 # Optional steps (name them in STEPS, e.g. STEPS="sessions50 profile compile" for a second call):
 #   sessions50.json    50 cameras x 30 fps, batches up to 32 (the "50 sessions" figure)
@@ -92,7 +92,7 @@ if want tests && [ "$t" -ge 20 ]; then
   # one inductor compile thread and 25 s per test: on the H100 (2026-11-27) the CPU torch.compile
   # test did not finish in 60 s with 16 compile workers, and hid every later test's result
   TORCHINDUCTOR_COMPILE_THREADS=1 timeout "$t" "$PY" -m pytest -v -p no:cacheprovider -o timeout=25 \
-    tests/test_compile.py tests/test_frame_stage.py tests/test_scheduler.py > "$OUT/tests.txt" 2>&1
+    tests/test_compile.py tests/test_frame_stage.py tests/test_scheduler.py tests/test_device.py > "$OUT/tests.txt" 2>&1
   echo "== tests: exit $? at ${SECONDS}s; $(grep -E '(passed|failed|error)' "$OUT/tests.txt" | tail -1)" | tee -a "$LOG"
 fi
 step vox256_cl 50 $V --channels-last --batches 1,16,32 --no-parts --iters 50 --json "$OUT/vox256_cl.json"

@@ -2,7 +2,8 @@
 reenactor on a driving clip (decode -> face -> pose -> latent -> image -> encode), per-stage p50/p95
 ms and end-to-end frames/s; JSON {fps, frames, stages: {name: {p50_ms, p95_ms}}, machine}.
 
-Model-stage and multi-session benchmarks (`--device`, `--sessions`, `--zoo vox256-random`) are in
+`--device cuda` runs the reenactor's networks on a GPU, as `run_stream.py --device cuda` does.
+Model-stage and multi-session benchmarks (`--sessions`, `--zoo vox256-random`) are in
 streamer.bench_model; this module hands those flags over to it.
 """
 from __future__ import annotations
@@ -52,12 +53,13 @@ def decode(path: Path, max_frames: int | None):
 
 
 def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bool,
-        weights=None, threads: int | None = None) -> dict:
+        weights=None, threads: int | None = None, device: str = "cpu") -> dict:
     import torch
     if threads:
         torch.set_num_threads(threads)
+    from engines.device import describe
     from .reenact import Engine
-    engine = Engine(zoo, weights, log=lambda m: print(m, file=sys.stderr), progress=False)
+    engine = Engine(zoo, weights, log=lambda m: print(m, file=sys.stderr), progress=False, device=device)
     reenactor = engine.make_reenactor(avatar)
     frames, rate = decode(source, max_frames)
     stages: dict[str, list[float]] = {"decode": [], "face": [], "pose": [], "latent": [], "image": []}
@@ -97,14 +99,14 @@ def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bo
             "no_face": reenactor.no_face, "source_fps": rate,
             "stages": {k: {"p50_ms": round(pct(v, 50), 3), "p95_ms": round(pct(v, 95), 3)}
                        for k, v in stages.items() if v},
-            "machine": machine(), "zoo": zoo, "source": str(source)}
+            "machine": machine(), "device": describe(engine.device), "zoo": zoo, "source": str(source)}
 
 
 @main_guard
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in argv for a in ("--device", "--sessions", "vox256-random")) or \
-            any(a.startswith(("--device=", "--sessions=", "--zoo=vox256-random")) for a in argv):
+    if any(a in argv for a in ("--sessions", "vox256-random")) or \
+            any(a.startswith(("--sessions=", "--zoo=vox256-random")) for a in argv):
         from .bench_model import main as model_main
         return model_main(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -115,9 +117,11 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=None, help="at most this many frames")
     ap.add_argument("--no-encode", action="store_true", help="leave H.264 encoding out")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--device", default="cpu", help="where the reenactor's networks run (cpu, cuda, cuda:N, auto)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    res = run(args.zoo, args.source, args.avatar, args.frames, not args.no_encode, args.weights, args.threads)
+    res = run(args.zoo, args.source, args.avatar, args.frames, not args.no_encode, args.weights, args.threads,
+              args.device)
     for k, v in res["stages"].items():
         print(f"{k:>7}: p50 {v['p50_ms']:7.2f} ms   p95 {v['p95_ms']:7.2f} ms")
     print(f"end to end: {res['fps']:.1f} fps over {res['frames']} frames ({res['no_face']} without a face); "

@@ -36,10 +36,20 @@ class Engine:
     """One zoo's models (generator, directions), shared read-only by all sessions."""
 
     def __init__(self, zoo: str = "default", weights: str | Path | None = None,
-                 directions: str | Path | None = None, log=print, progress: bool = True):
+                 directions: str | Path | None = None, log=print, progress: bool = True,
+                 device: str | torch.device | None = "cpu"):
+        from engines.device import describe, resolve_device
+        self.device = resolve_device(device)   # checked before any model loads
         self.zoo = load_zoo(zoo, weights, directions)
         self.directions = self.zoo.directions()
         self.log = log
+        if self.device.type != "cpu":
+            # the per-frame networks (each avatar's generator, vox256's DECA) run there; enrollment,
+            # MediaPipe and the small pose maths stay on the CPU
+            for m in self.zoo.extra.get("device_modules", ()):
+                m.to(self.device)
+            torch.backends.cudnn.benchmark = True   # one frame size for the whole session
+            log(f"models run on {describe(self.device)}")
         self.progress = progress
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
 
@@ -62,7 +72,8 @@ class AvatarReenactor:
             raise UserError(f"avatar was enrolled for zoo '{pack.zoo}', engine runs '{engine.zoo.name}'")
         self.engine, self.pack = engine, pack
         self.A = engine.directions
-        self.G = pack.generator(engine.zoo.generator).for_streaming()
+        self.device = engine.device
+        self.G = pack.generator(engine.zoo.generator).for_streaming().to(self.device)
         self.z = pack.latent.float()
         self.reader = engine.zoo.pose_reader()
         self.relative, self.side_by_side, self.out_size = relative, side_by_side, out_size
@@ -117,7 +128,7 @@ class AvatarReenactor:
             sweeps[i * len(ts):(i + 1) * len(ts), i] = ts
         e = torch.eye(k)[3:]
         dps = torch.cat([sweeps, e * step, -e * step, e * probe, -e * probe])
-        imgs = self.G.synthesize(self._latent_batch(dps))
+        imgs = self.G.synthesize(self._latent_batch(dps).to(self.device)).cpu()
         with MediaPipeNet3D("image") as reader:
             faces = [reader.read(a) for a in to_uint8(net3d_view(imgs))]
         if any(f is None for f in faces):
@@ -204,7 +215,7 @@ class AvatarReenactor:
 
     @torch.no_grad()
     def _render(self, latent: torch.Tensor) -> np.ndarray:
-        img = self.G.synthesize(latent)[0]
+        img = self.G.synthesize(latent.to(self.device))[0].cpu()
         arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         if arr.shape[0] != self.out_size:
             arr = np.asarray(Image.fromarray(arr).resize((self.out_size, self.out_size), Image.BICUBIC))

@@ -230,6 +230,18 @@ def test_corrupt_avatar_images_are_one_line_errors(engine, tmp_path, capsys):
     assert code == 2 and msg in error_line(err) and not (tmp_path / "o.mp4").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_device_that_is_not_there(pack_path, tmp_path, capsys):
+    """--device cuda on a CPU-only torch: one line naming the fix, before any output is opened."""
+    for spec, msg in (("cuda", "sees no CUDA GPU"), ("tpu", "not a device")):
+        out = tmp_path / "o.mp4"
+        code, err = run_cli(stream_main, ["--avatar", str(pack_path), "--device", spec, "--source", str(CLIP),
+                                          "--sink", str(out), "--quiet"], capsys)
+        line = error_line(err)
+        assert code == 2 and line.startswith(f"error: --device {spec}: ") and msg in line, line
+        assert not out.exists()
+
+
 # ------------------------------------------------------------------------------ checkpoint faults
 def truncated(src: Path, dst: Path, frac: float = 0.6) -> Path:
     data = src.read_bytes()
