@@ -45,6 +45,7 @@ def rotation_torch(angles_deg: torch.Tensor) -> torch.Tensor:
 
 class Trainer:
     expr_range = 1.0    # single-direction expression shifts: eps ~ U[-r a, r a] (angles: U[-a, a])
+    single_fraction = 0.5  # share of each batch that shifts one direction (the paper: half)
 
     def __init__(self, generator, data: TrainData, directions: Directions, landmarker: FaceLandmarkerTorch,
                  scorer: IdentityScorer, weights: dict, lr: float, batch: int, seed: int,
@@ -74,7 +75,7 @@ class Trainer:
         t = torch.randint(0, n, (self.batch,), generator=self.rng)
         p_s, p_t = self.data.p[s], self.data.p[t]
         dp = self.A.normalise(p_t) - self.A.normalise(p_s)
-        half = self.batch // 2  # the second half shifts a single random direction
+        half = self.batch - round(self.batch * self.single_fraction)  # rows from here shift one direction
         one = torch.randint(0, k, (self.batch - half,), generator=self.rng)
         eps = (torch.rand(self.batch - half, generator=self.rng) * 2 - 1) * a
         # expressions: a driver's dp spans the whole normalised range (a full blink from open eyes is
@@ -227,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mixed-steps", type=int, default=40, help="inversion steps per frame (default 40)")
     ap.add_argument("--expr-range", type=float, default=1.0,
                     help="single-direction expression shifts span +-R*a (default 1; a driver reaches 2)")
+    ap.add_argument("--single-fraction", type=float, default=0.5,
+                    help="share of each batch that shifts a single direction (default 0.5, the paper's)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -257,6 +260,7 @@ def main(argv=None) -> int:
     trainer = Trainer(zoo.generator, data, A, landmarker, scorer, weights, args.lr, args.batch, args.seed,
                       total_steps=args.steps)
     trainer.expr_range = args.expr_range
+    trainer.single_fraction = args.single_fraction
     if n_real:
         trainer.real_from = len(data.z) - n_real   # prepare() keeps the pool's order: real rows last
     ckpt = run / "train_ckpt.pt"
@@ -273,7 +277,8 @@ def main(argv=None) -> int:
     bar.close()
     A.save(run / "directions.safetensors", {"steps": trainer.step, "batch": args.batch, "lr": args.lr,
                                             "init": args.init, "loss_weights": weights,
-                                            "expr_range": args.expr_range})
+                                            "expr_range": args.expr_range,
+                                            "single_fraction": args.single_fraction})
     (run / "train_history.json").write_text(json.dumps(trainer.history))
     plot_losses(trainer.history, run / "loss_curve.png")
     sweep_grid(zoo.generator, A, data.z[:1], run / "direction_sweep.png")

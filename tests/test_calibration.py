@@ -171,6 +171,15 @@ def test_single_direction_shifts_span_the_requested_range(G, train_data, stats):
         expr = single[:, 3:].abs().max().item()
         assert angle <= a and 0.8 * a < angle
         assert expr <= r * a and 0.8 * r * a < expr
+    # --single-fraction: the share of such rows (0: every row a random pair)
+    for frac, n_single in ((0.0, 0), (0.25, 100), (1.0, 400)):
+        tr = Trainer(G, data, A, lm, sc, WEIGHTS, 1e-3, 400, seed=3)
+        tr.single_fraction = frac
+        _, dp, _ = tr.sample()
+        moved = (dp != 0).sum(1)
+        assert int((moved[400 - n_single:] <= 1).sum()) == n_single
+        if n_single < 400:   # random pairs move many parameters at once
+            assert (moved[:400 - n_single] > 1).float().mean() > 0.95
 
 
 def test_training_steps_lower_the_loss_and_resume(G, train_data, stats, tmp_path):
