@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-smooth", action="store_true", help="no temporal smoothing of the pose")
     g.add_argument("--no-correction", action="store_true",
                    help="use A exactly as learned: no per-avatar response calibration (docs/reenactment.md)")
+    g.add_argument("--feedback", type=int, default=0, metavar="N",
+                   help="head-pose feedback: read the avatar's output every N frames and steer its angles to "
+                        "the driver's (3 is a good choice: head turns ~2x more accurate, ~3 ms per frame; "
+                        "default 0 = off; docs/reenactment.md)")
     g.add_argument("--device", default="cpu",
                    help="where the per-frame networks run: cpu (default), cuda, cuda:N, or auto")
     g.add_argument("--threads", type=int, default=1,
@@ -57,7 +61,8 @@ def main(argv=None) -> int:
                 state["engine"] = Engine(args.zoo, args.weights, args.directions, log=log,
                                          progress=not args.quiet, device=args.device)
         return state["engine"].make_reenactor(avatar or args.avatar, relative=not args.absolute,
-                                              smooth=not args.no_smooth, correct=not args.no_correction)
+                                              smooth=not args.no_smooth, correct=not args.no_correction,
+                                              feedback_every=max(0, args.feedback))
 
     return run_live(args, make_reenactor)
 

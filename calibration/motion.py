@@ -4,7 +4,8 @@ For each driving clip: reenact every frame (relative motion, the product's defau
 jawOpen (and the rest of p) with the MediaPipe runtime on the driver's frames and on the published
 output frames, and report the Pearson correlation of the series where the driver varies (yaw std >= 3
 degrees, jawOpen std >= 0.08), plus the mean SFace cosine of the output to the avatar photo and to
-the driver (identity must stay the avatar's).
+the driver (identity must stay the avatar's). Also: yaw / pitch mean absolute difference between the
+output's and the driver's change since the first frame, and the gain (output change per driver change).
 """
 from __future__ import annotations
 
@@ -37,13 +38,20 @@ def pearson(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def measure_clip(engine, avatar, clip: Path, max_frames: int | None = None, stride: int = 1) -> dict:
+def follow(driver, output) -> dict:
+    d, o = driver - driver[0], output - output[0]
+    return {"mae_deg": float(np.abs(o - d).mean()),
+            "gain": float((d * o).sum() / (d * d).sum()) if (d * d).sum() > 0 else float("nan")}
+
+
+def measure_clip(engine, avatar, clip: Path, max_frames: int | None = None, stride: int = 1,
+                 feedback_every: int = 0) -> dict:
     import av
     from calibration.identity import IdentityScorer
     from engines.net3d import MediaPipeNet3D
     from engines.pose import PARAM_NAMES
     from engines.views import to_uint8
-    reen = engine.make_reenactor(avatar)
+    reen = engine.make_reenactor(avatar, feedback_every=feedback_every)
     scorer = IdentityScorer()
     res = engine.zoo.generator.resolution
     drv_p, out_p, cos_avatar, cos_driver = [], [], [], []
@@ -79,6 +87,9 @@ def measure_clip(engine, avatar, clip: Path, max_frames: int | None = None, stri
          "driver_yaw_std": float(drv[:, yaw].std()), "driver_jaw_std": float(drv[:, jaw].std()),
          "yaw_corr": pearson(drv[:, yaw], out[:, yaw]), "jaw_corr": pearson(drv[:, jaw], out[:, jaw]),
          "pitch_corr": pearson(drv[:, 1], out[:, 1]),
+         # how far the avatar turns, not only when: |change of the output - change of the driver| since
+         # the first measured frame (the relative-motion reference), and the least-squares gain
+         **{f"{n}_{k}": v for n, i in (("yaw", yaw), ("pitch", 1)) for k, v in follow(drv[:, i], out[:, i]).items()},
          "sface_output_avatar": float(np.mean(cos_avatar)), "sface_output_driver": float(np.mean(cos_driver))}
     r["yaw_checked"] = r["driver_yaw_std"] >= YAW_STD_MIN
     r["jaw_checked"] = r["driver_jaw_std"] >= JAW_STD_MIN
@@ -95,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--avatar", required=True)
     ap.add_argument("--clips", nargs="+", type=Path, required=True)
     ap.add_argument("--max-frames", type=int)
+    ap.add_argument("--feedback", type=int, default=0, metavar="N",
+                    help="the reenactor's head-pose feedback every N frames (default 0 = off, as run_stream)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -102,7 +115,7 @@ def main(argv=None) -> int:
     engine = Engine(args.zoo, args.weights, log=lambda m: print(m, file=sys.stderr))
     results = {}
     for clip in args.clips:
-        r = measure_clip(engine, args.avatar, clip, args.max_frames)
+        r = measure_clip(engine, args.avatar, clip, args.max_frames, feedback_every=args.feedback)
         results[clip.name] = r
         print(f"{clip.name}: {r['frames']} frames; yaw corr {r['yaw_corr']:.2f} (driver std {r['driver_yaw_std']:.1f} deg"
               f"{'' if r['yaw_checked'] else ', not checked'}); jawOpen corr {r['jaw_corr']:.2f} (std "

@@ -10,6 +10,12 @@ correctly. The target p_avatar + dp is clamped to the range calibration saw. In 
 shift is A dp - A 0 (the bias cancels, so the first frame reproduces the avatar exactly); absolute mode
 (`relative=False`) is the paper's formula dp = p_driver - p_avatar with the bias.
 Frames with no face hold the last pose for `hold_s`, then ease back to the avatar's neutral pose.
+
+Head-pose feedback (beyond the paper; `feedback_every` N > 0, off by default): every Nth frame Net3D reads the
+avatar's own output, and the difference between the head angles asked for and the ones shown is
+integrated into the request, so a face that turns less (or more) than A predicts still ends where the
+driver is. It only scales the three angle directions A already has, so it cannot invent pixels. It
+pauses while the driver shows no face (the held pose stays exactly) and eases out with the pose.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ from .smoothing import OneEuro
 
 OUT_SIZE = 256
 GATE_MIN = 0.5  # normalised units an expression direction must move its own parameter to stay on
+FEEDBACK_GAIN = 0.7   # share of the angle error integrated per reading (every 3rd frame: ~0.25/frame)
+FEEDBACK_LIMIT = 3.0  # the integral stays within +-3 normalised units (a quarter of each angle's range)
 
 
 class Engine:
@@ -67,7 +75,7 @@ class Engine:
 class AvatarReenactor:
     def __init__(self, engine: Engine, pack: AvatarPack, *, relative: bool = True, smooth: bool = True,
                  side_by_side: bool = False, out_size: int = OUT_SIZE, hold_s: float = 1.0,
-                 ease_s: float = 0.5, correct: bool = True):
+                 ease_s: float = 0.5, correct: bool = True, feedback_every: int = 0):
         if pack.zoo != engine.zoo.name:
             raise UserError(f"avatar was enrolled for zoo '{pack.zoo}', engine runs '{engine.zoo.name}'")
         self.engine, self.pack = engine, pack
@@ -96,6 +104,7 @@ class AvatarReenactor:
             self.bias = self.A(torch.zeros(1, k))
             self.avatar_img = self._render(self._latent(torch.zeros(k)))
         self.correction = self._local_correction() if correct else None
+        self.feedback = self._start_feedback(feedback_every)
         self._t0 = time.monotonic()
 
     @torch.no_grad()
@@ -159,6 +168,39 @@ class AvatarReenactor:
         drift = np.stack([minus[:, :3].T / step, -plus[:, :3].T / step])   # [-sense, +sense]
         return curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates)
 
+    def _start_feedback(self, every: int):
+        """(reader, the avatar's own angles as read at dp = 0, every) or None: off, or the zoo's Net3D
+        does not read generated faces this way (vox256 with DECA), or it finds no face in the avatar."""
+        if every <= 0 or "pose_reader" in self.engine.zoo.extra:
+            return None
+        from engines.net3d import MediaPipeNet3D
+        reader = MediaPipeNet3D("image")   # each output frame on its own: no tracking lag
+        p0 = self._read_output(reader, self._small)
+        if p0 is None:
+            reader.close()
+            return None
+        self.fb_integral = torch.zeros(3)
+        return reader, p0, int(every)
+
+    def _read_output(self, reader, small: torch.Tensor) -> torch.Tensor | None:
+        """Normalised head angles of a generator output [1,3,R,R], read on calibration's view."""
+        from engines.views import net3d_view, to_uint8
+        face = reader.read(to_uint8(net3d_view(small))[0])
+        if face is None:
+            return None
+        return self.A.normalise(torch.as_tensor(face.p, dtype=torch.float32))[:3]
+
+    def _feed_back(self) -> None:
+        """Integrate the angle error of the frame just rendered (dp asked vs the change shown)."""
+        reader, p0, every = self.feedback
+        if self.frames % every:
+            return
+        shown = self._read_output(reader, self._small)
+        if shown is None:   # output not readable this frame: keep the integral as it is
+            return
+        err = self.dp[:3] - (shown - p0)
+        self.fb_integral = (self.fb_integral + FEEDBACK_GAIN * err).clamp(-FEEDBACK_LIMIT, FEEDBACK_LIMIT)
+
     def _corrected(self, dp: torch.Tensor) -> torch.Tensor:
         curves, drift, gates = self.correction
         out = dp.clone()
@@ -188,7 +230,10 @@ class AvatarReenactor:
         if face is None:
             self.no_face += 1
             if self.last_face_t is not None and now - self.last_face_t > self.hold_s:
-                self.dp = self.dp * float(np.exp(-(1 / 30) / self.ease_s))  # ease toward neutral
+                ease = float(np.exp(-(1 / 30) / self.ease_s))  # ease toward neutral
+                self.dp = self.dp * ease
+                if getattr(self, "feedback", None) is not None:
+                    self.fb_integral = self.fb_integral * ease   # neutral is the avatar itself
             return
         self.last_face_t = now
         p = np.asarray(face.p, dtype=np.float64)
@@ -206,6 +251,9 @@ class AvatarReenactor:
 
     @torch.no_grad()
     def _latent(self, dp: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "feedback", None) is not None:
+            dp = dp.clone()
+            dp[:3] += self.fb_integral
         if self.correction is not None:
             dp = self._corrected(dp)
         shift = self.A(dp[None])
@@ -215,8 +263,8 @@ class AvatarReenactor:
 
     @torch.no_grad()
     def _render(self, latent: torch.Tensor) -> np.ndarray:
-        img = self.G.synthesize(latent.to(self.device))[0].cpu()
-        arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        self._small = self.G.synthesize(latent.to(self.device)).cpu()
+        arr = ((self._small[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         if arr.shape[0] != self.out_size:
             arr = np.asarray(Image.fromarray(arr).resize((self.out_size, self.out_size), Image.BICUBIC))
         return arr
@@ -244,23 +292,34 @@ class AvatarReenactor:
         result = self._render(latent)
         out = self._compose(image, result)
         t4 = time.perf_counter()
+        stage_ms = {"face": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3, "latent": (t3 - t2) * 1e3,
+                    "image": (t4 - t3) * 1e3}
+        if self.feedback is not None and face is not None:   # no driver: the held pose stays exactly
+            self._feed_back()
+            stage_ms["feedback"] = (time.perf_counter() - t4) * 1e3
         self.frames += 1
-        return Output(out, face is not None, {"face": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3,
-                                              "latent": (t3 - t2) * 1e3, "image": (t4 - t3) * 1e3})
+        return Output(out, face is not None, stage_ms)
 
     def close(self) -> None:
         self.reader.close()
+        if self.feedback is not None:
+            self.feedback[0].close()
 
 
 _SHARED: dict = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def default_zoo_factory(avatar):
+def default_zoo_factory(avatar, **kw):
     """`make_reenactor` for tools that take MODULE:FUNCTION (e.g. `python -m streamer.bench_live
     --factory streamer.reenact:default_zoo_factory --avatar me.png`): one shared default-zoo Engine."""
     with _SHARED_LOCK:
         if "engine" not in _SHARED:
             torch.set_num_threads(1)
             _SHARED["engine"] = Engine("default", progress=False)
-    return _SHARED["engine"].make_reenactor(avatar)
+    return _SHARED["engine"].make_reenactor(avatar, **kw)
+
+
+def default_zoo_feedback_factory(avatar):
+    """The same with head-pose feedback every 3rd frame (`run_stream.py --feedback 3`)."""
+    return default_zoo_factory(avatar, feedback_every=3)

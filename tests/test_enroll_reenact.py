@@ -105,7 +105,8 @@ def test_photo_is_enrolled_once_and_cached(engine, tmp_path, monkeypatch, pack):
 
 
 def test_first_frame_reproduces_the_avatar_and_no_face_eases_back(engine, pack):
-    r = engine.make_reenactor(pack, hold_s=0.0, ease_s=0.05)
+    # open loop: with feedback the integral learnt while the head was turned stays after a reset
+    r = engine.make_reenactor(pack, hold_s=0.0, ease_s=0.05, feedback_every=0)
     drv = np.asarray(Image.open(ASTRONAUT).convert("RGB"))
     out = r.process(drv)
     assert out.face_found and set(out.stage_ms) == {"face", "pose", "latent", "image"}
@@ -137,7 +138,7 @@ def test_driver_head_turn_turns_the_avatar(engine, pack):
     from engines.views import to_uint8
     with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as c:
         frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in (0, 350)}
-    r = engine.make_reenactor(pack, smooth=False)
+    r = engine.make_reenactor(pack, smooth=False, feedback_every=0)   # A itself (feedback: next test)
     with MediaPipeNet3D("image") as reader:
         turn = reader.read(frames[350]).p[0] - reader.read(frames[0]).p[0]
         yaws = []
@@ -150,6 +151,38 @@ def test_driver_head_turn_turns_the_avatar(engine, pack):
     assert turn > 8
     assert yaws[1] - yaws[0] > 0.4 * turn
     assert abs(yaws[2] - yaws[0]) < 1.0
+
+
+def test_feedback_brings_the_avatars_yaw_to_the_drivers(engine, pack):
+    """The same turn as above, held 12 frames, open loop and with head-pose feedback (read every 3rd
+    frame). Read by the MediaPipe runtime on the published frames, the avatar's turn with feedback
+    must be closer to the driver's than open loop and within 25% of it, and come back when the
+    driver does."""
+    from calibration.motion import output_view
+    from engines.net3d import MediaPipeNet3D
+    from engines.views import to_uint8
+    with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as c:
+        frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in (0, 350)}
+    with MediaPipeNet3D("image") as reader:
+        turn = reader.read(frames[350]).p[0] - reader.read(frames[0]).p[0]
+        shown = {}
+        for every in (0, 3):
+            r = engine.make_reenactor(pack, smooth=False, feedback_every=every)
+            yaws = []
+            for k, i in enumerate((0, 350, 0)):
+                for j in range(12):
+                    out = r.process(frames[i], t=(k * 12 + j) / 30)
+                yaws.append(reader.read(to_uint8(output_view(out.image, 64))[0]).p[0])
+            assert (r.feedback is None) == (every == 0)
+            if every:
+                assert "feedback" in out.stage_ms and r.fb_integral.abs().max() > 0
+            r.close()
+            shown[every] = yaws
+    assert turn > 8
+    open_err = abs(shown[0][1] - shown[0][0] - turn)
+    fb_err = abs(shown[3][1] - shown[3][0] - turn)
+    assert fb_err < open_err and fb_err < 0.25 * turn, (turn, shown)
+    assert abs(shown[3][2] - shown[3][0]) < 1.5, shown
 
 
 def test_correction_gates_senses_and_cancels_one_sided_drift():
