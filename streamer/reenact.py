@@ -99,7 +99,7 @@ class AvatarReenactor:
         self.dp = torch.zeros(k)
         self.last_face_t: float | None = None
         self.frames = self.no_face = 0
-        self.correction = None
+        self.correction = self.feedback = None   # both measured on the avatar's own render below
         with torch.no_grad():
             self.bias = self.A(torch.zeros(1, k))
             self.avatar_img = self._render(self._latent(torch.zeros(k)))
@@ -125,7 +125,7 @@ class AvatarReenactor:
         Returns (curves [(t, response)] per angle, drift [2, 3, K-3] for the - and + senses, gates
         [2, K-3] bool) or None when the zoo's Net3D does not read generated faces this way (vox256
         with DECA) or a render has no face."""
-        if "pose_reader" in self.engine.zoo.extra:
+        if not self._reads_own_output:
             return None
         from engines.net3d import MediaPipeNet3D
         from engines.views import net3d_view, to_uint8
@@ -168,10 +168,16 @@ class AvatarReenactor:
         drift = np.stack([minus[:, :3].T / step, -plus[:, :3].T / step])   # [-sense, +sense]
         return curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates)
 
+    @property
+    def _reads_own_output(self) -> bool:
+        """Whether the zoo's Net3D is MediaPipe, which reads generated faces on calibration's view (not
+        vox256 with DECA): the per-avatar correction and the feedback both need it."""
+        return "pose_reader" not in self.engine.zoo.extra
+
     def _start_feedback(self, every: int):
         """(reader, the avatar's own angles as read at dp = 0, every) or None: off, or the zoo's Net3D
         does not read generated faces this way (vox256 with DECA), or it finds no face in the avatar."""
-        if every <= 0 or "pose_reader" in self.engine.zoo.extra:
+        if every <= 0 or not self._reads_own_output:
             return None
         from engines.net3d import MediaPipeNet3D
         reader = MediaPipeNet3D("image")   # each output frame on its own: no tracking lag
@@ -232,7 +238,7 @@ class AvatarReenactor:
             if self.last_face_t is not None and now - self.last_face_t > self.hold_s:
                 ease = float(np.exp(-(1 / 30) / self.ease_s))  # ease toward neutral
                 self.dp = self.dp * ease
-                if getattr(self, "feedback", None) is not None:
+                if self.feedback is not None:
                     self.fb_integral = self.fb_integral * ease   # neutral is the avatar itself
             return
         self.last_face_t = now
@@ -251,7 +257,7 @@ class AvatarReenactor:
 
     @torch.no_grad()
     def _latent(self, dp: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "feedback", None) is not None:
+        if self.feedback is not None:
             dp = dp.clone()
             dp[:3] += self.fb_integral
         if self.correction is not None:
