@@ -7,7 +7,7 @@
 100-d vector, started from the committed A's shift and optimised with calibration.train's losses (Adam,
 lr 0.05): a bound on what any shift-based method can reach with these losses and this generator.
 `source`: the committed A is fine-tuned for one source at a time (random training targets, cosine lr),
-then measured on three other targets: what a per-avatar A (like the generator's pivotal tuning) buys.
+then measured on --targets other targets (default 3) against least squares on the same pairs: what a per-avatar A (like the generator's pivotal tuning) buys.
 Both read the results with the MediaPipe runtime, as calibration.evaluate does. docs/calibration.md.
 """
 from __future__ import annotations
@@ -80,12 +80,15 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=None, help="batches of 16 pairs (pair: 4) / sources (source: 12)")
     ap.add_argument("--steps", type=int, default=None, help="optimisation steps (pair: 100, source: 40)")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=3e-3, help="source: peak learning rate")
+    ap.add_argument("--targets", type=int, default=3, help="source: held-out targets per source")
     args = ap.parse_args()
     torch.set_num_threads(1)
     zoo = load_zoo("default")
     G = zoo.generator
     data = TrainData.load(args.run / "train_cache.pt")
     A0 = Directions.from_checkpoint(DATA / "default_directions.safetensors")
+    LS = Directions.from_checkpoint(DATA / "default_least_squares.safetensors")
     lm = FaceLandmarkerTorch.from_task().requires_grad_(False)
     scorer = IdentityScorer(zoo.param_names)
     net3d = MediaPipeNet3D("image")
@@ -111,14 +114,16 @@ def main() -> int:
                 meter.add("per-pair", s, t, P.delta)
                 print(f"batch {b + 1} done", flush=True)
         else:
-            n_src, steps, lr, bs = args.n or 12, args.steps or 40, 3e-3, 8
+            n_src, steps, lr, bs, m = args.n or 12, args.steps or 40, args.lr, 8, args.targets
             perm = torch.randperm(n_all, generator=g)
-            sources, targets, train_t = perm[:n_src], perm[n_src:4 * n_src].view(n_src, 3), perm[4 * n_src:]
+            sources = perm[:n_src]
+            targets, train_t = perm[n_src:(m + 1) * n_src].view(n_src, m), perm[(m + 1) * n_src:]
             for n, i in enumerate(sources):
                 A = copy.deepcopy(A0).requires_grad_(True)
                 tr = Trainer(G, data, A, lm, scorer, dict(WEIGHTS), lr, bs, 0)
-                s_ev, t_ev = i.repeat(3), targets[n]
+                s_ev, t_ev = i.repeat(m), targets[n]
                 with torch.no_grad():
+                    meter.add("lstsq", s_ev, t_ev, LS(LS.normalise(data.p[t_ev]) - LS.normalise(data.p[s_ev])))
                     meter.add("committed", s_ev, t_ev, A0(A0.normalise(data.p[t_ev]) - A0.normalise(data.p[s_ev])))
                 for k in range(steps):
                     t = train_t[torch.randint(0, len(train_t), (bs,), generator=g)]

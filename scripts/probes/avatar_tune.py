@@ -1,0 +1,124 @@
+"""Probe (not part of the product): does fine-tuning A for one enrolled avatar make it follow a driver?
+
+    python scripts/probes/avatar_tune.py --avatar assets/astronaut.png --run runs/final --steps 200 \
+        --clips assets/pexels_woman.mp4 ../shared/media/driving_lp_*.mp4
+
+The avatar (its pivotal-tuned generator and inverted latent) becomes the only source of the training
+loop of calibration.train; targets are random statistics-pool poses; the committed A is the start.
+Then calibration.motion's measurement runs with the tuned A, with and without the per-avatar
+correction. docs/calibration.md.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from calibration.identity import IdentityScorer, points_from_landmarks  # noqa: E402
+from calibration.motion import measure_clip  # noqa: E402
+from calibration.prepare import TrainData, port_read  # noqa: E402
+from calibration.sampling import render_and_read  # noqa: E402
+from calibration.shape_model import to_camera  # noqa: E402
+from calibration.train import WEIGHTS, Trainer  # noqa: E402
+from engines.directions import Directions  # noqa: E402
+from engines.face_geometry import FaceGeometry  # noqa: E402
+from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks  # noqa: E402
+from engines.net3d import MediaPipeNet3D  # noqa: E402
+from engines.pose import EXPRESSION_INDEX, euler_from_rotation  # noqa: E402
+from engines.views import VIEW_SIZE, net3d_view  # noqa: E402
+from streamer.reenact import Engine  # noqa: E402
+
+
+@torch.no_grad()
+def avatar_row(G, z, data: TrainData, lm_net, scorer) -> TrainData:
+    """The avatar as one more training sample, measured exactly as calibration.prepare measures."""
+    with MediaPipeNet3D("image") as net3d:
+        p, lms, _ = render_and_read(G, z, net3d)
+    if np.isnan(p).any():
+        raise SystemExit("Net3D finds no face in the avatar's render")
+    roi = roi_from_landmarks(torch.as_tensor(lms[..., :2]), VIEW_SIZE, VIEW_SIZE).float()
+    views = net3d_view(G.synthesize(z))
+    lm, bs = port_read(lm_net, views, roi)
+    C, s, R, _ = data.shape_model.canonical(to_camera(lm))
+    angles = euler_from_rotation(FaceGeometry()(lm, VIEW_SIZE, VIEW_SIZE))
+    emb = scorer.embed_points(views, points_from_landmarks(lm))
+    return TrainData(z, torch.as_tensor(p, dtype=torch.float32), roi, bs[:, EXPRESSION_INDEX], C, s, R,
+                     angles, emb, data.shape_model)
+
+
+def with_row(data: TrainData, row: TrainData) -> TrainData:
+    cat = {k: torch.cat([getattr(data, k), getattr(row, k)]) for k in data.__dataclass_fields__ if k != "shape_model"}
+    return TrainData(**cat, shape_model=data.shape_model)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--avatar", required=True)
+    ap.add_argument("--run", type=Path, default=Path("runs/final"))
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clips", nargs="*", type=Path, default=[])
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--load", type=Path, help="measure this tuned A instead of tuning")
+    ap.add_argument("--no-correction", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    engine = Engine("default", log=lambda m: print(m, file=sys.stderr))
+    if args.no_correction:
+        make = engine.make_reenactor
+        engine.make_reenactor = lambda avatar, **kw: make(avatar, correct=False, **kw)
+    if args.load:
+        measure(engine, args, [("tuned", Directions.from_checkpoint(args.load))])
+        return 0
+    pack = engine.pack(args.avatar)
+    G = pack.generator(engine.zoo.generator)
+    data = TrainData.load(args.run / "train_cache.pt")
+    lm_net = FaceLandmarkerTorch.from_task().requires_grad_(False)
+    scorer = IdentityScorer(engine.zoo.param_names)
+    data = with_row(data, avatar_row(G, pack.latent.float(), data, lm_net, scorer))
+    me = len(data.z) - 1
+    A0 = engine.directions
+    A = copy.deepcopy(A0).requires_grad_(True)
+    tr = Trainer(G, data, A, lm_net, scorer, dict(WEIGHTS), args.lr, args.batch, args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    t0 = time.time()
+    for k in range(args.steps):
+        t = torch.randint(0, me, (args.batch,), generator=g)
+        s = torch.full_like(t, me)
+        for grp in tr.opt.param_groups:
+            grp["lr"] = 0.5 * args.lr * (1 + np.cos(np.pi * k / args.steps))
+        loss, _ = tr.losses(s, A.normalise(data.p[t]) - A.normalise(data.p[s]), data.p[t])
+        tr.opt.zero_grad()
+        loss.backward()
+        tr.opt.step()
+        if k % 25 == 0:
+            print(f"step {k} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+    print(f"tuned in {time.time() - t0:.0f} s")
+    A.requires_grad_(False)
+    if args.out:
+        A.save(args.out)
+    measure(engine, args, [("committed", A0), ("tuned", A)])
+    return 0
+
+
+def measure(engine, args, matrices):
+    for name, d in matrices:
+        engine.directions = d
+        for clip in args.clips:
+            r = measure_clip(engine, args.avatar, clip)
+            print(f"{name:9s} {clip.name:28s} yaw r {r['yaw_corr']:.2f} mae {r['yaw_mae_deg']:.2f} gain "
+                  f"{r['yaw_gain']:.2f} | pitch r {r['pitch_corr']:.2f} mae {r['pitch_mae_deg']:.2f} | jaw r "
+                  f"{r['jaw_corr']:.2f} | sface {r['sface_output_avatar']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
