@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from engines.errors import UserError, main_guard
 
 from .machine import cpu_model

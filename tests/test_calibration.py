@@ -1,6 +1,5 @@
 """Calibration: statistics, normalisation, shape model, the least-squares baseline, training, evaluation."""
 import json
-import math
 
 import numpy as np
 import pytest

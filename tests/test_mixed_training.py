@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from calibration.mixed import concat_pools, inverted_pool, real_frames
-from calibration.sampling import Pool
 from calibration.train import Trainer
 from engines.directions import Directions
 from engines.errors import UserError
