@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head-pose feedback: read the avatar's output every N frames and steer its angles to "
                         "the driver's (3 is a good choice: head turns ~2x more accurate, ~3 ms per frame; "
                         "default 0 = off; docs/reenactment.md)")
+    g.add_argument("--tune-directions", type=int, nargs="?", const=200, default=0, metavar="STEPS",
+                   help="when enrolling a photo, also tune A to it (default zoo; 200 steps if no number, "
+                        "~2.5 min more, cached; docs/reenactment.md)")
     g.add_argument("--device", default="cpu",
                    help="where the per-frame networks run: cpu (default), cuda, cuda:N, or auto")
     g.add_argument("--threads", type=int, default=1,
@@ -59,7 +62,8 @@ def main(argv=None) -> int:
             if "engine" not in state:
                 from streamer.reenact import Engine
                 state["engine"] = Engine(args.zoo, args.weights, args.directions, log=log,
-                                         progress=not args.quiet, device=args.device)
+                                         progress=not args.quiet, device=args.device,
+                                         tune_directions=max(0, args.tune_directions))
         return state["engine"].make_reenactor(avatar or args.avatar, relative=not args.absolute,
                                               smooth=not args.no_smooth, correct=not args.no_correction,
                                               feedback_every=max(0, args.feedback))

@@ -108,11 +108,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-frames", type=int)
     ap.add_argument("--feedback", type=int, default=0, metavar="N",
                     help="the reenactor's head-pose feedback every N frames (default 0 = off, as run_stream)")
+    ap.add_argument("--tune-directions", type=int, nargs="?", const=200, default=0, metavar="STEPS",
+                    help="enroll a photo avatar with A tuned to it, as run_stream --tune-directions")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from streamer.reenact import Engine
-    engine = Engine(args.zoo, args.weights, log=lambda m: print(m, file=sys.stderr))
+    engine = Engine(args.zoo, args.weights, log=lambda m: print(m, file=sys.stderr),
+                    tune_directions=max(0, args.tune_directions))
     results = {}
     for clip in args.clips:
         r = measure_clip(engine, args.avatar, clip, args.max_frames, feedback_every=args.feedback)

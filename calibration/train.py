@@ -279,6 +279,8 @@ def main(argv=None) -> int:
                                             "init": args.init, "loss_weights": weights,
                                             "expr_range": args.expr_range,
                                             "single_fraction": args.single_fraction})
+    # the face model of the reference shapes, for tuning A to one avatar later (calibration.avatar_directions)
+    data.shape_model.save(run / "shape_model.npz")
     (run / "train_history.json").write_text(json.dumps(trainer.history))
     plot_losses(trainer.history, run / "loss_curve.png")
     sweep_grid(zoo.generator, A, data.z[:1], run / "direction_sweep.png")

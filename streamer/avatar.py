@@ -1,10 +1,11 @@
 """Avatar packs: everything one portrait needs at stream time, in one safetensors file.
 
 Tensors: `latent` (the inverted code), `tuned.<param>` (the pivotal-tuned generator weights that
-differ from the zoo's, only the tuned layers), `crop` (the aligned photo, uint8 HWC) and `display`
-(a larger crop for side-by-side views). Metadata (JSON): zoo, source p (the avatar's own pose), crop box,
-photo sha256, enrollment settings and quality figures, software versions. Loading is a header read
-plus a few MB of tensors: well under a second.
+differ from the zoo's, only the tuned layers), `crop` (the aligned photo, uint8 HWC), `display`
+(a larger crop for side-by-side views) and, with `--tune-directions`, `directions.weight` /
+`directions.bias` (A tuned to this avatar; calibration.avatar_directions). Metadata (JSON): zoo,
+source p (the avatar's own pose), crop box, photo sha256, enrollment settings and quality figures,
+software versions. Loading is a header read plus a few MB of tensors: well under a second.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class AvatarPack:
     crop: np.ndarray                     # aligned photo at the generator's resolution, uint8 HWC
     display: np.ndarray                  # aligned photo for display, uint8 HWC
     meta: dict = field(default_factory=dict)
+    directions: dict[str, torch.Tensor] | None = None   # {"weight", "bias"} of A tuned to this avatar
 
     @property
     def p(self) -> np.ndarray:
@@ -49,12 +51,30 @@ class AvatarPack:
             g.load_state_dict({**sd, **{k: v.to(sd[k].dtype) for k, v in self.tuned.items()}})
         return g.eval().requires_grad_(False)
 
+    def directions_for(self, base):
+        """The zoo's A, or a copy with this avatar's tuned weight and bias (same normalisation)."""
+        if not self.directions:
+            return base
+        want = {"weight": tuple(base.linear.weight.shape), "bias": tuple(base.linear.bias.shape)}
+        for k, shape in want.items():
+            v = self.directions.get(k)
+            if v is None or tuple(v.shape) != shape:
+                got = None if v is None else tuple(v.shape)
+                raise UserError(f"avatar pack: tuned directions '{k}' has shape {got}, the zoo's A {shape} "
+                                f"(enrolled for another A? enroll the photo again)")
+        d = copy.deepcopy(base)
+        with torch.no_grad():
+            d.linear.weight.copy_(self.directions["weight"])
+            d.linear.bias.copy_(self.directions["bias"])
+        return d.requires_grad_(False)
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
         tensors = {"latent": self.latent.detach().float().contiguous(),
                    "crop": torch.from_numpy(np.array(self.crop)),
                    "display": torch.from_numpy(np.array(self.display))}
         tensors.update({f"tuned.{k}": v.detach().contiguous() for k, v in self.tuned.items()})
+        tensors.update({f"directions.{k}": v.detach().float().contiguous() for k, v in (self.directions or {}).items()})
         meta = {"format": FORMAT, "zoo": self.zoo, **self.meta}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(path) + ".tmp")
@@ -81,6 +101,7 @@ class AvatarPack:
         if "p" not in meta:
             raise UserError(f"{path}: avatar pack lacks the avatar's pose 'p'")
         tuned = {k[len("tuned."):]: v for k, v in t.items() if k.startswith("tuned.")}
+        directions = {k[len("directions."):]: v for k, v in t.items() if k.startswith("directions.")} or None
         zoo = meta.pop("zoo", "")
         meta.pop("format")
-        return cls(zoo, t["latent"], tuned, t["crop"].numpy(), t["display"].numpy(), meta)
+        return cls(zoo, t["latent"], tuned, t["crop"].numpy(), t["display"].numpy(), meta, directions)

@@ -7,7 +7,9 @@ Enrollment, once per avatar photo (paper §3.3 / official inference):
   3. pivotal tuning: tune a copy of G's high-resolution layers on the photo with the latent fixed, so
      identity details the latent space cannot express survive (official: 200 steps, lr 3e-3, convs of
      the 32-256 px blocks; here per zoo, see TUNING);
-  4. report SFace cosine and pixel error before/after tuning, and save an avatar pack.
+  4. optionally (`--tune-directions`) tune a copy of A to the avatar the same way
+     (calibration.avatar_directions; default zoo; ~2.5 min on a 2-core CPU);
+  5. report SFace cosine and pixel error before/after tuning, and save an avatar pack.
 """
 from __future__ import annotations
 
@@ -223,17 +225,22 @@ class Enroller:
 
     # -- all ---------------------------------------------------------------------------------------
     def enroll(self, photo: np.ndarray, name: str = "photo", tune: bool = True,
-               invert_steps: int | None = None, tune_steps: int | None = None) -> AvatarPack:
+               invert_steps: int | None = None, tune_steps: int | None = None,
+               tune_directions: int = 0) -> AvatarPack:
+        """tune_directions: steps of tuning A to this avatar (0: the zoo's A is used as it is)."""
+        if tune_directions:
+            from calibration.avatar_directions import check_supported
+            check_supported(self.zoo.name)   # before minutes of inversion, not after
         caller = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # also pins this OS thread (a worker's own count may differ)
         try:
-            pack = self._enroll(photo, name, tune, invert_steps, tune_steps)
+            pack = self._enroll(photo, name, tune, invert_steps, tune_steps, tune_directions)
         finally:
             torch.set_num_threads(caller)
         pack.meta["threads"] = self.threads
         return pack
 
-    def _enroll(self, photo, name, tune, invert_steps, tune_steps) -> AvatarPack:
+    def _enroll(self, photo, name, tune, invert_steps, tune_steps, tune_directions=0) -> AvatarPack:
         t0 = time.time()
         box, crop, display, target, reading = self.align(photo, name)
         roi = roi_from_landmarks(torch.as_tensor(reading.landmarks[None, :, :2]), VIEW_SIZE, VIEW_SIZE).float()
@@ -249,18 +256,25 @@ class Enroller:
         z = self.invert(target, roi, lm_target, emb_target, steps)
         with torch.no_grad():
             before = self._quality(self.G.synthesize(self.pivot(z)), target, emb_target)
-        tuned, quality = {}, {"inverted": before}
+        tuned, quality, G_t = {}, {"inverted": before}, self.G
         if tune:
             G_t, tuned = self.tune(z, target, roi, lm_target, emb_target, tuning)
             with torch.no_grad():
                 quality["tuned"] = self._quality(G_t.synthesize(self.pivot(z)), target, emb_target)
+        directions, directions_report = None, None
+        if tune_directions:
+            from calibration.avatar_directions import tune_directions as tune_a
+            A, directions_report = tune_a(self.zoo, G_t, self.pivot(z).detach(), self.directions, tune_directions,
+                                          progress=self.progress, log=self.log)
+            directions = {"weight": A.linear.weight.detach().clone(), "bias": A.linear.bias.detach().clone()}
         meta = {"p": [float(v) for v in self.avatar_p(photo, reading)], "param_names": list(self.zoo.param_names),
                 "box": [float(v) for v in box], "quality": quality,
                 "inversion_steps": steps,
                 "tuning": {"layers": list(tuning.layers), "steps": tuning.steps, "lr": tuning.lr,
                            "locality": tuning.locality} if tune else None,
+                "tuned_directions": directions_report,
                 "seconds": round(time.time() - t0, 1), "versions": versions()}
-        return AvatarPack(self.zoo.name, z, tuned, crop, display, meta)
+        return AvatarPack(self.zoo.name, z, tuned, crop, display, meta, directions)
 
 
 def net3d_uint8(img: torch.Tensor) -> np.ndarray:
@@ -294,30 +308,35 @@ def cache_dir() -> Path:
     return Path(base) / "avatars"
 
 
-def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print) -> AvatarPack:
+def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
+                   tune_directions: int = 0) -> AvatarPack:
     """A pack file is loaded; a photo is enrolled once and cached by (content hash, zoo, A file,
-    enrollment thread count)."""
+    enrollment thread count, steps of tuning A to it)."""
     path = Path(avatar)
     if not path.is_file():
         raise UserError(f"avatar not found: {path}")
     if path.suffix in (".avatar", ".safetensors"):
         pack = AvatarPack.load(path)
+        if tune_directions and not pack.directions:
+            log(f"avatar: {path.name} was enrolled without --tune-directions; it uses the zoo's A "
+                f"(enroll the photo with --tune-directions to tune A to it)")
     else:
         key = file_sha256(path)[:24]
         a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
         # t<threads>: packs from before enrollment pinned its thread count are not reused
-        cached = cache_dir() / f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}.avatar"
+        tuned_a = f"-d{tune_directions}" if tune_directions else ""
+        cached = cache_dir() / f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}{tuned_a}.avatar"
         if cached.is_file():
             try:
                 pack = AvatarPack.load(cached)
             except UserError:
                 cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, not fatal
-                return load_or_enroll(avatar, zoo, progress, log)
+                return load_or_enroll(avatar, zoo, progress, log, tune_directions)
             log(f"avatar: cached enrollment {cached}")
         else:
             photo = read_photo(path)
             log(f"avatar: enrolling {path.name} (once; cached at {cached})")
-            pack = Enroller(zoo, progress, log).enroll(photo, path.name)
+            pack = Enroller(zoo, progress, log).enroll(photo, path.name, tune_directions=tune_directions)
             pack.meta["photo_sha256"] = file_sha256(path)
             pack.save(cached)
     if pack.zoo != zoo.name:
@@ -335,6 +354,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tune", action="store_true", help="skip pivotal tuning")
     ap.add_argument("--invert-steps", type=int, help="optimisation steps of the inversion (zoo default)")
     ap.add_argument("--tune-steps", type=int, help="pivotal tuning steps (zoo default)")
+    ap.add_argument("--tune-directions", type=int, nargs="?", const=200, default=0, metavar="STEPS",
+                    help="also tune A to this avatar (default zoo; 200 steps when no number is given, ~2.5 min)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads of the optimisation (default as every other tool enrolls: 1 for "
                          "the default zoo, all cores for vox256; other counts change the pack numerically)")
@@ -344,7 +365,8 @@ def main(argv=None) -> int:
     photo = read_photo(args.avatar)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     enroller = Enroller(zoo, not args.no_progress, log, max(1, args.threads) if args.threads else None)
-    pack = enroller.enroll(photo, Path(args.avatar).name, not args.no_tune, args.invert_steps, args.tune_steps)
+    pack = enroller.enroll(photo, Path(args.avatar).name, not args.no_tune, args.invert_steps, args.tune_steps,
+                           args.tune_directions)
     pack.meta["photo_sha256"] = file_sha256(Path(args.avatar))
     out = args.out or Path(args.avatar).with_suffix(".avatar")
     pack.save(out)

@@ -45,9 +45,12 @@ class Engine:
 
     def __init__(self, zoo: str = "default", weights: str | Path | None = None,
                  directions: str | Path | None = None, log=print, progress: bool = True,
-                 device: str | torch.device | None = "cpu"):
+                 device: str | torch.device | None = "cpu", tune_directions: int = 0):
         from engines.device import describe, resolve_device
         self.device = resolve_device(device)   # checked before any model loads
+        if tune_directions:   # before any model loads
+            from calibration.avatar_directions import check_supported
+            check_supported(zoo)
         self.zoo = load_zoo(zoo, weights, directions)
         self.directions = self.zoo.directions()
         self.log = log
@@ -59,12 +62,13 @@ class Engine:
             torch.backends.cudnn.benchmark = True   # one frame size for the whole session
             log(f"models run on {describe(self.device)}")
         self.progress = progress
+        self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
 
     def pack(self, avatar: str | Path) -> AvatarPack:
         from .enroll import load_or_enroll
         with self._enroll_lock:
-            return load_or_enroll(avatar, self.zoo, self.progress, self.log)
+            return load_or_enroll(avatar, self.zoo, self.progress, self.log, self.tune_directions)
 
     def make_reenactor(self, avatar: str | Path | None, **kw) -> "AvatarReenactor":
         if avatar is None:
@@ -79,7 +83,7 @@ class AvatarReenactor:
         if pack.zoo != engine.zoo.name:
             raise UserError(f"avatar was enrolled for zoo '{pack.zoo}', engine runs '{engine.zoo.name}'")
         self.engine, self.pack = engine, pack
-        self.A = engine.directions
+        self.A = pack.directions_for(engine.directions)   # the zoo's A, or the one tuned to this avatar
         self.device = engine.device
         self.G = pack.generator(engine.zoo.generator).for_streaming().to(self.device)
         self.z = pack.latent.float()

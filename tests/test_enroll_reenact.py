@@ -95,9 +95,9 @@ def test_photo_is_enrolled_once_and_cached(engine, tmp_path, monkeypatch, pack):
     calls = []
     real = enroll.Enroller.enroll
 
-    def quick(self, photo, name="photo", tune=True, invert_steps=None, tune_steps=None):
+    def quick(self, photo, name="photo", tune=True, invert_steps=None, tune_steps=None, tune_directions=0):
         calls.append(name)
-        return real(self, photo, name, tune, 5, 3)
+        return real(self, photo, name, tune, 5, 3, tune_directions)
     monkeypatch.setattr(enroll.Enroller, "enroll", quick)
     a = load_or_enroll(ASTRONAUT, engine.zoo, progress=False, log=lambda m: None)
     b = load_or_enroll(ASTRONAUT, engine.zoo, progress=False, log=lambda m: None)

@@ -1,0 +1,134 @@
+"""Tune A to one enrolled avatar (opt-in: `streamer.enroll --tune-directions`, `run_stream --tune-directions`).
+
+A is one linear map for every face, and how far a direction moves a given face varies (calibration
+probes: a matrix tuned per face is 60% below least squares on yaw/pitch where the shared one is 7-21%).
+Enrollment already tunes a copy of G to the photo (pivotal tuning); this tunes a copy of A to that
+avatar the same way: calibration.train's losses and Trainer, with the avatar (its tuned generator and
+latent) as the only source and only single-direction rows -- one direction moved by eps from the
+avatar's own pose, eps over +-a for the angles and +-2a for expressions (a driver's expression change
+spans 2a). Those are the requests relative motion makes; random pool targets (tried) teach the map far
+moves a driver never asks for, and it then turned the head while the driver only talked.
+An expression direction the tuning weakened below the reenactor's gate gets the zoo's column back.
+Needs the shape model calibration fitted (committed for the default zoo: data/default_shape_model.npz).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engines.directions import Directions
+from engines.errors import UserError
+from engines.face_geometry import FaceGeometry
+from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
+from engines.pose import EXPRESSION_INDEX, euler_from_rotation
+from engines.views import VIEW_SIZE, net3d_view
+from engines.zoo import DATA
+
+from .identity import IdentityScorer, points_from_landmarks
+from .prepare import TrainData, port_read
+from .sampling import render_and_read
+from .shape_model import ShapeModel, to_camera
+from .train import WEIGHTS, Trainer
+
+STEPS, LR, BATCH, EXPR_RANGE = 200, 3e-3, 8, 2.0
+
+
+def shape_model_path(zoo_name: str):
+    return DATA / f"{zoo_name}_shape_model.npz"
+
+
+@torch.no_grad()
+def avatar_sample(G, z: torch.Tensor, shape_model: ShapeModel, landmarker: FaceLandmarkerTorch,
+                  scorer: IdentityScorer) -> TrainData:
+    """The avatar's render as a one-row training set, measured exactly as calibration.prepare measures."""
+    from engines.net3d import MediaPipeNet3D
+    with MediaPipeNet3D("image") as net3d:
+        p, lms, _ = render_and_read(G, z, net3d)
+    if np.isnan(p).any():
+        raise UserError("tune directions: Net3D finds no face in the avatar's own render; enroll without "
+                        "--tune-directions")
+    roi = roi_from_landmarks(torch.as_tensor(lms[..., :2]), VIEW_SIZE, VIEW_SIZE).float()
+    views = net3d_view(G.synthesize(z))
+    lm, bs = port_read(landmarker, views, roi)
+    C, s, R, _ = shape_model.canonical(to_camera(lm))
+    angles = euler_from_rotation(FaceGeometry()(lm, VIEW_SIZE, VIEW_SIZE))
+    emb = scorer.embed_points(views, points_from_landmarks(lm))
+    return TrainData(z, torch.as_tensor(p, dtype=torch.float32), roi, bs[:, EXPRESSION_INDEX], C, s, R,
+                     angles, emb, shape_model)
+
+
+def check_supported(zoo_name: str) -> None:
+    if zoo_name != "default":
+        raise UserError(f"--tune-directions is calibrated for the default zoo (MediaPipe as Net3D), not '{zoo_name}'")
+
+
+def tune_directions(zoo, G, z: torch.Tensor, base: Directions, steps: int = STEPS, lr: float = LR,
+                    batch: int = BATCH, seed: int = 0, progress: bool = True, log=print) -> tuple[Directions, dict]:
+    """A copy of `base` tuned to the avatar (G: its tuned generator, z: its latent) -> (A, report)."""
+    check_supported(zoo.name)
+    path = shape_model_path(zoo.name)
+    if not path.is_file():
+        raise UserError(f"tune directions: no shape model at {path}; run python -m calibration.train first")
+    t0 = time.time()
+    landmarker = FaceLandmarkerTorch.from_task().requires_grad_(False)
+    scorer = IdentityScorer(zoo.param_names)
+    data = avatar_sample(G, z.float(), ShapeModel.load(path), landmarker, scorer)
+    A = copy.deepcopy(base).requires_grad_(True)
+    tr = Trainer(G, data, A, landmarker, scorer, dict(WEIGHTS), lr, batch, seed, total_steps=steps)
+    tr.single_fraction, tr.expr_range = 1.0, EXPR_RANGE   # every row: one direction from the avatar's pose
+    losses = []
+    for _ in tqdm(range(steps), desc="tune directions", unit="step", disable=not progress):
+        losses.append(tr.train_step()["total"])
+    A.requires_grad_(False)
+    kept = keep_working_expressions(G, z.float(), base, A)
+    if kept:
+        log(f"tune directions: the zoo's A kept for {', '.join(kept)} "
+            f"(tuned, they no longer pass the reenactor's gate)")
+    k = max(1, steps // 10)
+    report = {"kept_from_zoo": kept, "steps": steps, "lr": lr, "batch": batch, "expr_range": EXPR_RANGE,
+              "seed": seed,
+              "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:])),
+              "seconds": round(time.time() - t0, 1)}
+    log(f"tune directions: loss {report['loss_first']:.3f} -> {report['loss_last']:.3f} in {report['seconds']:.0f} s")
+    return A, report
+
+
+@torch.no_grad()
+def expression_response(G, z: torch.Tensor, A: Directions, probe: float = 4.0) -> np.ndarray | None:
+    """[2, E]: how far a step of -/+probe along each expression direction moves its own parameter on
+    this avatar (normalised units, read by the Net3D runtime) -- what the reenactor's gates measure."""
+    from engines.net3d import MediaPipeNet3D
+    k = A.k
+    e = torch.eye(k)[3:]
+    dps = torch.cat([torch.zeros(1, k), -probe * e, probe * e])
+    shift = A(dps) - A(torch.zeros(1, k))
+    with MediaPipeNet3D("image") as net3d:
+        p, _, _ = render_and_read(G, G.apply_shift(z.expand(len(dps), *z.shape[1:]), shift), net3d)
+    if np.isnan(p).any():
+        return None
+    pn = A.normalise(torch.as_tensor(p, dtype=torch.float32)).numpy()
+    m = k - 3
+    own = np.arange(m), np.arange(3, k)
+    return np.stack([-(pn[1:1 + m] - pn[0])[own], (pn[1 + m:] - pn[0])[own]])
+
+
+def keep_working_expressions(G, z, base: Directions, A: Directions) -> list[str]:
+    """Tuning trades the expressions against the angles and identity, and on some faces it weakens an
+    expression direction below the reenactor's gate (Mona Lisa: the jaw opened too little and the
+    mouth stopped moving). Where the zoo's column opens its parameter past the gate in a sense and the
+    tuned one does not, the zoo's column comes back. Returns the names restored."""
+    from streamer.reenact import GATE_MIN
+    rb, ra = expression_response(G, z, base), expression_response(G, z, A)
+    if rb is None or ra is None:
+        return []
+    lost = ((rb >= GATE_MIN) & (ra < GATE_MIN)).any(0)
+    names = []
+    with torch.no_grad():
+        for j in np.flatnonzero(lost):
+            A.linear.weight[:, 3 + j] = base.linear.weight[:, 3 + j]
+            names.append(A.param_names[3 + j])
+    return names
