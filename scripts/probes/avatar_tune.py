@@ -70,6 +70,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--load", type=Path, help="measure this tuned A instead of tuning")
     ap.add_argument("--no-correction", action="store_true")
+    ap.add_argument("--single-fraction", type=float, default=0.0,
+                    help="share of rows that move one direction from the avatar's own pose (calibration.train's "
+                         "single-direction rows) instead of going to a random pool pose")
+    ap.add_argument("--angles-only", action="store_true",
+                    help="tune only the three head-angle columns (rows move one angle; expressions and bias kept)")
+    ap.add_argument("--expr-range", type=float, default=2.0, help="single expression steps over +-R a")
     args = ap.parse_args()
     torch.set_num_threads(1)
     engine = Engine("default", log=lambda m: print(m, file=sys.stderr))
@@ -89,6 +95,8 @@ def main() -> int:
     A0 = engine.directions
     A = copy.deepcopy(A0).requires_grad_(True)
     tr = Trainer(G, data, A, lm_net, scorer, dict(WEIGHTS), args.lr, args.batch, args.seed)
+    tr.single_fraction, tr.expr_range = args.single_fraction, args.expr_range
+    pairs = args.batch - round(args.batch * args.single_fraction)
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
     for k in range(args.steps):
@@ -96,17 +104,27 @@ def main() -> int:
         s = torch.full_like(t, me)
         for grp in tr.opt.param_groups:
             grp["lr"] = 0.5 * args.lr * (1 + np.cos(np.pi * k / args.steps))
-        loss, _ = tr.losses(s, A.normalise(data.p[t]) - A.normalise(data.p[s]), data.p[t])
+        _, dp, _ = tr.sample()   # rows from `pairs` on: one direction moved by eps
+        dp[:pairs] = (A.normalise(data.p[t]) - A.normalise(data.p[s]))[:pairs]
+        if args.angles_only:
+            dp = torch.zeros_like(dp)
+            one = torch.randint(0, 3, (args.batch,), generator=g)
+            dp[torch.arange(args.batch), one] = (torch.rand(args.batch, generator=g) * 2 - 1) * A.shift_scale
+        loss, _ = tr.losses(s, dp, A.denormalise(A.normalise(data.p[s]) + dp))
         tr.opt.zero_grad()
         loss.backward()
         tr.opt.step()
+        if args.angles_only:   # Adam's weight decay moves every entry: put the kept ones back
+            with torch.no_grad():
+                A.linear.weight[:, 3:] = A0.linear.weight[:, 3:]
+                A.linear.bias.copy_(A0.linear.bias)
         if k % 25 == 0:
             print(f"step {k} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
     print(f"tuned in {time.time() - t0:.0f} s")
     A.requires_grad_(False)
     if args.out:
         A.save(args.out)
-    measure(engine, args, [("committed", A0), ("tuned", A)])
+    measure(engine, args, [("tuned", A)])
     return 0
 
 
