@@ -22,16 +22,13 @@ from tqdm import tqdm
 
 from engines.directions import Directions
 from engines.errors import UserError
-from engines.face_geometry import FaceGeometry
-from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
-from engines.pose import EXPRESSION_INDEX, euler_from_rotation
-from engines.views import VIEW_SIZE, net3d_view
+from engines.facelandmarker import FaceLandmarkerTorch
 from engines.zoo import DATA
 
-from .identity import IdentityScorer, points_from_landmarks
-from .prepare import TrainData, port_read
-from .sampling import render_and_read
-from .shape_model import ShapeModel, to_camera
+from .identity import IdentityScorer
+from .prepare import TrainData, prepare
+from .sampling import Pool, render_and_read
+from .shape_model import ShapeModel
 from .train import WEIGHTS, Trainer
 
 STEPS, LR, BATCH, EXPR_RANGE = 200, 3e-3, 8, 2.0
@@ -41,24 +38,18 @@ def shape_model_path(zoo_name: str):
     return DATA / f"{zoo_name}_shape_model.npz"
 
 
-@torch.no_grad()
 def avatar_sample(G, z: torch.Tensor, shape_model: ShapeModel, landmarker: FaceLandmarkerTorch,
                   scorer: IdentityScorer) -> TrainData:
-    """The avatar's render as a one-row training set, measured exactly as calibration.prepare measures."""
+    """The avatar's render as a one-row training set, measured exactly as calibration.prepare measures
+    the statistics samples (against the calibration's shape model)."""
     from engines.net3d import MediaPipeNet3D
     with MediaPipeNet3D("image") as net3d:
-        p, lms, _ = render_and_read(G, z, net3d)
+        p, lms, bss = render_and_read(G, z, net3d)
     if np.isnan(p).any():
         raise UserError("tune directions: Net3D finds no face in the avatar's own render; enroll without "
                         "--tune-directions")
-    roi = roi_from_landmarks(torch.as_tensor(lms[..., :2]), VIEW_SIZE, VIEW_SIZE).float()
-    views = net3d_view(G.synthesize(z))
-    lm, bs = port_read(landmarker, views, roi)
-    C, s, R, _ = shape_model.canonical(to_camera(lm))
-    angles = euler_from_rotation(FaceGeometry()(lm, VIEW_SIZE, VIEW_SIZE))
-    emb = scorer.embed_points(views, points_from_landmarks(lm))
-    return TrainData(z, torch.as_tensor(p, dtype=torch.float32), roi, bs[:, EXPRESSION_INDEX], C, s, R,
-                     angles, emb, shape_model)
+    pool = Pool(z.numpy().astype(np.float32), np.ones(1, bool), p, lms, bss)
+    return prepare(G, pool, landmarker, scorer, progress=False, shape_model=shape_model)
 
 
 def check_supported(zoo_name: str) -> None:
@@ -76,7 +67,8 @@ def tune_directions(zoo, G, z: torch.Tensor, base: Directions, steps: int = STEP
     t0 = time.time()
     landmarker = FaceLandmarkerTorch.from_task().requires_grad_(False)
     scorer = IdentityScorer(zoo.param_names)
-    data = avatar_sample(G, z.float(), ShapeModel.load(path), landmarker, scorer)
+    z = z.float()
+    data = avatar_sample(G, z, ShapeModel.load(path), landmarker, scorer)
     A = copy.deepcopy(base).requires_grad_(True)
     tr = Trainer(G, data, A, landmarker, scorer, dict(WEIGHTS), lr, batch, seed, total_steps=steps)
     tr.single_fraction, tr.expr_range = 1.0, EXPR_RANGE   # every row: one direction from the avatar's pose
@@ -84,7 +76,7 @@ def tune_directions(zoo, G, z: torch.Tensor, base: Directions, steps: int = STEP
     for _ in tqdm(range(steps), desc="tune directions", unit="step", disable=not progress):
         losses.append(tr.train_step()["total"])
     A.requires_grad_(False)
-    kept = keep_working_expressions(G, z.float(), base, A)
+    kept = keep_working_expressions(G, z, base, A)
     if kept:
         log(f"tune directions: the zoo's A kept for {', '.join(kept)} "
             f"(tuned, they no longer pass the reenactor's gate)")

@@ -54,7 +54,9 @@ def port_read(landmarker: FaceLandmarkerTorch, views01: torch.Tensor, roi: torch
 
 @torch.no_grad()
 def prepare(generator, pool: Pool, landmarker: FaceLandmarkerTorch, scorer: IdentityScorer,
-            batch: int = 50, progress: bool = True) -> TrainData:
+            batch: int = 50, progress: bool = True, shape_model: ShapeModel | None = None) -> TrainData:
+    """shape_model: measure against this one (tuning A to an avatar: the calibration's) instead of
+    fitting one to the pool."""
     ok = pool.subset(pool.detected)
     n = len(ok.p)
     z = torch.as_tensor(ok.latents)
@@ -71,7 +73,7 @@ def prepare(generator, pool: Pool, landmarker: FaceLandmarkerTorch, scorer: Iden
     angles = euler_from_rotation(FaceGeometry()(lms, VIEW_SIZE, VIEW_SIZE))
     lm_cam = to_camera(lms)
     expr = torch.cat(bss)
-    model = fit_shape_model(lm_cam, expr)
+    model = shape_model or fit_shape_model(lm_cam, expr)
     C, s, R, _ = model.canonical(lm_cam)
     return TrainData(z, torch.as_tensor(ok.p, dtype=torch.float32), roi, expr, C, s, R, angles,
                      torch.cat(embs), model)

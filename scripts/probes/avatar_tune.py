@@ -21,36 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from calibration.identity import IdentityScorer, points_from_landmarks  # noqa: E402
+from calibration.avatar_directions import avatar_sample  # noqa: E402
+from calibration.identity import IdentityScorer  # noqa: E402
 from calibration.motion import measure_clip  # noqa: E402
-from calibration.prepare import TrainData, port_read  # noqa: E402
-from calibration.sampling import render_and_read  # noqa: E402
-from calibration.shape_model import to_camera  # noqa: E402
+from calibration.prepare import TrainData  # noqa: E402
 from calibration.train import WEIGHTS, Trainer  # noqa: E402
 from engines.directions import Directions  # noqa: E402
-from engines.face_geometry import FaceGeometry  # noqa: E402
-from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks  # noqa: E402
-from engines.net3d import MediaPipeNet3D  # noqa: E402
-from engines.pose import EXPRESSION_INDEX, euler_from_rotation  # noqa: E402
-from engines.views import VIEW_SIZE, net3d_view  # noqa: E402
+from engines.facelandmarker import FaceLandmarkerTorch  # noqa: E402
 from streamer.reenact import Engine  # noqa: E402
-
-
-@torch.no_grad()
-def avatar_row(G, z, data: TrainData, lm_net, scorer) -> TrainData:
-    """The avatar as one more training sample, measured exactly as calibration.prepare measures."""
-    with MediaPipeNet3D("image") as net3d:
-        p, lms, _ = render_and_read(G, z, net3d)
-    if np.isnan(p).any():
-        raise SystemExit("Net3D finds no face in the avatar's render")
-    roi = roi_from_landmarks(torch.as_tensor(lms[..., :2]), VIEW_SIZE, VIEW_SIZE).float()
-    views = net3d_view(G.synthesize(z))
-    lm, bs = port_read(lm_net, views, roi)
-    C, s, R, _ = data.shape_model.canonical(to_camera(lm))
-    angles = euler_from_rotation(FaceGeometry()(lm, VIEW_SIZE, VIEW_SIZE))
-    emb = scorer.embed_points(views, points_from_landmarks(lm))
-    return TrainData(z, torch.as_tensor(p, dtype=torch.float32), roi, bs[:, EXPRESSION_INDEX], C, s, R,
-                     angles, emb, data.shape_model)
 
 
 def with_row(data: TrainData, row: TrainData) -> TrainData:
@@ -90,7 +68,7 @@ def main() -> int:
     data = TrainData.load(args.run / "train_cache.pt")
     lm_net = FaceLandmarkerTorch.from_task().requires_grad_(False)
     scorer = IdentityScorer(engine.zoo.param_names)
-    data = with_row(data, avatar_row(G, pack.latent.float(), data, lm_net, scorer))
+    data = with_row(data, avatar_sample(G, pack.latent.float(), data.shape_model, lm_net, scorer))
     me = len(data.z) - 1
     A0 = engine.directions
     A = copy.deepcopy(A0).requires_grad_(True)
