@@ -1,4 +1,5 @@
-"""Shared pytest helpers: the read-only /work/shared folder (official fixtures, test media)."""
+"""Shared pytest helpers: the read-only /work/shared folder (official fixtures, test media), the
+default zoo's engine."""
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,13 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present (official fixtures / test media)")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The default zoo's engine, quiet (modules that need another set-up define their own)."""
+    from streamer.reenact import Engine
+    return Engine("default", log=lambda m: None, progress=False)
 
 
 def pytest_configure(config):

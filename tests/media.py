@@ -1,10 +1,24 @@
-"""Test helper: short driving clips cut from the bundled one (fast end-to-end runs)."""
+"""Test helpers: short driving clips cut from the bundled one, and a quick enrollment of the bundled
+portrait (fast end-to-end runs)."""
 import fractions
 from pathlib import Path
 
 import av
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
+ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
+
+
+def quick_astronaut_pack(zoo, folder: Path, **enroll_kw) -> Path:
+    """The bundled portrait enrolled with fewer steps than the default (the same code path), saved
+    in `folder`; enroll_kw go to Enroller.enroll (e.g. tune_directions)."""
+    from streamer.enroll import Enroller
+    from streamer.photo import read_photo
+    pack = Enroller(zoo, progress=False, log=lambda m: None).enroll(
+        read_photo(ASTRONAUT), ASTRONAUT.name, invert_steps=40, tune_steps=30, **enroll_kw)
+    path = folder / "astro.avatar"
+    pack.save(path)
+    return path
 
 
 def short_clip(out: Path, frames: int, src: Path = CLIP, size: tuple[int, int] | None = None) -> Path:

@@ -11,27 +11,15 @@ from calibration.train import WEIGHTS, Trainer
 from engines.errors import UserError
 from engines.facelandmarker import FaceLandmarkerTorch
 from streamer.avatar import AvatarPack
-from streamer.enroll import Enroller
-from streamer.photo import read_photo
-from streamer.reenact import Engine
+from tests.media import quick_astronaut_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return Engine("default", log=lambda m: None, progress=False)
-
-
-@pytest.fixture(scope="module")
 def pack(engine, tmp_path_factory):
     """A quick enrollment that also tunes A (few steps; the same code path as --tune-directions)."""
-    p = Enroller(engine.zoo, progress=False, log=lambda m: None).enroll(
-        read_photo(ROOT / "assets" / "astronaut.png"), "astronaut.png", invert_steps=40, tune_steps=30,
-        tune_directions=6)
-    path = tmp_path_factory.mktemp("pack") / "astro_tuned_a.avatar"
-    p.save(path)
-    return path
+    return quick_astronaut_pack(engine.zoo, tmp_path_factory.mktemp("pack"), tune_directions=6)
 
 
 def test_tuning_lowers_the_training_loss_on_held_out_requests(engine, pack):

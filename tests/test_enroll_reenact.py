@@ -14,26 +14,15 @@ from engines.errors import UserError
 from streamer.avatar import AvatarPack
 from streamer.enroll import Enroller, load_or_enroll
 from streamer.photo import read_photo
-from streamer.reenact import Engine
-from tests.media import short_clip
+from tests.media import quick_astronaut_pack, short_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "assets" / "astronaut.png"
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return Engine("default", log=lambda m: None, progress=False)
-
-
-@pytest.fixture(scope="module")
 def pack(engine, tmp_path_factory):
-    """A quick enrollment (fewer steps than the default; the same code path)."""
-    p = Enroller(engine.zoo, progress=False, log=lambda m: None).enroll(
-        read_photo(ASTRONAUT), "astronaut.png", invert_steps=40, tune_steps=30)
-    path = tmp_path_factory.mktemp("pack") / "astro.avatar"
-    p.save(path)
-    return path
+    return quick_astronaut_pack(engine.zoo, tmp_path_factory.mktemp("pack"))
 
 
 def test_pack_contents_and_round_trip(pack):
