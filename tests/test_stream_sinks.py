@@ -129,8 +129,15 @@ def test_live_run_to_registered_vcam(test_backends, capsys):
     be = RecordingBackend.instances[-1]
     assert be.closed == 1 and len(be.frames) >= 5
     frames = [f.reshape(240, 320, 3) for f in be.frames]
+    marker = lambda f: f[:32, -32:].reshape(-1, 3)[0].tolist()   # noqa: E731
+    # on a loaded machine the source can end (--duration) over 0.5 s before the run does, and the
+    # pipeline then publishes its status frame, the last image dimmed to a third (marker 255 -> 85)
+    # with text; that is allowed at the end only (seen in CI: frame 46 of 47)
+    while frames and marker(frames[-1]) == [85, 0, 85]:
+        frames.pop()
+    assert len(frames) >= 5
     # what the fake reenactor makes of testsrc2: the magenta avatar marker in the top-right corner
-    assert all(np.array_equal(f[:32, -32:].reshape(-1, 3)[0], [255, 0, 255]) for f in frames)
+    assert all(marker(f) == [255, 0, 255] for f in frames)
     # and the inverted test pattern, frame for frame as ffmpeg renders it (find each frame's index)
     with av.open("testsrc2=size=320x240:rate=30", format="lavfi") as c:
         ref = [255 - f.to_ndarray(format="rgb24") for _, f in zip(range(120), c.decode(video=0))]
