@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from calibration.avatar_directions import avatar_sample  # noqa: E402
 from calibration.identity import IdentityScorer  # noqa: E402
-from calibration.motion import measure_clip  # noqa: E402
+from calibration.motion import Reader, measure_pair  # noqa: E402
 from calibration.prepare import TrainData  # noqa: E402
 from calibration.train import WEIGHTS, Trainer  # noqa: E402
 from engines.directions import Directions  # noqa: E402
@@ -107,13 +107,15 @@ def main() -> int:
 
 
 def measure(engine, args, matrices):
+    reader = Reader()
     for name, d in matrices:
         engine.directions = d
         for clip in args.clips:
-            r = measure_clip(engine, args.avatar, clip)
+            r = measure_pair(engine, args.avatar, str(clip), reader)
             print(f"{name:9s} {clip.name:28s} yaw r {r['yaw_corr']:.2f} mae {r['yaw_mae_deg']:.2f} gain "
                   f"{r['yaw_gain']:.2f} | pitch r {r['pitch_corr']:.2f} mae {r['pitch_mae_deg']:.2f} | jaw r "
-                  f"{r['jaw_corr']:.2f} | sface {r['sface_output_avatar']:.3f}", flush=True)
+                  f"{r['jaw_corr']:.2f} | sface {r['sface_mean']:.3f}", flush=True)
+    reader.close()
 
 
 if __name__ == "__main__":

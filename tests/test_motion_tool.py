@@ -1,0 +1,92 @@
+"""The motion tool (calibration.motion) and its widened media (calibration.media_variants)."""
+import json
+
+import numpy as np
+import pytest
+
+from calibration.media_variants import clip_variant_frames, portrait_variant, split_name
+from calibration.motion import Reader, chroma_hf, judge, main
+from engines.pose import PARAM_NAMES
+from streamer.photo import read_photo
+from tests.media import ASTRONAUT, CLIP, short_clip
+
+JAW = PARAM_NAMES.index("jawOpen")
+
+
+def test_portrait_variants_do_what_their_names_say():
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    assert np.array_equal(portrait_variant(rgb, "mirror"), rgb[:, ::-1])
+    grey = portrait_variant(rgb, "grey")
+    assert grey.shape == rgb.shape and (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    crop = portrait_variant(rgb, "crop", face_box=(20, 10, 40, 30))
+    assert crop.shape[:2] == (32, 32)       # 1.6 x the face's side, centred on it
+    flat = np.full((50, 50, 3), 120, np.uint8)
+    assert (portrait_variant(flat, "rot+10") == 120).all()   # filled with the edge colour, no black wedge
+    assert split_name("a.png~rot-10") == ("a.png", "rot-10") and split_name("a.png") == ("a.png", None)
+
+
+def test_clip_variants_mirror_and_reverse_keep_the_clock():
+    frames = [(i / 10, np.full((4, 6, 3), i, np.uint8)) for i in range(5)]
+    rev = list(clip_variant_frames(iter(frames), "reverse"))
+    assert [t for t, _ in rev] == [t for t, _ in frames] and [int(f[0, 0, 0]) for _, f in rev] == [4, 3, 2, 1, 0]
+    mirror = list(clip_variant_frames(iter(frames), "mirror"))
+    assert all(np.array_equal(m, f[:, ::-1]) for (_, m), (_, f) in zip(mirror, frames))
+
+
+def test_wide_mouth_variant_opens_the_drivers_mouth():
+    """On the bundled clip's first second: where the variant opens the mouth, MediaPipe reads a far
+    larger jawOpen than on the original frame, and elsewhere the frame is untouched."""
+    import av
+    reader = Reader()
+    with av.open(str(CLIP)) as c:
+        frames = [(f.time, f.to_ndarray(format="rgb24")) for _, f in zip(range(24), c.decode(video=0))]
+    wide = list(clip_variant_frames(iter(frames), "widemouth", reader.net3d))
+    gained = []
+    for (t, orig), (_, moved) in zip(frames, wide):
+        if np.array_equal(orig, moved):
+            continue
+        gained.append(reader.read(moved)[0].p[JAW] - reader.read(orig)[0].p[JAW])
+    reader.close()
+    assert len(gained) >= 10 and max(gained) > 0.2 and np.median(gained) > 0.05
+
+
+def test_chroma_fringe_measure_sees_coloured_speckle_not_grey_detail():
+    rng = np.random.default_rng(1)
+    grey_noise = np.repeat(rng.integers(0, 255, (64, 64, 1)), 3, axis=2).astype(np.uint8)
+    colour_noise = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    assert chroma_hf(grey_noise) < 1e-3 and chroma_hf(colour_noise) > 20
+
+
+def test_goals_are_judged_as_the_issue_states():
+    base = {"driver_yaw_sd": 5.0, "driver_jaw_sd": 0.05, "yaw_corr": 0.85, "jaw_corr": float("nan"),
+            "sface_mean": 0.6, "sface_p10": 0.35, "sface_driver": 0.1, "face_rate": 0.96,
+            "drift_p95": 9.0, "driver_drift_p95": 1.0}
+    assert judge(dict(base))["pass"]
+    for change, failed in (({"yaw_corr": 0.79}, "yaw"), ({"driver_jaw_sd": 0.09}, "jaw"),
+                           ({"sface_p10": 0.29}, "identity"), ({"sface_driver": 0.7}, "identity"),
+                           ({"face_rate": 0.94}, "face"), ({"drift_p95": 10.5}, "drift")):
+        assert judge({**base, **change})["failed"] == [failed], change
+    assert judge({**base, "drift_p95": 14.0, "driver_drift_p95": 9.5})["pass"]   # within driver's + 5
+
+
+def test_one_command_measures_every_pair(tmp_path, monkeypatch):
+    """Two portraits (the bundled one and its grey variant) x a short clip: one table row per pair,
+    every figure of the issue in the JSON."""
+    monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
+    import streamer.enroll as enroll
+    real = enroll.Enroller.enroll
+    monkeypatch.setattr(enroll.Enroller, "enroll",
+                        lambda self, photo, name="photo", **kw: real(self, photo, name, True, 40, 60))
+    clip = short_clip(tmp_path / "c.mp4", 30)
+    out = tmp_path / "m.json"
+    assert main(["--avatars", str(ASTRONAUT), f"{ASTRONAUT}~grey", "--clips", str(clip), "--stride", "3",
+                 "--media-dir", str(tmp_path / "media"), "--json", str(out), "--markdown", str(tmp_path / "m.md")]) == 0
+    pairs = json.loads(out.read_text())["pairs"]
+    assert set(pairs) == {"astronaut", "astronaut~grey"}
+    r = pairs["astronaut~grey"]["c"]
+    for key in ("yaw_corr", "jaw_corr", "driver_yaw_sd", "driver_jaw_sd", "sface_mean", "sface_p10",
+                "sface_driver", "face_rate", "drift_p95", "driver_drift_p95", "pass"):
+        assert key in r
+    assert r["frames"] == 30 and r["sampled"] == 10 and 0 <= r["face_rate"] <= 1
+    assert (tmp_path / "media" / "astronaut~grey.png").is_file()
+    assert (tmp_path / "m.md").read_text().count("| astronaut") == 2
