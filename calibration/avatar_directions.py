@@ -23,19 +23,14 @@ from tqdm import tqdm
 from engines.directions import Directions
 from engines.errors import UserError
 from engines.facelandmarker import FaceLandmarkerTorch
-from engines.zoo import DATA
 
 from .identity import IdentityScorer
 from .prepare import TrainData, prepare
 from .sampling import Pool, render_and_read
-from .shape_model import ShapeModel
+from .shape_model import ShapeModel, shape_model_path
 from .train import WEIGHTS, Trainer
 
 STEPS, LR, BATCH, EXPR_RANGE = 200, 3e-3, 8, 2.0
-
-
-def shape_model_path(zoo_name: str):
-    return DATA / f"{zoo_name}_shape_model.npz"
 
 
 def avatar_sample(G, z: torch.Tensor, shape_model: ShapeModel, landmarker: FaceLandmarkerTorch,

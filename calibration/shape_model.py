@@ -14,9 +14,17 @@ the same frame as MediaPipe's facial transformation matrix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def shape_model_path(zoo_name: str) -> Path:
+    """Where calibration.train writes a zoo's shape model (the default zoo's is committed)."""
+    return DATA / f"{zoo_name}_shape_model.npz"
 
 
 def to_camera(lm: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from .stylegan2_ops import SQRT2
 
 # mirrors streamer/enroll.TUNING (the layers pivotal tuning changes), by zoo
 TUNED_PREFIXES = {
-    "default": ("main.6.", "main.7.", "main.9.", "main.10.", "main.12."),
+    "default": ("main.3.", "main.4.", "main.6.", "main.7.", "main.9.", "main.10.", "main.12."),
     "vox256": tuple(f"convs.{i}." for i in range(4, 12)),
 }
 CONV_CLAMP = 256.0

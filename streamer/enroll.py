@@ -6,7 +6,8 @@ Enrollment, once per avatar photo (paper §3.3 / official inference):
      otherwise optimisation of pixel + identity (SFace) + landmark (Net3D port) losses);
   3. pivotal tuning: tune a copy of G's high-resolution layers on the photo with the latent fixed, so
      identity details the latent space cannot express survive (official: 200 steps, lr 3e-3, convs of
-     the 32-256 px blocks; here per zoo, see TUNING);
+     the 32-256 px blocks; here per zoo, see TUNING). The default zoo also tunes along the directions:
+     on the photo warped to the poses z + A dp will be asked for (streamer.pose_targets);
   4. optionally (`--tune-directions`) tune a copy of A to the avatar the same way
      (calibration.avatar_directions; default zoo; ~2.5 min on a 2-core CPU);
   5. report SFace cosine and pixel error before/after tuning, and save an avatar pack.
@@ -14,6 +15,7 @@ Enrollment, once per avatar photo (paper §3.3 / official inference):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import sys
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from calibration.shape_model import ShapeModel, shape_model_path
 from engines.errors import UserError, main_guard
 from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
 from engines.net3d import MediaPipeNet3D
@@ -35,6 +38,7 @@ from engines.zoo import load_zoo
 from .align import CropRecipe, crop_box, crop_image
 from .avatar import AvatarPack
 from .photo import read_photo
+from .pose_targets import TargetRecipe, loss_weights, pose_targets
 
 DISPLAY_SIZE = 256
 
@@ -44,16 +48,25 @@ class Tuning:
     layers: tuple[str, ...]   # parameter-name prefixes that pivotal tuning may change
     steps: int
     lr: float
-    locality: float = 0.0     # weight of the landmark locality regulariser (0: off, the official way)
+    targets: TargetRecipe | None = None   # also tune on pose targets (None: the photo only, the official way)
+    batch: int = 6            # pose targets per step, beside the photo
+    edges: float = 0.0        # weight of the L1 loss on image gradients (keeps the warped photo's edges sharp)
 
 
-# default zoo: the three transposed convs that make the 16, 32 and 64 px maps (+ their BatchNorms),
-# the DCGAN analogue of the official choice of the 32-256 px synthesis convs.
+# default zoo: the transposed convs that make the 8 to 64 px maps (+ their BatchNorms), cosine-decayed
+# lr, on the photo and its pose targets with pixel losses only: identity or landmark losses through a
+# network left adversarial fringes (issue 14). vox256: the official PTI.
 TUNING = {
-    "default": Tuning(("main.6.", "main.7.", "main.9.", "main.10.", "main.12."), 120, 1e-3, locality=4.0),
+    "default": Tuning(("main.3.", "main.4.", "main.6.", "main.7.", "main.9.", "main.10.", "main.12."),
+                      600, 2e-3, targets=TargetRecipe(), edges=2.0),
     "vox256": Tuning(tuple(f"convs.{i}." for i in range(4, 12)), 200, 3e-3),
 }
 INVERSION_STEPS = {"default": 150, "vox256": 100}
+# what a tuned avatar must show (zoos tuned on pose targets): SFace to the photo at its own pose; a
+# face in this share of the probe poses, and their mean SFace (normalised requests per parameter)
+USABLE = (0.5, 0.75, 0.35)
+USABILITY_PROBES = {"yaw": (-2.5, 2.5), "pitch": (-2.5, 2.5), "roll": (-2.5, 2.5), "jawOpen": (6.0,),
+                    "mouthSmileLeft": (3.0,), "eyeBlinkLeft": (4.0,)}
 
 
 def _to01(img: torch.Tensor) -> torch.Tensor:
@@ -133,19 +146,46 @@ class Enroller:
                 "lm": (lm - lm_target).abs().mean() / roi[:, 2].mean() * 10,
                 "id": 1 - (emb * emb_target).sum(-1).mean()}
 
-    def _quality(self, img, target, emb_target) -> dict:
-        with torch.no_grad():
-            from calibration.identity import points_from_landmarks
-            view = net3d_view(img)
-            with MediaPipeNet3D("image") as net3d:
+    def _identity(self, imgs, emb_target) -> list[float]:
+        """SFace cosine of each render [B,3,R,R] to the photo (nan where the runtime finds no face)."""
+        from calibration.identity import points_from_landmarks
+        out = []
+        with torch.no_grad(), MediaPipeNet3D("image") as net3d:
+            for img in imgs.split(1):
                 face = net3d.read(net3d_uint8(img))
-            if face is None:
-                cos = float("nan")
-            else:
+                if face is None:
+                    out.append(float("nan"))
+                    continue
                 pts = torch.as_tensor(points_from_landmarks(face.landmarks), dtype=torch.float32)[None]
-                cos = float((self.scorer.embed_points(view, pts) * emb_target).sum())
-            mae = float((img - target).abs().mean() * 127.5)
-        return {"sface_cosine": round(cos, 4), "pixel_mae": round(mae, 2)}
+                out.append(float((self.scorer.embed_points(net3d_view(img), pts) * emb_target).sum()))
+        return out
+
+    def _quality(self, img, target, emb_target) -> dict:
+        mae = float((img - target).abs().mean() * 127.5)
+        return {"sface_cosine": round(self._identity(img, emb_target)[0], 4), "pixel_mae": round(mae, 2)}
+
+    def _usable(self, G, z, emb_target, name: str) -> dict:
+        """Renders the tuned avatar at a few poses (USABILITY_PROBES); a photo whose avatar is not this
+        face at its own pose, or falls apart when it moves, is refused with what was measured."""
+        k, names = self.directions.k, self.directions.param_names
+        dps = torch.zeros(sum(len(v) for v in USABILITY_PROBES.values()), k)
+        row = 0
+        for param, steps in USABILITY_PROBES.items():
+            for v in steps:
+                dps[row, names.index(param)] = v
+                row += 1
+        with torch.no_grad():
+            shift = self.directions(dps) - self.directions(torch.zeros(1, k))
+            imgs = G.synthesize(self.zoo.compose_latent(z.expand(len(dps), *z.shape[1:]), shift))
+        cos = np.array(self._identity(imgs, emb_target))
+        faces = int(np.isfinite(cos).sum())
+        report = {"probe_faces": f"{faces}/{len(cos)}", "probe_sface": round(float(np.nan_to_num(cos).mean()), 3)}
+        min_id, min_faces, min_probe_id = USABLE
+        if faces < min_faces * len(cos) or report["probe_sface"] < min_probe_id:
+            raise UserError(f"{name}: enrollment did not reach a usable avatar (a face in {faces} of {len(cos)} "
+                            f"test poses, identity {report['probe_sface']:.2f} there; needs {min_faces:.0%} and "
+                            f"{min_probe_id}); try a sharper, frontal, evenly lit photo")
+        return report
 
     # -- 2. invert -----------------------------------------------------------------------------
     def invert(self, target, roi, lm_target, emb_target, steps: int) -> torch.Tensor:
@@ -180,7 +220,7 @@ class Enroller:
         return self.zoo.compose_latent(latent, None)
 
     # -- 3. pivotal tuning ---------------------------------------------------------------------
-    def tune(self, z, target, roi, lm_target, emb_target, tuning: Tuning):
+    def tune(self, z, target, reading, tuning: Tuning):
         import copy
         G = copy.deepcopy(self.G)
         names = [n for n, _ in G.named_parameters() if n.startswith(tuning.layers)]
@@ -190,38 +230,59 @@ class Enroller:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=tuning.lr)
         w = self.pivot(z).detach()
-        lpips = self.zoo.extra["perceptual"]() if "perceptual" in self.zoo.extra else None
-        gen = torch.Generator().manual_seed(1)
-        k, a = self.directions.k, self.directions.shift_scale
+        if tuning.targets is None:
+            step = self._official_step(G, w, target)
+            report = {}
+        else:
+            step, report = self._target_step(G, z, w, target, reading, tuning)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tuning.steps) if tuning.targets else None
         for _ in tqdm(range(tuning.steps), desc="tune", disable=not self.progress, leave=False):
-            img = G.synthesize(w)
-            if lpips is not None:  # official: 100 L2 + LPIPS(alex)
-                loss = 100 * F.mse_loss(img, target) + lpips(img, target).mean()
-            else:  # no LPIPS weights: L2 + L1 pixels, SFace identity and landmark terms
-                parts = self._losses(img, target, roi, lm_target, emb_target)
-                loss = 10 * F.mse_loss(img, target) + parts["pix"] + parts["id"] + parts["lm"]
-            if tuning.locality:
-                loss = loss + tuning.locality * self._locality(G, z, roi, gen, k, a)
+            loss = step()
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
         G.requires_grad_(False)
         tuned = {n: p.detach().clone() for n, p in G.named_parameters() if n in names}
         # BatchNorm running statistics stay as they were (eval mode); only weights change
-        return G, tuned
+        return G, tuned, report
 
-    def _locality(self, G_t, z, roi, gen, k: int, a: float, n: int = 2) -> torch.Tensor:
-        """Tuning must not undo the directions: at latents the avatar will visit (pivot + A dp for
-        random dp), the tuned G must put the face's landmarks where the original G puts them. Only the
-        geometry is held, so appearance (the identity details tuning is for) stays free. This is PTI's
-        locality regulariser, measured on landmarks and sampled along the learned directions."""
-        dp = (torch.rand(n, k, generator=gen) * 2 - 1) * a * (torch.rand(n, k, generator=gen) < 0.3)
+    def _official_step(self, G, w, target):
+        """PTI as shipped with the paper: 100 L2 + LPIPS(alex), or L2 + L1 without the LPIPS files."""
+        lpips = self.zoo.extra["perceptual"]() if "perceptual" in self.zoo.extra else None
+
+        def step():
+            img = G.synthesize(w)
+            if lpips is not None:
+                return 100 * F.mse_loss(img, target) + lpips(img, target).mean()
+            return 10 * F.mse_loss(img, target) + (img - target).abs().mean()
+        return step
+
+    def _target_step(self, G, z, w, target, reading, tuning: Tuning):
+        """Each step: the photo at the pivot plus `batch` pose targets at z + A dp (streamer.pose_targets),
+        pixel losses weighted toward mouth and eyes, plus an L1 on image gradients."""
+        recipe = tuning.targets
+        with MediaPipeNet3D("image") as net3d:
+            dps, images, gain = pose_targets(target, reading, self.directions, recipe, net3d,
+                                             ShapeModel.load(shape_model_path(self.zoo.name)))
+        k = self.directions.k
         with torch.no_grad():
-            shift = self.directions(dp) - self.directions(torch.zeros(1, k))
-            zr = self.zoo.compose_latent(z.expand(n, *z.shape[1:]), shift)
-            ref = self.landmarker(net3d_view(self.G.synthesize(zr)), roi.expand(n, 5))["landmarks"][..., :2]
-        got = self.landmarker(net3d_view(G_t.synthesize(zr)), roi.expand(n, 5))["landmarks"][..., :2]
-        return (got - ref).abs().mean() / roi[:, 2].mean() * 10
+            shift = self.directions(dps) - self.directions(torch.zeros(1, k))
+            latents = torch.cat([w, self.zoo.compose_latent(z.expand(len(dps), *z.shape[1:]), shift)])
+        images = torch.cat([target, images])
+        weights = loss_weights(reading, target.shape[-1], recipe)
+        gen = torch.Generator().manual_seed(1)
+
+        def step():
+            idx = torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randint(len(dps), (tuning.batch,), generator=gen)])
+            d = G.synthesize(latents[idx]) - images[idx]
+            loss = (weights * (10 * d.pow(2) + d.abs())).mean()
+            if tuning.edges:
+                loss = loss + tuning.edges * ((d[..., 1:, :] - d[..., :-1, :]).abs().mean()
+                                              + (d[..., 1:] - d[..., :-1]).abs().mean())
+            return loss
+        return step, {"targets": len(dps), "expression_gains": [round(float(g), 3) for g in gain]}
 
     # -- all ---------------------------------------------------------------------------------------
     def enroll(self, photo: np.ndarray, name: str = "photo", tune: bool = True,
@@ -251,16 +312,24 @@ class Enroller:
             emb_target = self.scorer.embed_points(net3d_view(target), pts)
         tuning = TUNING[self.zoo.name]
         if tune_steps is not None:
-            tuning = Tuning(tuning.layers, tune_steps, tuning.lr, tuning.locality)
+            tuning = dataclasses.replace(tuning, steps=tune_steps)
         steps = INVERSION_STEPS[self.zoo.name] if invert_steps is None else invert_steps
         z = self.invert(target, roi, lm_target, emb_target, steps)
         with torch.no_grad():
             before = self._quality(self.G.synthesize(self.pivot(z)), target, emb_target)
         tuned, quality, G_t = {}, {"inverted": before}, self.G
+        tuning_report = None
         if tune:
-            G_t, tuned = self.tune(z, target, roi, lm_target, emb_target, tuning)
+            G_t, tuned, targets_report = self.tune(z, target, reading, tuning)
+            tuning_report = {"layers": list(tuning.layers), "steps": tuning.steps, "lr": tuning.lr, **targets_report}
             with torch.no_grad():
                 quality["tuned"] = self._quality(G_t.synthesize(self.pivot(z)), target, emb_target)
+            if tuning.targets is not None:
+                pivot_id = quality["tuned"]["sface_cosine"]
+                if not pivot_id >= USABLE[0]:   # nan (no face) included
+                    raise UserError(f"{name}: enrollment did not reach a usable avatar (identity of its own "
+                                    f"render {pivot_id:.2f}, needs {USABLE[0]}); try a sharper, frontal photo")
+                quality["moving"] = self._usable(G_t, z, emb_target, name)
         directions, directions_report = None, None
         if tune_directions:
             from calibration.avatar_directions import tune_directions as tune_a
@@ -270,8 +339,7 @@ class Enroller:
         meta = {"p": [float(v) for v in self.avatar_p(photo, reading)], "param_names": list(self.zoo.param_names),
                 "box": [float(v) for v in box], "quality": quality,
                 "inversion_steps": steps,
-                "tuning": {"layers": list(tuning.layers), "steps": tuning.steps, "lr": tuning.lr,
-                           "locality": tuning.locality} if tune else None,
+                "tuning": tuning_report,
                 "tuned_directions": directions_report,
                 "seconds": round(time.time() - t0, 1), "versions": versions()}
         return AvatarPack(self.zoo.name, z, tuned, crop, display, meta, directions)
@@ -302,6 +370,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def recipe_key(zoo_name: str) -> str:
+    """A short hash of how a zoo enrolls: a changed recipe enrolls cached photos again."""
+    text = repr((TUNING[zoo_name], INVERSION_STEPS[zoo_name]))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def cache_dir() -> Path:
     base = os.environ.get("FACEREENACT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "facereenact")
@@ -323,9 +397,11 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
     else:
         key = file_sha256(path)[:24]
         a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
-        # t<threads>: packs from before enrollment pinned its thread count are not reused
+        # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
+        # nor packs enrolled by another recipe (steps, layers, pose targets)
         tuned_a = f"-d{tune_directions}" if tune_directions else ""
-        cached = cache_dir() / f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}{tuned_a}.avatar"
+        cached = cache_dir() / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}"
+                                f"{tuned_a}.avatar")
         if cached.is_file():
             try:
                 pack = AvatarPack.load(cached)

@@ -22,6 +22,20 @@ def engine():
     return Engine("default", log=lambda m: None, progress=False)
 
 
+@pytest.fixture(scope="session")
+def astronaut_pack(tmp_path_factory) -> Path:
+    """The bundled portrait enrolled exactly as the product enrolls it (~50 s), once per test session:
+    for tests of how the avatar moves and looks (quick packs with fewer steps barely move)."""
+    from engines.zoo import load_zoo
+    from streamer.enroll import Enroller
+    from streamer.photo import read_photo
+    from tests.media import ASTRONAUT
+    pack = Enroller(load_zoo("default"), progress=False, log=lambda m: None).enroll(read_photo(ASTRONAUT), ASTRONAUT.name)
+    path = tmp_path_factory.mktemp("astronaut") / "astronaut.avatar"
+    pack.save(path)
+    return path
+
+
 def pytest_configure(config):
     # one torch thread: on small shared machines two threads wait on each other far more than they
     # help (measured 10-100x slowdowns under load); CI_TORCH_THREADS overrides

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed
 def test_browser_camera_drives_the_real_avatar(tmp_path):
     engine = Engine("default", log=lambda m: None, progress=False)
     pack = Enroller(engine.zoo, progress=False, log=lambda m: None).enroll(
-        read_photo(ASTRONAUT), "astronaut.png", invert_steps=30, tune_steps=20)
+        read_photo(ASTRONAUT), "astronaut.png", invert_steps=40, tune_steps=60)
     pack_path = tmp_path / "astro.avatar"
     pack.save(pack_path)
     made = []

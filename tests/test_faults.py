@@ -2,7 +2,7 @@
 traceback), a non-zero exit where it is fatal, and no loss of output already written. Faults that the
 streaming tests already prove are listed in docs/faults.md with their test, not repeated here.
 
-The real default-zoo engine runs on a quickly enrolled astronaut (20 inversion + 10 tuning steps:
+The real default-zoo engine runs on a quickly enrolled astronaut (40 inversion + 60 tuning steps:
 motion and identity quality do not matter for these checks)."""
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def pack_path(engine, tmp_path_factory):
     from streamer.enroll import Enroller
     from streamer.photo import read_photo
     pack = Enroller(engine.zoo, progress=False, log=QUIET).enroll(read_photo(ASTRO), ASTRO.name,
-                                                                 invert_steps=20, tune_steps=10)
+                                                                 invert_steps=40, tune_steps=60)
     path = tmp_path_factory.mktemp("pack") / "astronaut.avatar"
     pack.save(path)
     return path
