@@ -23,12 +23,14 @@ class Zoo:
     extra: dict = field(default_factory=dict)   # zoo-specific hooks; "device_modules": per-frame nets
 
     def pose_reader(self):
-        """A fresh per-session Net3D reader for video (tracking); `.read(rgb, t_ms)` -> reading | None,
-        `.close()`. Not thread-safe: one per session."""
+        """A fresh per-session Net3D reader of driving frames; `.read(rgb, t_ms)` -> reading | None,
+        `.close()`. Not thread-safe: one per session. MediaPipe runs in image mode: its video mode
+        smooths landmarks inside the graph, a frame or two behind the face (jawOpen followed speech at
+        r 0.80 instead of 0.96 on the selfie clip; docs/reenactment.md), and the reenactor smooths anyway."""
         if "pose_reader" in self.extra:
             return self.extra["pose_reader"]()
         from .net3d import MediaPipeNet3D
-        return MediaPipeNet3D("video")
+        return MediaPipeNet3D("image")
 
     def compose_latent(self, latent, shift):
         """Source latent + direction shift -> the latent G renders (vox256: the official truncation)."""

@@ -17,6 +17,7 @@ class Output:
     image: np.ndarray              # H x W x 3 uint8 RGB, the frame to publish
     face_found: bool               # False when the driver showed no face (last pose held / eased)
     stage_ms: dict[str, float] = field(default_factory=dict)  # per-stage wall time: face, pose, latent, image
+    held: bool = False             # the render did not hold together; the last good one is shown
 
 
 class Reenactor(Protocol):

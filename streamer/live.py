@@ -66,7 +66,9 @@ def run_live(args, make_reenactor: Callable) -> int:
             reenactor = make_reenactor(getattr(args, "avatar", None))
             _apply_side_by_side(args, reenactor)
             summary = run_offline(args.source, sinks[0] if sinks else None, reenactor, progress=_progress())
-            print(f"\n{summary['frames']} frames ({summary['no_face']} without a face) at "
+            held = (f", {summary['held']} held at the last good frame (the avatar did not hold together)"
+                    if summary["held"] else "")
+            print(f"\n{summary['frames']} frames ({summary['no_face']} without a face{held}) at "
                   f"{summary['fps']:.1f} fps -> {summary['output']}", file=sys.stderr)
             return 0
         return asyncio.run(_live(args, make_reenactor))
@@ -131,7 +133,7 @@ async def _offline(spec, sink_path, reenactor, max_frames, progress) -> dict:
     if not capture.ended:
         raise UserError(f"reading {spec.url} failed: {capture.status}")
     s = pipeline.stats.snapshot()
-    return {"frames": pipeline.stats.processed, "no_face": pipeline.stats.no_face,
+    return {"frames": pipeline.stats.processed, "no_face": pipeline.stats.no_face, "held": pipeline.stats.held,
             "fps": pipeline.stats.processed / max(seconds, 1e-9), "seconds": seconds,
             "source_fps": float(rate), "stage_ms": s["stage_ms"],
             "output": str(sink_path) if sink_path else None}

@@ -129,6 +129,7 @@ class Stats:
     def __init__(self, window: int = 300):
         self.processed = 0
         self.no_face = 0
+        self.held = 0                # renders that did not hold together (the last good one was shown)
         self.status_frames = 0
         self.errors = 0
         self.dropped_capture = 0     # frames captured but replaced by a newer one before processing
@@ -142,6 +143,7 @@ class Stats:
     def record_processed(self, out: Output, queue_ms: float, process_ms: float) -> None:
         self.processed += 1
         self.no_face += 0 if out.face_found else 1
+        self.held += 1 if out.held else 0
         self._done_t.append(time.perf_counter())
         stages = dict(out.stage_ms or {})
         stages["queue"], stages["process"] = queue_ms, process_ms
@@ -167,6 +169,7 @@ class Stats:
             "processed": self.processed,
             "dropped": self.dropped_capture,
             "no_face": self.no_face,
+            "held": self.held,
             "status_frames": self.status_frames,
             "errors": self.errors,
             "latency_ms_p50": round(_pct(lat, 50), 2) if lat else None,
@@ -182,7 +185,7 @@ class Stats:
         lat = (f"{s['latency_ms_p50']:.0f}/{s['latency_ms_p95']:.0f} ms" if s["latency_ms_p50"] is not None
                else "-")
         return (f"{s['fps']:5.1f} fps | latency p50/p95 {lat} | dropped {s['dropped']} | "
-                f"no-face {s['no_face']}")
+                f"no-face {s['no_face']}" + (f" | held {s['held']}" if s["held"] else ""))
 
 
 def status_frame(text: str, last: np.ndarray | None, size: tuple[int, int] = (640, 480)) -> np.ndarray:

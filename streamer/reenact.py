@@ -32,12 +32,16 @@ from engines.zoo import load_zoo
 
 from .api import Output
 from .avatar import AvatarPack
+from .output_guard import OutputGuard
 from .smoothing import OneEuro
 
 OUT_SIZE = 256
 GATE_MIN = 0.5  # normalised units an expression direction must move its own parameter to stay on
 FEEDBACK_GAIN = 0.7   # share of the angle error integrated per reading (every 3rd frame: ~0.25/frame)
 FEEDBACK_LIMIT = 3.0  # the integral stays within +-3 normalised units (a quarter of each angle's range)
+# steps (normalised units) at which the per-avatar correction reads each curved parameter's response:
+# the angles either way; jawOpen mostly opening (a closed mouth cannot close much further)
+SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jawOpen": range(-4, 11)}
 
 
 class Engine:
@@ -96,17 +100,19 @@ class AvatarReenactor:
         self.p_min, self.p_max = self.A.lo - 0.1 * span, self.A.hi + 0.1 * span
         # angles jitter by ~0.5 deg and blendshapes by ~0.02 frame to frame: One-Euro per parameter.
         # beta is per unit of speed: angles move tens of degrees/s, blendshapes a few units/s, so theirs
-        # is larger, or speech (jawOpen) lags and its correlation with the driver drops (0.58 -> 0.66)
-        self.filter = OneEuro(min_cutoff=np.r_[[1.2] * 3, [2.0] * (k - 3)],
+        # is larger, or speech (jawOpen) lags and its correlation with the driver drops (0.58 -> 0.66);
+        # the jaw, fastest of all, also gets a higher cutoff (selfie jawOpen r 0.958 -> 0.974)
+        self.filter = OneEuro(min_cutoff=np.r_[[1.2] * 3, [4.0], [2.0] * (k - 4)],
                               beta=np.r_[[0.3] * 3, [5.0] * (k - 3)]) if smooth else None
         self.p_ref: torch.Tensor | None = None
         self.dp = torch.zeros(k)
         self.last_face_t: float | None = None
         self.frames = self.no_face = 0
-        self.correction = self.feedback = None   # both measured on the avatar's own render below
+        self.correction = self.feedback = self.guard = None   # all measured on the avatar's own render below
         with torch.no_grad():
             self.bias = self.A(torch.zeros(1, k))
             self.avatar_img = self._render(self._latent(torch.zeros(k)))
+        self.guard = OutputGuard(self._small)
         self.correction = self._local_correction() if correct else None
         self.feedback = self._start_feedback(feedback_every)
         self._t0 = time.monotonic()
@@ -116,57 +122,60 @@ class AvatarReenactor:
         """Per-avatar direction calibration (beyond the paper). A is one linear map for all faces, but
         how far a direction moves *this* avatar varies by face, is often asymmetric (one avatar turns
         right easily and left hardly), and directions can move the head instead of doing their job (on
-        the bundled astronaut the blink directions close no eye but turn the head up to 12 degrees, and
-        the smile directions cannot widen a smile that is already full). Measured once on the avatar's
-        tuned generator, read by Net3D on calibration's view:
-          * for yaw, pitch and roll, the response curve p_i(t) along direction i (t = -5..5), used
-            inverted: the requested change is mapped to the t that produces it;
-          * for each expression direction and each sense (+/-): whether a step of `probe` moves its own
-            parameter that way by at least GATE_MIN (normalised units); a sense that does not is
+        some avatars a blink direction turns the head, and a smile direction cannot widen a smile that
+        is already full). Measured once on the avatar's tuned generator, read by Net3D on calibration's
+        view:
+          * for yaw, pitch, roll and jawOpen, the response curve p_i(t) along direction i (SWEEPS), used
+            inverted: the requested change is mapped to the t that produces it (a mouth shows little
+            below some opening and then opens fast: without its curve small speech movements vanish);
+          * for each other expression direction and each sense (+/-): whether a step of `probe` moves
+            its own parameter that way by at least GATE_MIN (normalised units); a sense that does not is
             switched off for this avatar, since all it can add is cross-talk;
           * the head-pose drift of each expression direction, one-sided differences at +/-`step`,
             cancelled by asking the pose directions for the opposite change.
-        Returns (curves [(t, response)] per angle, drift [2, 3, K-3] for the - and + senses, gates
-        [2, K-3] bool) or None when the zoo's Net3D does not read generated faces this way (vox256
-        with DECA) or a render has no face."""
+        Returns (curves {i: (t, response)}, drift [2, 3, K-3] for the - and + senses, gates [2, K-3]
+        bool) or None when the zoo's Net3D does not read generated faces this way (vox256 with DECA) or
+        a render has no face."""
         if not self._reads_own_output:
             return None
         from engines.net3d import MediaPipeNet3D
         from engines.views import net3d_view, to_uint8
         k = self.A.k
         m = k - 3
-        ts = torch.linspace(-5, 5, 11)
-        sweeps = torch.zeros(3 * len(ts), k)
-        for i in range(3):
-            sweeps[i * len(ts):(i + 1) * len(ts), i] = ts
+        swept = {self.A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in SWEEPS.items()}
+        sweeps = []
+        for i, ts in swept.items():
+            rows = torch.zeros(len(ts), k)
+            rows[:, i] = torch.as_tensor(ts, dtype=torch.float32)
+            sweeps.append(rows)
         e = torch.eye(k)[3:]
-        dps = torch.cat([sweeps, e * step, -e * step, e * probe, -e * probe])
+        dps = torch.cat([torch.zeros(1, k), *sweeps, e * step, -e * step, e * probe, -e * probe])
         imgs = self.G.synthesize(self._latent_batch(dps).to(self.device)).cpu()
         with MediaPipeNet3D("image") as reader:
             faces = [reader.read(a) for a in to_uint8(net3d_view(imgs))]
         if any(f is None for f in faces):
             return None
         p = self.A.normalise(torch.as_tensor(np.stack([f.p for f in faces]), dtype=torch.float32)).numpy()
-        p0 = p[len(ts) // 2]                        # t = 0 of the yaw sweep: the avatar itself
-        curves = []
-        for i in range(3):
-            r = p[i * len(ts):(i + 1) * len(ts), i]
-            r = r - np.interp(0.0, ts.numpy(), r)
+        p0, at = p[0], 1
+        curves = {}
+        for i, t in swept.items():
+            r = p[at:at + len(t), i] - p0[i]
+            at += len(t)
             if r[-1] - r[0] < 0.5:       # this direction hardly moves this avatar: leave it linear
-                curves.append(None)
                 continue
             # monotone, with a minimum slope (the inverse's gain at most 20) and anchored at 0 again, so
             # it inverts by interpolation without jumps: on a plateau through t = 0 a tiny requested
             # change would map to the plateau's end, and the avatar would never return to neutral
-            t = ts.numpy()
             r = np.maximum.accumulate(r)
             r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
-            curves.append((t, r - np.interp(0.0, t, r)))
-        n = 3 * len(ts)
-        plus, minus = p[n:n + m] - p0, p[n + m:n + 2 * m] - p0
-        far_plus, far_minus = p[n + 2 * m:n + 3 * m] - p0, p[n + 3 * m:] - p0
+            curves[i] = (t, r - np.interp(0.0, t, r))
+        plus, minus = p[at:at + m] - p0, p[at + m:at + 2 * m] - p0
+        far_plus, far_minus = p[at + 2 * m:at + 3 * m] - p0, p[at + 3 * m:] - p0
         own = np.arange(m), np.arange(3, k)
         gates = np.stack([far_minus[own] <= -GATE_MIN, far_plus[own] >= GATE_MIN])
+        for i in curves:
+            if i >= 3:   # an expression with a curve: the curve decides how it moves
+                gates[:, i - 3] = True
         # drift in response units (normalised p per unit step): `_corrected` adds it to the requested
         # angle change before the curve inversion turns responses into steps
         drift = np.stack([minus[:, :3].T / step, -plus[:, :3].T / step])   # [-sense, +sense]
@@ -218,9 +227,8 @@ class AvatarReenactor:
         ex[~(gates[1] | (ex <= 0))] = 0.0           # senses that do not move this avatar: off
         ex[~(gates[0] | (ex >= 0))] = 0.0
         out[:3] = out[:3] + drift[0] @ ex.clamp(max=0) + drift[1] @ ex.clamp(min=0)
-        for i, c in enumerate(curves):
-            if c is not None and float(out[i]) != 0.0:  # no change requested stays no change
-                t, r = c
+        for i, (t, r) in curves.items():
+            if float(out[i]) != 0.0:  # no change requested stays no change
                 out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
         return out
 
@@ -274,6 +282,8 @@ class AvatarReenactor:
     @torch.no_grad()
     def _render(self, latent: torch.Tensor) -> np.ndarray:
         self._small = self.G.synthesize(latent.to(self.device)).cpu()
+        if self.guard is not None:
+            self._small = self.guard(self._small)
         arr = ((self._small[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         if arr.shape[0] != self.out_size:
             arr = np.asarray(Image.fromarray(arr).resize((self.out_size, self.out_size), Image.BICUBIC))
@@ -299,6 +309,7 @@ class AvatarReenactor:
         t2 = time.perf_counter()
         latent = self._latent(self.dp)
         t3 = time.perf_counter()
+        held = self.guard.held
         result = self._render(latent)
         out = self._compose(image, result)
         t4 = time.perf_counter()
@@ -308,7 +319,7 @@ class AvatarReenactor:
             self._feed_back()
             stage_ms["feedback"] = (time.perf_counter() - t4) * 1e3
         self.frames += 1
-        return Output(out, face is not None, stage_ms)
+        return Output(out, face is not None, stage_ms, held=self.guard.held > held)
 
     def close(self) -> None:
         self.reader.close()
