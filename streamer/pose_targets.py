@@ -42,8 +42,12 @@ OUTER_LIPS = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 31
 LEFT_EYE = [33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7]
 RIGHT_EYE = [362, 398, 384, 385, 386, 387, 388, 466, 263, 249, 390, 373, 374, 380, 381, 382]
 BROWS = [70, 63, 105, 66, 107, 336, 296, 334, 293, 300]
-# (upper lid centre, lower lid centre, brow above, eye ring) per eye
-EYE_LIDS = ((159, 145, 105, LEFT_EYE), (386, 374, 334, RIGHT_EYE))
+LEFT_LOWER_LID = [33, 7, 163, 144, 145, 153, 154, 155, 133]
+RIGHT_LOWER_LID = [362, 382, 381, 380, 374, 373, 390, 249, 263]
+PAIRED = (("mouthSmileLeft", "mouthSmileRight"), ("eyeBlinkLeft", "eyeBlinkRight"),
+          ("browDownLeft", "browDownRight"))
+# (upper lid centre, lower lid centre, brow above, eye ring, lower lid line) per eye
+EYE_LIDS = ((159, 145, 105, LEFT_EYE, LEFT_LOWER_LID), (386, 374, 334, RIGHT_EYE, RIGHT_LOWER_LID))
 
 
 @dataclass(frozen=True)
@@ -51,9 +55,11 @@ class TargetRecipe:
     samples: int = 384                 # direction requests in the bank
     levels: int = 6                    # single-parameter requests per parameter, over its range
     active: float = 0.6                # chance an expression moves in a combined request
+    paired: float = 0.75               # chance the right of a left/right pair copies the left
     angle_span: tuple[float, float, float] = (30.0, 15.0, 10.0)   # yaw, pitch, roll either way, degrees
     gain_max: float = 2.0              # largest scaling of an expression's displacement
-    angle_gain: float = 1.0            # scaling of the angles' turn (a warp reads as less turn than asked)
+    angle_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)   # yaw, pitch, roll turn scaling: more folds
+    # the face in a turn and costs the mouth (1.5/1.4/1: astronaut widemouth jawOpen r 0.87 -> 0.35)
     spacing: float = 1.6               # least distance between control points, generator pixels
     mouth_weight: float = 5.0          # loss weight of the mouth and the eyes (where faces move most)
     eye_weight: float = 2.0
@@ -100,7 +106,7 @@ class AvatarShape:
         eye's motion is cut back to where its lids (nearly) meet."""
         down = self.landmarks[152, :2] - self.landmarks[10, :2]
         down = down / np.linalg.norm(down)
-        for upper, lower, _, ring in EYE_LIDS:
+        for upper, lower, _, ring, _ in EYE_LIDS:
             gap, gap0 = (moved[lower] - moved[upper]) @ down, (still[lower] - still[upper]) @ down
             floor = 0.1 * gap0
             if gap < floor < gap0:
@@ -174,10 +180,11 @@ class Painter:
         return out * (1 - teeth) + self.sample(moved) * teeth
 
     def close_eyes(self, out, src, target):
-        """A closing eye is covered by the skin of its upper lid, as far as its lids have closed."""
+        """A closing eye is covered by the skin of its upper lid, as far as its lids have closed, and the
+        lashes show as a dark line where the lids meet (a featureless eye region loses the face)."""
         down = src[152] - src[10]
         down = down / np.linalg.norm(down)
-        for upper, lower, brow, ring in EYE_LIDS:
+        for upper, lower, brow, ring, lid_line in EYE_LIDS:
             was, now = (src[lower] - src[upper]) @ down, (target[lower] - target[upper]) @ down
             shut = float(np.clip(1 - now / was, 0, 1)) if was > 0.3 else 0.0
             if shut < 0.05:
@@ -188,7 +195,14 @@ class Painter:
             centre = eye.mean(0)
             m = self.mask(centre + 1.3 * (eye - centre), 0.5) * min(1.0, 1.5 * shut)   # lashes too
             out = out * (1 - m) + skin * m
+            lashes = self.line(target[lid_line]) * (0.8 * shut)
+            out = out * (1 - lashes) + ((skin + 1) * 0.4 - 1) * lashes
         return out
+
+    def line(self, points: np.ndarray) -> torch.Tensor:
+        m = Image.new("L", (self.R, self.R), 0)
+        ImageDraw.Draw(m).line([tuple(q + 0.5) for q in points], fill=255, width=1)
+        return torch.as_tensor(np.asarray(m.filter(ImageFilter.GaussianBlur(0.4)), dtype=np.float32) / 255)[None, None]
 
 
 def soften(mask: torch.Tensor) -> torch.Tensor:
@@ -201,7 +215,8 @@ def soften(mask: torch.Tensor) -> torch.Tensor:
 def request_bank(p_avatar: np.ndarray, directions, recipe: TargetRecipe) -> torch.Tensor:
     """Normalised requests dp [M, K]: `levels` of each parameter alone over its range (angles within
     `angle_span` of the avatar's own, expressions over the calibrated range), then combinations: every
-    angle moves (normal, sd a fifth of its span), each expression with chance `active` (sd a third)."""
+    angle moves (normal, sd a fifth of its span), each expression with chance `active` (sd a third),
+    the right of a left/right pair mostly as its left (`paired`), as faces do."""
     rng = np.random.default_rng(recipe.seed)
     lo, hi = directions.lo.double().numpy(), directions.hi.double().numpy()
     span = np.asarray(recipe.angle_span)
@@ -213,10 +228,14 @@ def request_bank(p_avatar: np.ndarray, directions, recipe: TargetRecipe) -> torc
             p = p_avatar.copy()
             p[i] = v
             ps.append(p)
+    names = list(directions.param_names)
+    pairs = {names.index(r): names.index(l) for l, r in PAIRED if l in names and r in names}
     while len(ps) < recipe.samples:
         p = p_avatar.copy()
         for i, (a, b) in enumerate(bounds):
-            if i < 3 or rng.random() < recipe.active:
+            if i in pairs and rng.random() < recipe.paired:
+                p[i] = p[pairs[i]]                 # both eyes blink, both corners smile
+            elif i < 3 or rng.random() < recipe.active:
                 p[i] = np.clip(p_avatar[i] + rng.normal(0, (b - a) / (5 if i < 3 else 3)), a, b)
         ps.append(p)
     pn = directions.normalise(torch.as_tensor(np.array(ps), dtype=torch.float32))
@@ -256,7 +275,7 @@ def pose_targets(crop: torch.Tensor, reading, directions, recipe: TargetRecipe, 
     singles = recipe.levels * directions.k
     first = torch.cat([paint(avatar.at(p)) for p in asked[:singles]])
     gain = expression_gains(first, asked, avatar.p, recipe.levels, reader, recipe.gain_max)
-    gain[:3] = recipe.angle_gain
+    gain[:3] = np.asarray(recipe.angle_gain)
     images = torch.cat([paint(avatar.at(p, gain)) for p in asked])
     return dps, images, gain
 

@@ -37,6 +37,10 @@ from .smoothing import OneEuro
 
 OUT_SIZE = 256
 GATE_MIN = 0.5  # normalised units an expression direction must move its own parameter to stay on
+# ... and at least this much in the parameter's own units (blendshape scores jitter ~0.02 frame to
+# frame): a parameter with a narrow calibrated range (mouthFunnel: 0..0.1) passes 0.5 normalised units
+# on noise, and its large normalised requests then push the latent where the avatar was never tuned
+GATE_RAW = 0.04
 FEEDBACK_GAIN = 0.7   # share of the angle error integrated per reading (every 3rd frame: ~0.25/frame)
 FEEDBACK_LIMIT = 3.0  # the integral stays within +-3 normalised units (a quarter of each angle's range)
 # steps (normalised units) at which the per-avatar correction reads each curved parameter's response:
@@ -129,8 +133,9 @@ class AvatarReenactor:
             inverted: the requested change is mapped to the t that produces it (a mouth shows little
             below some opening and then opens fast: without its curve small speech movements vanish);
           * for each other expression direction and each sense (+/-): whether a step of `probe` moves
-            its own parameter that way by at least GATE_MIN (normalised units); a sense that does not is
-            switched off for this avatar, since all it can add is cross-talk;
+            its own parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own
+            units); a sense that does not is switched off for this avatar, since all it can add is
+            cross-talk;
           * the head-pose drift of each expression direction, one-sided differences at +/-`step`,
             cancelled by asking the pose directions for the opposite change.
         Returns (curves {i: (t, response)}, drift [2, 3, K-3] for the - and + senses, gates [2, K-3]
@@ -172,7 +177,9 @@ class AvatarReenactor:
         plus, minus = p[at:at + m] - p0, p[at + m:at + 2 * m] - p0
         far_plus, far_minus = p[at + 2 * m:at + 3 * m] - p0, p[at + 3 * m:] - p0
         own = np.arange(m), np.arange(3, k)
-        gates = np.stack([far_minus[own] <= -GATE_MIN, far_plus[own] >= GATE_MIN])
+        span = (self.A.hi - self.A.lo).numpy()[3:]
+        gate = np.maximum(GATE_MIN, GATE_RAW / span * 2 * self.A.shift_scale)
+        gates = np.stack([far_minus[own] <= -gate, far_plus[own] >= gate])
         for i in curves:
             if i >= 3:   # an expression with a curve: the curve decides how it moves
                 gates[:, i - 3] = True
