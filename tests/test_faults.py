@@ -546,3 +546,119 @@ def test_sigterm_during_a_live_recording_leaves_a_playable_file(pack_path, cache
     assert "Traceback" not in err
     frames = decode(out)
     assert len(frames) >= 15 and frames[0].shape == (256, 256, 3)
+
+
+# ------------------------------------------------------------- damaged packs and unusable caches
+def _bad_packs(pack_path: Path, folder: Path) -> dict[str, tuple[Path, str]]:
+    """Packs that open but must not stream: (file, what the error line says)."""
+    from streamer.avatar import AvatarPack
+    good = AvatarPack.load(pack_path)
+    name = next(iter(good.tuned))
+    k = len(good.meta["p"])
+    cases = {
+        "NaN latent": (dict(latent=good.latent * float("nan")), "NaN or infinite"),
+        "infinite tuned weight": (dict(tuned={**good.tuned, name: good.tuned[name] * float("inf")}),
+                                  "NaN or infinite"),
+        "p not numeric": (dict(meta={**good.meta, "p": ["a"] * k}), "expected a list of finite numbers"),
+        "p holds null": (dict(meta={**good.meta, "p": [None] * k}), "expected a list of finite numbers"),
+        "p too short": (dict(meta={**good.meta, "p": good.meta["p"][:3]}), "pose 'p' has 3 values"),
+        "latent of another shape": (dict(latent=good.latent[:, :50]), "latent has shape (1, 50)"),
+        "crop not uint8": (dict(crop=good.crop.astype(np.float32)), "'crop' is not an RGB image"),
+    }
+    out = {}
+    for i, (what, (change, msg)) in enumerate(cases.items()):
+        fields = dict(zoo=good.zoo, latent=good.latent, tuned=good.tuned, crop=good.crop, display=good.display,
+                      meta=dict(good.meta))
+        fields.update(change)
+        path = folder / f"bad{i}.avatar"
+        AvatarPack(**fields).save(path)
+        out[what] = (path, msg)
+    return out
+
+
+def test_avatar_pack_with_bad_contents_is_refused_with_one_line(engine, pack_path, tmp_path, capsys):
+    """A pack whose latent is NaN streamed black frames with exit 0; one whose p is not numeric gave a
+    traceback. Any pack whose contents cannot drive the zoo is one error line naming the file."""
+    bad = _bad_packs(pack_path, tmp_path)
+    clip = short_clip(tmp_path / "clip.mp4", 6, size=(320, 180))
+    for what in ("NaN latent", "p not numeric"):                  # the CLI, end to end
+        path, msg = bad[what]
+        out = tmp_path / "o.mp4"
+        code, err = run_cli(stream_main, ["--avatar", str(path), "--source", str(clip), "--sink", str(out),
+                                          "--quiet"], capsys)
+        line = error_line(err)
+        assert code == 2 and line.startswith(f"error: {path}: ") and msg in line, (what, line)
+        assert not out.exists()
+    for what, (path, msg) in bad.items():                         # every kind, through the engine
+        with pytest.raises(UserError) as e:
+            engine.make_reenactor(path)
+        assert one_line(str(e.value)).startswith(f"{path}: ") and msg in str(e.value), (what, str(e.value))
+
+
+def _stub_enroller(monkeypatch, pack_path, log: list):
+    """Enrollment itself is tested elsewhere; here only what happens around it. Records when it ran
+    (as the position in `log`)."""
+    import streamer.enroll as enroll
+    from streamer.avatar import AvatarPack
+    calls = []
+
+    class StubEnroller:
+        def __init__(self, *a, **k):
+            pass
+
+        def enroll(self, *a, **k):
+            calls.append(len(log))
+            return AvatarPack.load(pack_path)
+
+    monkeypatch.setattr(enroll, "Enroller", StubEnroller)
+    return calls
+
+
+def test_cached_enrollment_that_opens_but_does_not_fit_is_rebuilt(engine, pack_path, monkeypatch, tmp_path):
+    import streamer.enroll as enroll
+    from streamer.avatar import AvatarPack
+    monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
+    photo = tmp_path / "me.png"
+    photo.write_bytes(ASTRO.read_bytes())
+    log: list[str] = []
+    calls = _stub_enroller(monkeypatch, pack_path, log)
+    enroll.load_or_enroll(photo, engine.zoo, False, log.append)
+    (cached,) = (tmp_path / "cache" / "avatars").glob("*.avatar")
+    good = AvatarPack.load(cached)
+    damaged = {"another zoo": AvatarPack("vox256", good.latent, {}, good.crop, good.display, dict(good.meta)),
+               "wrong latent shape": AvatarPack("default", good.latent[:, :10], good.tuned, good.crop, good.display,
+                                                dict(good.meta)),
+               "NaN latent": AvatarPack("default", good.latent * float("nan"), good.tuned, good.crop, good.display,
+                                        dict(good.meta))}
+    for what, pack in damaged.items():
+        pack.save(cached)
+        log.clear()
+        n = len(calls)
+        got = enroll.load_or_enroll(photo, engine.zoo, False, log.append)
+        assert len(calls) == n + 1, what                            # enrolled again
+        assert any("damaged" in m and str(cached) in m for m in log), (what, log)
+        assert got.zoo == "default" and AvatarPack.load(cached).latent.shape == good.latent.shape, what
+
+
+@pytest.mark.parametrize("how", ["cache root under a regular file", "cache entry is a folder"])
+def test_unusable_avatar_cache_is_said_before_enrolling_and_the_run_goes_on(how, engine, pack_path, monkeypatch,
+                                                                            tmp_path):
+    import streamer.enroll as enroll
+    photo = tmp_path / "me.png"
+    photo.write_bytes(ASTRO.read_bytes())
+    log: list[str] = []
+    calls = _stub_enroller(monkeypatch, pack_path, log)
+    if how == "cache root under a regular file":
+        (tmp_path / "file").write_text("x")
+        monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "file" / "cache"))
+    else:
+        monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
+        enroll.load_or_enroll(photo, engine.zoo, False, QUIET)     # where the entry goes...
+        (cached,) = (tmp_path / "cache" / "avatars").glob("*.avatar")
+        cached.unlink()
+        cached.mkdir()                                            # ...is a folder now
+        calls.clear()
+    pack = enroll.load_or_enroll(photo, engine.zoo, False, log.append)
+    assert pack.zoo == "default" and len(calls) == 1              # the enrollment is used, not lost
+    notes = [m for m in log if "without caching" in m]
+    assert len(notes) == 1 and log.index(notes[0]) < calls[0], log       # said before enrolling started
