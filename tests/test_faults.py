@@ -662,3 +662,38 @@ def test_unusable_avatar_cache_is_said_before_enrolling_and_the_run_goes_on(how,
     assert pack.zoo == "default" and len(calls) == 1              # the enrollment is used, not lost
     notes = [m for m in log if "without caching" in m]
     assert len(notes) == 1 and log.index(notes[0]) < calls[0], log       # said before enrolling started
+
+
+def test_packs_enrolled_from_uploads_are_deleted_at_exit(engine, pack_path, monkeypatch, tmp_path):
+    import aiohttp
+
+    import streamer.enroll as enroll
+    from streamer.controls import Controller
+    from streamer.fakes import FakeReenactor
+    from streamer.pipeline import Pipeline
+    from tests.stream_support import png_bytes, served
+    user_cache = tmp_path / "user-cache"
+    monkeypatch.setenv("FACEREENACT_CACHE", str(user_cache))
+    _stub_enroller(monkeypatch, pack_path, [])
+
+    def factory(avatar):
+        if avatar is not None:
+            enroll.load_or_enroll(avatar, engine.zoo, False, QUIET)
+        return FakeReenactor(avatar)
+
+    async def main():
+        pipe = Pipeline(FakeReenactor())
+        async with served(factory, controller=Controller(pipe, factory)) as srv, aiohttp.ClientSession() as http:
+            async with http.post(srv.url + "/avatar", data=png_bytes(3), headers={"Content-Type": "image/png"}) as r:
+                aid = (await r.json())["avatar"]
+            async with http.post(srv.url + "/control", json={"action": "avatar", "avatar": aid}) as r:
+                assert r.status == 200, await r.text()
+            folder = srv.avatars.dir
+            during = sorted(p.name for p in folder.rglob("*.avatar"))
+        pipe.close()
+        return folder, during
+
+    folder, during = asyncio.run(main())
+    assert len(during) == 1                                         # the upload's enrollment was cached...
+    assert not list(user_cache.rglob("*.avatar"))                   # ...not in the user's cache
+    assert not folder.exists()                                      # and is gone with the server
