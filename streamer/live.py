@@ -55,7 +55,8 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
                    help="camera index (0) or /dev/videoN, a video file, or lavfi:testsrc2 "
                         "(default: camera 0; with --webrtc: none, browsers send their camera)")
     g.add_argument("--size", default=None, help="capture size WxH (default 640x480 for cameras)")
-    g.add_argument("--fps", type=positive(float, 240), default=30.0, help="camera / test-source frame rate (default 30)")
+    g.add_argument("--fps", type=positive(float, 240), default=30.0,
+                   help="camera / test-source frame rate (default 30)")
     g.add_argument("--mjpeg", action="store_true", help="ask the webcam for MJPEG (needed for 30 fps on "
                                                           "many USB cameras)")
     g.add_argument("--no-loop", action="store_true", help="live mode: stop at the end of a file source")

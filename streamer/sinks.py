@@ -106,7 +106,8 @@ class OutputFile:
             except FileExistsError:
                 fd, self.created = os.open(path, flags, 0o666), False   # an old file, or a link to one
         except OSError as e:
-            why = {errno.EISDIR: "it is a folder", errno.ENXIO: "a device or pipe nobody reads"}.get(e.errno, e.strerror)
+            why = {errno.EISDIR: "it is a folder",
+                   errno.ENXIO: "a device or pipe nobody reads"}.get(e.errno, e.strerror)
             raise UserError(f"--sink {path}: cannot write there ({why})") from None
         except ValueError as e:                     # a NUL byte in the name
             raise UserError(f"--sink {path!r}: not a usable file name ({e})") from None
@@ -232,8 +233,10 @@ class FileSink:
     def write(self, item: Published) -> None:
         import av
 
-        if self.failed is not None or self.closed:
+        if self.failed is not None:
             raise OSError(f"{self.path} is closed after an earlier error ({self.failed})")
+        if self.closed:
+            raise OSError(f"{self.path} is closed")
         try:
             img = item.image
             if self._stream is None:

@@ -132,7 +132,8 @@ class AVSource:
         n, want = self.decoded, self.expected_frames
         if want and n < want - max(2, want // 100):     # tolerance: edit lists, rounding
             self.ended_early = f"{name} ended early: {n} of {want} frames decoded (the file is truncated or damaged)"
-        elif self.expected_s and (self._last_time or 0.0) + 1 / self.fps < self.expected_s - max(0.5, self.expected_s / 50):
+        elif self.expected_s and (self._last_time or 0.0) + 1 / self.fps < \
+                self.expected_s - max(0.5, self.expected_s / 50):      # no frame count: media time
             self.ended_early = (f"{name} ended early: video stops at {self._last_time or 0.0:.1f} s of "
                                 f"{self.expected_s:.1f} s (the file is truncated or damaged)")
 

@@ -743,6 +743,24 @@ def test_sink_linked_to_dev_full_is_one_line_not_a_segfault(tmp_path):
     assert one_line(proc.stderr).startswith(f"error: --sink {out}: not a regular file")
 
 
+def test_full_disk_before_the_run_is_one_line_before_models_load(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import streamer.sinks as sinks
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(sinks.os, "posix_fallocate", no_space, raising=False)
+    out = tmp_path / "out.mp4"
+    built = []
+    code = run_live(args_of("--source", str(CLIP), "--sink", str(out)), lambda a: built.append(a))
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and line == f"error: --sink {out}: the disk is full (No space left on device)", line
+    assert not built and not out.exists()
+
+
 class FakeDisk:
     """A disk with `free` bytes left, at the one system call the output file writes with. The sink's
     space reserve, when released, gives its bytes back, as the file system does."""
