@@ -13,9 +13,16 @@ import sys
 import threading
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Flag errors as one `error: ...` line and exit 2, like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from streamer.live import add_live_arguments
-    ap = argparse.ArgumentParser(description="Drive an avatar photo with your face (Bounareli et al., BMVC 2022)",
+    ap = OneLineParser(description="Drive an avatar photo with your face (Bounareli et al., BMVC 2022)",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     g = ap.add_argument_group("avatar and models")
     g.add_argument("--avatar", help="portrait photo (enrolled once, cached) or an .avatar pack")

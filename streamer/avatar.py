@@ -6,11 +6,16 @@ differ from the zoo's, only the tuned layers), `crop` (the aligned photo, uint8 
 `directions.bias` (A tuned to this avatar; calibration.avatar_directions). Metadata (JSON): zoo,
 source p (the avatar's own pose), crop box, photo sha256, enrollment settings and quality figures,
 software versions. Loading is a header read plus a few MB of tensors: well under a second.
+
+A pack is checked when it loads (finite float tensors, uint8 RGB crops, a numeric finite pose `p`)
+and against the zoo that will run it (`check`: latent, pose, crop and tuned shapes), so a damaged or
+foreign pack is refused with one line naming the file, never streamed as black frames.
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +36,7 @@ class AvatarPack:
     display: np.ndarray                  # aligned photo for display, uint8 HWC
     meta: dict = field(default_factory=dict)
     directions: dict[str, torch.Tensor] | None = None   # {"weight", "bias"} of A tuned to this avatar
+    path: Path | None = None             # the file it was loaded from (for messages)
 
     @property
     def p(self) -> np.ndarray:
@@ -78,8 +84,42 @@ class AvatarPack:
         meta = {"format": FORMAT, "zoo": self.zoo, **self.meta}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(path) + ".tmp")
-        save_file(tensors, str(tmp), metadata={"json": json.dumps(meta)})
-        tmp.replace(path)  # never leave a half-written pack where the cache looks
+        try:
+            save_file(tensors, str(tmp), metadata={"json": json.dumps(meta)})
+            tmp.replace(path)  # never leave a half-written pack where the cache looks
+        except BaseException:
+            if tmp.is_file():
+                tmp.unlink()
+            raise
+
+    def check(self, zoo) -> None:
+        """UserError unless this pack fits `zoo` (engines.zoo.Zoo): its zoo name, latent, pose, crop,
+        tuned-weight and tuned-A shapes. Cheap (no model runs)."""
+        name = self.path or "avatar pack"
+        if self.zoo != zoo.name:
+            raise UserError(f"{name}: avatar was enrolled for zoo '{self.zoo}', not '{zoo.name}'")
+        G = zoo.generator
+        want = (1, *G.latent_shape)
+        if tuple(self.latent.shape) != want:
+            raise UserError(f"{name}: avatar pack latent has shape {tuple(self.latent.shape)}, zoo '{zoo.name}' "
+                            f"expects {want} (damaged, or made by other software?)")
+        if len(self.meta["p"]) != len(zoo.param_names):
+            raise UserError(f"{name}: avatar pack pose 'p' has {len(self.meta['p'])} values, zoo '{zoo.name}' "
+                            f"expects {len(zoo.param_names)}")
+        if self.crop.shape[:2] != (G.resolution, G.resolution):
+            raise UserError(f"{name}: avatar pack crop is {self.crop.shape[1]}x{self.crop.shape[0]}, zoo "
+                            f"'{zoo.name}' renders {G.resolution}x{G.resolution}")
+        if self.tuned:
+            shapes = {k: tuple(v.shape) for k, v in G.state_dict().items()}
+            unknown = sorted(set(self.tuned) - set(shapes))
+            if unknown:
+                raise UserError(f"{name}: avatar pack tunes parameters this generator lacks: {unknown[:3]}")
+            for k, v in self.tuned.items():
+                if tuple(v.shape) != shapes[k]:
+                    raise UserError(f"{name}: avatar pack: '{k}' has shape {tuple(v.shape)}, generator expects "
+                                    f"{shapes[k]} (enrolled for another zoo or weights?)")
+        if self.directions:
+            self.directions_for(zoo.directions())
 
     @classmethod
     def load(cls, path: str | Path) -> "AvatarPack":
@@ -93,15 +133,36 @@ class AvatarPack:
                 t = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:
             raise UserError(f"{path}: not a readable avatar pack ({type(e).__name__}: {str(e)[:100]})") from None
-        if meta.get("format") != FORMAT:
-            raise UserError(f"{path}: not an avatar pack (format {meta.get('format')!r}, expected {FORMAT!r})")
-        for k in ("latent", "crop", "display"):
-            if k not in t:
-                raise UserError(f"{path}: avatar pack lacks '{k}'")
-        if "p" not in meta:
-            raise UserError(f"{path}: avatar pack lacks the avatar's pose 'p'")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise UserError(f"{path}: not an avatar pack (format {str(got)[:40]!r}, expected {FORMAT!r})")
+        _check_contents(path, t, meta)
         tuned = {k[len("tuned."):]: v for k, v in t.items() if k.startswith("tuned.")}
         directions = {k[len("directions."):]: v for k, v in t.items() if k.startswith("directions.")} or None
         zoo = meta.pop("zoo", "")
         meta.pop("format")
-        return cls(zoo, t["latent"], tuned, t["crop"].numpy(), t["display"].numpy(), meta, directions)
+        return cls(str(zoo), t["latent"], tuned, t["crop"].numpy(), t["display"].numpy(), meta, directions, path)
+
+
+def _check_contents(path: Path, t: dict, meta: dict) -> None:
+    """What every pack must hold, whatever its zoo: UserError naming the file and the first problem."""
+    for k in ("latent", "crop", "display"):
+        if k not in t:
+            raise UserError(f"{path}: avatar pack lacks '{k}'")
+    for k, v in t.items():
+        if k in ("crop", "display"):
+            if v.dtype != torch.uint8 or v.ndim != 3 or v.shape[2] != 3 or min(v.shape[:2]) < 8:
+                raise UserError(f"{path}: avatar pack '{k}' is not an RGB image "
+                                f"({str(v.dtype).replace('torch.', '')} {tuple(v.shape)}); damaged pack?")
+        elif not v.is_floating_point():
+            raise UserError(f"{path}: avatar pack tensor '{k}' is {str(v.dtype).replace('torch.', '')}, "
+                            f"expected floats; damaged pack?")
+        elif not bool(torch.isfinite(v).all()):
+            raise UserError(f"{path}: avatar pack tensor '{k}' holds NaN or infinite values (damaged pack: "
+                            f"enroll the photo again)")
+    if t["latent"].ndim < 2 or t["latent"].shape[0] != 1:
+        raise UserError(f"{path}: avatar pack latent has shape {tuple(t['latent'].shape)}, expected [1, ...]")
+    p = meta.get("p")
+    if not isinstance(p, list) or not p or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p):
+        raise UserError(f"{path}: avatar pack pose 'p' is {str(p)[:60]}, expected a list of finite numbers")

@@ -47,7 +47,8 @@ class Controller:
             return await self.next_avatar()
         if action == "avatar":
             return await self.set_avatar(kw["path"])
-        raise UserError(f"unknown control {action!r} (reset, side_by_side, avatar, next_avatar)")
+        shown = repr(action) if len(repr(action)) <= 60 else repr(action)[:60] + "...'"
+        raise UserError(f"unknown control {shown} (reset, side_by_side, avatar, next_avatar)")
 
     async def set_avatar(self, path) -> str:
         new = await asyncio.to_thread(self.make_reenactor, path)

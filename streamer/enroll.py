@@ -382,10 +382,37 @@ def cache_dir() -> Path:
     return Path(base) / "avatars"
 
 
+_PRIVATE_CACHES: dict[Path, Path] = {}   # photo folder -> where its enrollments are cached
+
+
+def private_cache(photo_dir: str | Path, cache: str | Path | None) -> None:
+    """Cache enrollments of the photos in `photo_dir` in `cache` instead of the user cache (None: undo).
+    The server's upload folder uses this, so packs holding an uploaded face are deleted with it."""
+    folder = Path(photo_dir).resolve()
+    if cache is None:
+        _PRIVATE_CACHES.pop(folder, None)
+    else:
+        _PRIVATE_CACHES[folder] = Path(cache)
+
+
+def _cache_problem(cached: Path) -> str | None:
+    """Why a pack cannot be saved at `cached`, or None: checked before the minute an enrollment takes."""
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:             # the cache root lies under a regular file, no permission, ...
+        return f"cannot create the folder {cached.parent} ({e.strerror or e})"
+    if os.path.lexists(cached) and not cached.is_file():
+        return f"{cached} exists and is not a file"
+    if not os.access(cached.parent, os.W_OK):
+        return f"{cached.parent} is not writable"
+    return None
+
+
 def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
                    tune_directions: int = 0) -> AvatarPack:
     """A pack file is loaded; a photo is enrolled once and cached by (content hash, zoo, A file,
-    enrollment thread count, steps of tuning A to it)."""
+    enrollment thread count, steps of tuning A to it). A cached pack that does not load or does not fit
+    the zoo is enrolled again; a cache that cannot be written is reported and the run goes on uncached."""
     path = Path(avatar)
     if not path.is_file():
         raise UserError(f"avatar not found: {path}")
@@ -400,23 +427,38 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
         # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
         # nor packs enrolled by another recipe (steps, layers, pose targets)
         tuned_a = f"-d{tune_directions}" if tune_directions else ""
-        cached = cache_dir() / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}"
-                                f"{tuned_a}.avatar")
+        root = _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
+        cached = root / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}"
+                         f"{tuned_a}.avatar")
+        pack = None
         if cached.is_file():
             try:
                 pack = AvatarPack.load(cached)
-            except UserError:
-                cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, not fatal
-                return load_or_enroll(avatar, zoo, progress, log, tune_directions)
-            log(f"avatar: cached enrollment {cached}")
-        else:
+                pack.check(zoo)
+                log(f"avatar: cached enrollment {cached}")
+            except UserError as e:   # a crash while it was written, a damaged disk, another program
+                pack = None
+                log(f"avatar: the cached enrollment is damaged and is made again ({e})")
+                try:
+                    cached.unlink()
+                except OSError:
+                    pass
+        if pack is None:
             photo = read_photo(path)
-            log(f"avatar: enrolling {path.name} (once; cached at {cached})")
+            problem = _cache_problem(cached)
+            if problem:
+                log(f"avatar: enrolling {path.name} without caching it ({problem})")
+            else:
+                log(f"avatar: enrolling {path.name} (once; cached at {cached})")
             pack = Enroller(zoo, progress, log).enroll(photo, path.name, tune_directions=tune_directions)
             pack.meta["photo_sha256"] = file_sha256(path)
-            pack.save(cached)
-    if pack.zoo != zoo.name:
-        raise UserError(f"{path}: avatar was enrolled for zoo '{pack.zoo}', not '{zoo.name}'")
+            if problem is None:
+                try:
+                    pack.save(cached)
+                except OSError as e:   # the disk filled up meanwhile: keep the enrollment for this run
+                    log(f"avatar: could not cache the enrollment at {cached} ({e.strerror or e}); "
+                        f"this run uses it uncached")
+    pack.check(zoo)
     return pack
 
 

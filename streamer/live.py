@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -21,13 +22,41 @@ from streamer.sources import AVSource, Capture, open_source, parse_size, parse_s
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".y4m"}
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text[:20]!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port {v} is out of range (1..65535, or 0 for any free port)")
+    return v
+
+
+def positive(kind=float, most: float | None = None):
+    """argparse type: a finite number > 0 (and <= most)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'number' if kind is float else 'whole number'}, "
+                                             f"got {text[:20]!r}") from None
+        if not math.isfinite(v) or v <= 0 or (most is not None and v > most):
+            raise argparse.ArgumentTypeError(f"{text[:20]} is out of range (above 0"
+                                             + (f", at most {most:g})" if most is not None else ")"))
+        return v
+    parse.__name__ = kind.__name__   # argparse names the type in its messages
+    return parse
+
+
 def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("streaming")
     g.add_argument("--source", default=None,
                    help="camera index (0) or /dev/videoN, a video file, or lavfi:testsrc2 "
                         "(default: camera 0; with --webrtc: none, browsers send their camera)")
     g.add_argument("--size", default=None, help="capture size WxH (default 640x480 for cameras)")
-    g.add_argument("--fps", type=float, default=30.0, help="camera / test-source frame rate (default 30)")
+    g.add_argument("--fps", type=positive(float, 240), default=30.0,
+                   help="camera / test-source frame rate (default 30)")
     g.add_argument("--mjpeg", action="store_true", help="ask the webcam for MJPEG (needed for 30 fps on "
                                                           "many USB cameras)")
     g.add_argument("--no-loop", action="store_true", help="live mode: stop at the end of a file source")
@@ -40,12 +69,12 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--webrtc", action="store_true", help="serve the WebRTC page on --host:--port")
     g.add_argument("--control", action="store_true", help="serve only the HTTP control/status endpoints")
     g.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --token)")
-    g.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    g.add_argument("--port", type=port_number, default=8080, help="HTTP port (default 8080)")
     g.add_argument("--token", default=os.environ.get("REENACT_TOKEN"),
-                   help="access token required on every endpoint (or env REENACT_TOKEN)")
-    g.add_argument("--max-peers", type=int, default=8, help="most simultaneous WebRTC peers (default 8)")
+                   help="access token required on every endpoint (or env REENACT_TOKEN; empty: none)")
+    g.add_argument("--max-peers", type=positive(int, 64), default=8, help="most simultaneous WebRTC peers (default 8)")
     g.add_argument("--avatar-dir", default=None, help="folder of avatar photos for the 'a' key")
-    g.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    g.add_argument("--duration", type=positive(float), default=None, help="stop after this many seconds")
 
 
 def is_offline(args) -> bool:
@@ -59,17 +88,29 @@ def is_offline(args) -> bool:
 def run_live(args, make_reenactor: Callable) -> int:
     """Run what the flags ask for (offline when is_offline(args)). User errors -> one line, exit 2."""
     try:
+        check_outputs(args.source, args.sink or [])
         if is_offline(args):
             sinks = [s for s in args.sink if s != "none"]
             if len(sinks) > 1:
                 raise UserError("offline mode writes one file: give one --sink FILE.mp4")
-            reenactor = make_reenactor(getattr(args, "avatar", None))
-            _apply_side_by_side(args, reenactor)
-            summary = run_offline(args.source, sinks[0] if sinks else None, reenactor, progress=_progress())
+            parse_source(str(args.source), live=False)       # a bad source or output path fails before
+            sink = FileSink(sinks[0], None, live=False) if sinks else None   # any model loads
+            try:
+                reenactor = make_reenactor(getattr(args, "avatar", None))
+                _apply_side_by_side(args, reenactor)
+                summary = run_offline(args.source, sink, reenactor, progress=_progress())
+            finally:
+                if sink is not None:
+                    sink.close()     # idempotent; removes a file it created but never wrote
+            if summary["ended_early"]:
+                # not an error: every frame the file holds was processed and written (exit 0)
+                print(f"\nwarning: {summary['ended_early']}; the output holds the {summary['frames']} "
+                      f"frames it had", file=sys.stderr)
             held = (f", {summary['held']} held at the last good frame (the avatar did not hold together)"
                     if summary["held"] else "")
             print(f"\n{summary['frames']} frames ({summary['no_face']} without a face{held}) at "
-                  f"{summary['fps']:.1f} fps -> {summary['output']}", file=sys.stderr)
+                  f"{summary['fps']:.1f} fps -> {summary['output']}"
+                  + (" (source ended early)" if summary["ended_early"] else ""), file=sys.stderr)
             return 0
         return asyncio.run(_live(args, make_reenactor))
     except UserError as e:
@@ -77,6 +118,20 @@ def run_live(args, make_reenactor: Callable) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def check_outputs(source, sinks) -> None:
+    """Refuse output files that would destroy an input or each other: the source itself, or one file
+    given twice."""
+    files = [Path(s) for s in sinks if s != "none" and s != "vcam" and not s.startswith("vcam:")]
+    src = Path(source).expanduser() if source is not None else None
+    seen: list[Path] = []
+    for f in files:
+        if src is not None and src.is_file() and f.exists() and os.path.samefile(src, f):
+            raise UserError(f"--sink {f} is the --source file: it would be overwritten while read")
+        if any(f == g or (f.exists() and g.exists() and os.path.samefile(f, g)) for g in seen):
+            raise UserError(f"--sink {f} is given twice")
+        seen.append(f)
 
 
 def _apply_side_by_side(args, reenactor) -> None:
@@ -94,7 +149,9 @@ def _progress():
 def run_offline(source_path, sink_path, reenactor, *, max_frames: int | None = None,
                 progress: Callable[[int], None] | None = None) -> dict:
     """Every frame of `source_path` through `reenactor` into `sink_path` (.mp4, H.264, the source's
-    exact frame rate; None: discard). -> {frames, no_face, fps, seconds, source_fps, stage_ms, output}."""
+    exact frame rate; a FileSink opened without a rate; None: discard).
+    -> {frames, no_face, fps, seconds, source_fps, stage_ms, output, ended_early}; ended_early: a
+    message when the file held fewer frames than its index promised (truncated), else None."""
     spec = parse_source(str(source_path), live=False)
     return asyncio.run(_offline(spec, sink_path, reenactor, max_frames, progress))
 
@@ -106,7 +163,11 @@ async def _offline(spec, sink_path, reenactor, max_frames, progress) -> dict:
     capture.start(loop, pipeline.input)
     try:
         rate = capture.rate or capture.fps or 30.0
-        sink = FileSink(sink_path, rate, live=False) if sink_path else NullSink()
+        if isinstance(sink_path, FileSink):
+            sink, sink_path = sink_path, sink_path.path
+            sink.set_rate(rate)
+        else:
+            sink = FileSink(sink_path, rate, live=False) if sink_path else NullSink()
     except BaseException:
         capture.stop()
         raise
@@ -136,7 +197,7 @@ async def _offline(spec, sink_path, reenactor, max_frames, progress) -> dict:
     return {"frames": pipeline.stats.processed, "no_face": pipeline.stats.no_face, "held": pipeline.stats.held,
             "fps": pipeline.stats.processed / max(seconds, 1e-9), "seconds": seconds,
             "source_fps": float(rate), "stage_ms": s["stage_ms"],
-            "output": str(sink_path) if sink_path else None}
+            "output": str(sink_path) if sink_path else None, "ended_early": capture.ended_early}
 
 
 # ---------------------------------------------------------------- live
@@ -148,6 +209,7 @@ class LiveSession:
         self.pipeline: Pipeline | None = None
         self.tasks: list[asyncio.Task] = []
         self.sinks: list = []
+        self.running_sinks: list = []
         self.server = None
         self.peers = None
         self.keys: TerminalKeys | None = None
@@ -193,9 +255,12 @@ class LiveSession:
             done, pending = await asyncio.wait(self.tasks, timeout=5)
             for t in pending:
                 t.cancel()
-        for s in self.sinks:          # sinks whose runner never started
-            if getattr(s, "cam", None) is not None or getattr(s, "_container", None) is not None:
-                await asyncio.to_thread(s.close)
+        for s in self.sinks:          # sinks whose runner never started (a runner closes its own)
+            if s not in self.running_sinks:
+                try:
+                    await asyncio.to_thread(s.close)
+                except Exception:
+                    pass
         if self.printer is not None:
             await self.printer.stop()
 
@@ -207,7 +272,8 @@ async def _live(args, make_reenactor) -> int:
     source_text = args.source if args.source is not None else (None if args.webrtc else "0")
     sink_specs = args.sink if args.sink is not None else ([] if args.webrtc else ["vcam"])
     if serve:
-        from streamer.webapp import check_bind
+        from streamer.webapp import check_bind, normalize_token
+        args.token = normalize_token(args.token)    # an empty --token / REENACT_TOKEN: no token
         check_bind(args.host, args.token)
     if source_text is None and sink_specs:
         raise UserError("--sink needs a --source (with --webrtc alone, browsers bring the camera)")
@@ -245,6 +311,7 @@ async def _live(args, make_reenactor) -> int:
             for sink in sess.sinks:
                 ch = sess.pipeline.subscribe(sink.name)
                 sink_tasks.append(asyncio.ensure_future(run_sink(sink, sess.pipeline, ch)))
+                sess.running_sinks.append(sink)
             sess.tasks += sink_tasks
             if sink_tasks:
                 sess.tasks.append(asyncio.ensure_future(_watch_sinks(sink_tasks, sess.pipeline, say, failed,

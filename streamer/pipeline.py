@@ -383,4 +383,7 @@ async def run_sink(sink, pipeline: Pipeline, ch: Channel) -> None:
         pipeline.stats.sink_errors[sink.name] = f"{type(e).__name__}: {e}"
     finally:
         pipeline.unsubscribe(ch)
-        await asyncio.to_thread(sink.close)
+        try:
+            await asyncio.to_thread(sink.close)
+        except Exception as e:   # finishing failed (e.g. disk full): reported like a failed write
+            pipeline.stats.sink_errors.setdefault(sink.name, f"{type(e).__name__}: {e}")

@@ -7,8 +7,12 @@ change resolution mid-stream.
 """
 from __future__ import annotations
 
+import errno
 import fractions
+import os
 import platform
+import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,34 +81,147 @@ class VirtualCameraSink:
             self.cam = None
 
 
+CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
+class OutputFile:
+    """The file a recording goes to, opened when the sink is made (so a folder, a device, a dangling
+    link, a read-only place or a full disk is reported before any model loads) and written by PyAV
+    through this object: PyAV opening it by name would only do so at the first frame, and after a
+    failed write it may write the header again and crash (a segfault on /dev/full).
+
+    Nothing is truncated until the first byte is written, so a run that fails before its first frame
+    leaves an existing file as it was (and removes the file it created). A reserve of disk space (an
+    unlinked, preallocated temp file) is released when the disk fills up, so the recording so far can
+    still be finished with its index and plays; the sink then stops with the disk-full error."""
+
+    RESERVE = 8 * 1024 * 1024    # the MP4 index of an hour at 30 fps is ~2 MB
+
+    def __init__(self, path: Path):
+        self.path = path
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            try:
+                fd, self.created = os.open(path, flags | os.O_EXCL, 0o666), True
+            except FileExistsError:
+                fd, self.created = os.open(path, flags, 0o666), False   # an old file, or a link to one
+        except OSError as e:
+            why = {errno.EISDIR: "it is a folder",
+                   errno.ENXIO: "a device or pipe nobody reads"}.get(e.errno, e.strerror)
+            raise UserError(f"--sink {path}: cannot write there ({why})") from None
+        except ValueError as e:                     # a NUL byte in the name
+            raise UserError(f"--sink {path!r}: not a usable file name ({e})") from None
+        self.fd = fd
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):           # /dev/full, a FIFO, a terminal: no MP4 there
+            os.close(fd)
+            raise UserError(f"--sink {path}: not a regular file (a device or pipe); give a file name")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        self.started = False
+        self.disk_full: OSError | None = None
+        self._reserve = None
+        self._reserve = self._make_reserve()
+
+    def _make_reserve(self):
+        try:
+            reserve = tempfile.TemporaryFile(dir=self.path.parent)   # unlinked at once: never left behind
+        except OSError:
+            return None                           # a folder we may not create files in: no reserve
+        try:
+            os.posix_fallocate(reserve.fileno(), 0, self.RESERVE)
+        except OSError as e:
+            reserve.close()
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.close(remove_if_unused=True)
+                raise UserError(f"--sink {self.path}: the disk is full ({e.strerror})") from None
+            return None                           # no fallocate on this file system
+        except AttributeError:                     # no posix_fallocate (macOS, Windows)
+            reserve.close()
+            return None
+        return reserve
+
+    # -- the file object PyAV writes through (write, seek, tell) ------------------------------------
+    def write(self, data) -> int:
+        if not self.started:                       # the first byte: now the old content goes
+            os.ftruncate(self.fd, 0)
+            self.started = True
+        view = memoryview(data)
+        while view:
+            try:
+                n = self._os_write(self.fd, view)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT) and self._reserve is not None:
+                    self._release_reserve()        # room for what is buffered + the index
+                    self.disk_full = e
+                    continue
+                raise
+            view = view[n:]
+        return len(data)
+
+    _os_write = staticmethod(os.write)             # the one system call tests make fail
+
+    def _release_reserve(self) -> None:
+        if self._reserve is not None:
+            self._reserve.close()
+            self._reserve = None
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return os.lseek(self.fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def close(self, remove_if_unused: bool = False) -> None:
+        self._release_reserve()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            if remove_if_unused and self.created and not self.started:
+                try:
+                    self.path.unlink()
+                except OSError:
+                    pass
+
+
 class FileSink:
     """H.264 .mp4 via PyAV. Offline (live=False): one frame per source frame, pts = frame number, so
     the output has the source's exact rate and length. Live: pts from capture time on a 1/fps grid,
-    so the file plays back in real time even when frames were dropped."""
+    so the file plays back in real time even when frames were dropped.
+
+    The file is opened here (OutputFile). A failed write stops the sink: it never touches the encoder or
+    the container again except to finish the file, and close() is safe to call any number of times."""
 
     def __init__(self, path: str | Path, fps, *, live: bool, crf: int = 20):
-        import av
-
         self.name = f"file:{Path(path).name}"
         self.path = Path(path)
-        if self.path.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+        fmt = CONTAINERS.get(self.path.suffix.lower())
+        if fmt is None:
             raise UserError(f"--sink {path}: expected a .mp4 (or .mkv/.mov) file name")
         try:  # like any recorder, make the output folder (out/demo.mp4 on a fresh clone)
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--sink {path}: cannot create folder {self.path.parent} ({e.strerror})") from None
-        self.rate = fractions.Fraction(fps).limit_denominator(100000)
-        self.live, self.crf = live, crf
-        try:
-            self._container = av.open(str(self.path), mode="w")
-        except Exception as e:
-            raise UserError(f"cannot write {path}: {e}") from None
+        self.rate = fractions.Fraction(fps).limit_denominator(100000) if fps else None
+        self.live, self.crf, self.fmt = live, crf, fmt
+        self.out = OutputFile(self.path)
+        self._container = None
         self._stream = None
         self._t0: float | None = None
         self._last_pts = -1
         self.frames = 0
+        self.failed: Exception | None = None
+        self._intact = False       # failed, but the encoder and container are fine (disk full, reserve used)
+        self.closed = False
+
+    def set_rate(self, fps) -> None:
+        """The frame rate, when only known after opening (offline: the source's); before the first frame."""
+        self.rate = fractions.Fraction(fps).limit_denominator(100000)
 
     def _open_stream(self, w: int, h: int) -> None:
+        import av
+
+        self._container = av.open(self.out, mode="w", format=self.fmt)
         s = self._container.add_stream("libx264", rate=self.rate)
         s.width, s.height = w - w % 2, h - h % 2          # yuv420p needs even sizes
         s.pix_fmt = "yuv420p"
@@ -116,33 +233,56 @@ class FileSink:
     def write(self, item: Published) -> None:
         import av
 
-        img = item.image
-        if self._stream is None:
-            self._open_stream(img.shape[1], img.shape[0])
-        s = self._stream
-        img = letterbox(img, s.width, s.height) if img.shape[:2] != (s.height, s.width) else img
-        if self.live:
-            if self._t0 is None:
-                self._t0 = item.t_capture
-            pts = round((item.t_capture - self._t0) * float(self.rate))
-            pts = max(pts, self._last_pts + 1)
-        else:
-            pts = self._last_pts + 1
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-        frame.pts, frame.time_base = pts, s.codec_context.time_base
-        for packet in s.encode(frame):
-            self._container.mux(packet)
+        if self.failed is not None:
+            raise OSError(f"{self.path} is closed after an earlier error ({self.failed})")
+        if self.closed:
+            raise OSError(f"{self.path} is closed")
+        try:
+            img = item.image
+            if self._stream is None:
+                self._open_stream(img.shape[1], img.shape[0])
+            s = self._stream
+            img = letterbox(img, s.width, s.height) if img.shape[:2] != (s.height, s.width) else img
+            if self.live:
+                if self._t0 is None:
+                    self._t0 = item.t_capture
+                pts = round((item.t_capture - self._t0) * float(self.rate))
+                pts = max(pts, self._last_pts + 1)
+            else:
+                pts = self._last_pts + 1
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts, frame.time_base = pts, s.codec_context.time_base
+            for packet in s.encode(frame):
+                self._container.mux(packet)
+        except Exception as e:
+            self.failed = e
+            raise
         self._last_pts = pts
         self.frames += 1
+        if self.out.disk_full is not None:   # written into the reserve: stop here, finish the file
+            self.failed, self._intact = self.out.disk_full, True
+            raise self.out.disk_full
 
     def close(self) -> None:
-        if self._container is None:
+        """Finish the file (flush the encoder, write the index). Idempotent; after a failed write the
+        encoder is left alone and only the index is attempted. Raises OSError once if finishing fails."""
+        if self.closed:
             return
-        if self._stream is not None:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        self._container.close()
-        self._container = None
+        self.closed = True
+        error = None
+        try:
+            if self._container is not None:
+                if self.failed is None or self._intact:   # the encoder's last frames, unless it failed
+                    for packet in self._stream.encode(None):
+                        self._container.mux(packet)
+                self._container.close()      # PyAV writes the trailer once, even after an error
+        except Exception as e:
+            error = e
+        finally:
+            self._container = None
+            self.out.close(remove_if_unused=True)
+        if error is not None and self.failed is None:
+            raise OSError(f"finishing {self.path} failed: {error}") from None
 
 
 class NullSink:

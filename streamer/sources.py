@@ -114,11 +114,37 @@ class AVSource:
         self._frames = self._container.decode(stream)
         self._t0: float | None = None
         self._first_time: float | None = None
+        # what the file's index promises, to tell a clean end from a truncated file whose index survived
+        # (the decoder just stops early there, without an error)
+        self.expected_frames = stream.frames or None
+        if stream.duration and stream.time_base:
+            self.expected_s = float(stream.duration * stream.time_base)
+        else:
+            self.expected_s = self._container.duration / 1e6 if self._container.duration else None
+        self.decoded = 0
+        self._last_time: float | None = None
+        self.ended_early: str | None = None    # set at the end of a file that held less than promised
+
+    def _check_end(self) -> None:
+        if self.spec.kind != "file":
+            return
+        name = Path(self.spec.url).name
+        n, want = self.decoded, self.expected_frames
+        if want and n < want - max(2, want // 100):     # tolerance: edit lists, rounding
+            self.ended_early = f"{name} ended early: {n} of {want} frames decoded (the file is truncated or damaged)"
+        elif self.expected_s and (self._last_time or 0.0) + 1 / self.fps < \
+                self.expected_s - max(0.5, self.expected_s / 50):      # no frame count: media time
+            self.ended_early = (f"{name} ended early: video stops at {self._last_time or 0.0:.1f} s of "
+                                f"{self.expected_s:.1f} s (the file is truncated or damaged)")
 
     def read(self) -> np.ndarray | None:
         frame = next(self._frames, None)
         if frame is None:
+            self._check_end()
             return None
+        self.decoded += 1
+        if frame.time is not None:
+            self._last_time = frame.time
         if self.spec.pace and frame.time is not None:
             if self._t0 is None:
                 self._t0, self._first_time = time.perf_counter(), frame.time
@@ -140,10 +166,12 @@ class LoopingSource:
         self.spec = spec
         self._src = AVSource(spec)
         self.fps, self.rate = self._src.fps, self._src.rate
+        self.ended_early: str | None = None
 
     def read(self):
         img = self._src.read()
         if img is None:
+            self.ended_early = self._src.ended_early
             self._src.close()
             self._src = AVSource(self.spec)
             img = self._src.read()
@@ -183,6 +211,7 @@ class Capture:
         self._src = None
         self.fps: float | None = None
         self.rate = None
+        self.ended_early: str | None = None   # a file that held fewer frames than its index promised
 
     @property
     def state(self) -> tuple[str, bool]:
@@ -255,11 +284,13 @@ class Capture:
                         break
                     continue
                 if img is None or (self.max_frames is not None and self.captured >= self.max_frames):
+                    self._note_short()
                     self.ended = True
                     self._set_status("ended", False)
                     break
                 if not self._deliver(img):
                     break
+                self._note_short()    # a looping file that restarted early
         finally:
             if self._src is not None:
                 try:
@@ -268,6 +299,12 @@ class Capture:
                     pass
                 self._src = None
             self._finish()
+
+    def _note_short(self) -> None:
+        short = getattr(self._src, "ended_early", None)
+        if short and short != self.ended_early:    # said once per file
+            self.ended_early = short
+            self.on_status(f"warning: {short}")
 
     def _reconnect(self, err: Exception) -> bool:
         """Reopen with backoff; False if stopped or out of attempts."""

@@ -9,8 +9,12 @@ receive-only offer subscribes to the server pipeline, if the server has a source
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import ctypes
+import ctypes.util
 import fractions
 import secrets
+import threading
 import time
 from typing import Callable
 
@@ -21,7 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engines.errors import UserError
 from streamer.controls import Controller
-from streamer.pipeline import ChannelClosed, Frame, Pipeline
+from streamer.pipeline import ChannelClosed, Frame, Pipeline, _close_engine
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 
@@ -41,6 +45,24 @@ def allow_loopback_candidates(only: bool = False) -> None:
 
     host_addresses._original = original
     ice.get_host_addresses = host_addresses
+
+
+_libc = None
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by closed sessions back to the OS. A session's decoder, encoder, frames and
+    engine free hundreds of MB in many threads' glibc arenas, which glibc keeps for reuse: without
+    this the server's RSS stays at its peak after a crowd of peers has left. Blocking (tens of ms)."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):   # not glibc (macOS, musl, Windows): nothing to do
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
 
 
 def rtc_configuration():
@@ -148,6 +170,7 @@ class PeerSession:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.pc.close()
         self.tasks, self.pipeline, self.out, self.controls = [], None, None, None
+        self.manager.session_closed()
 
 
 class SignalingError(Exception):
@@ -160,7 +183,8 @@ class PeerManager:
     """All WebRTC sessions of one server."""
 
     def __init__(self, make_reenactor: Callable, *, default_avatar=None, server: Pipeline | None = None,
-                 max_peers: int = 8, side_by_side: bool | None = None, connect_timeout_s: float = 30.0):
+                 max_peers: int = 8, side_by_side: bool | None = None, connect_timeout_s: float = 30.0,
+                 trim_after_s: float = 2.0):
         self.make_reenactor = make_reenactor
         self.connect_timeout_s = connect_timeout_s
         self.default_avatar = default_avatar
@@ -168,6 +192,39 @@ class PeerManager:
         self.max_peers = max_peers
         self.side_by_side = side_by_side
         self.sessions: dict[str, PeerSession] = {}
+        # engines are built here, not in the loop's default executor: an offer may wait a minute for
+        # an enrollment, and waiting offers must not take the threads sinks and status frames use
+        self._builder = concurrent.futures.ThreadPoolExecutor(max(1, max_peers), thread_name_prefix="engine-build")
+        self.trim_after_s = trim_after_s
+        self._trim: asyncio.TimerHandle | None = None
+
+    def session_closed(self) -> None:
+        """Release freed memory once sessions stop closing (their engines close on their own threads)."""
+        if self.trim_after_s is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = loop.call_later(self.trim_after_s, lambda: threading.Thread(
+            target=release_free_memory, name="malloc-trim", daemon=True).start())
+
+    async def _build_reenactor(self, session: PeerSession):
+        """session's engine, off the event loop. If the session is gone by the time it is ready (the
+        client hung up, the server is closing), the engine is closed, not leaked."""
+        fut = asyncio.get_running_loop().run_in_executor(self._builder, self.make_reenactor, session.avatar)
+
+        def close_orphan(f) -> None:
+            if not f.cancelled() and f.exception() is None:
+                _close_engine(f.result())
+        try:
+            reenactor = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(close_orphan)
+            raise
+        if session._closed:
+            await asyncio.to_thread(_close_engine, reenactor)
+            raise SignalingError(503, "the session was closed while its avatar was being prepared")
+        return reenactor
 
     async def offer(self, sdp: str, type_: str, avatar=None) -> dict:
         if type_ != "offer" or not isinstance(sdp, str) or "m=video" not in sdp:
@@ -193,13 +250,12 @@ class PeerManager:
             await asyncio.sleep(self.connect_timeout_s)
             session.deadline = None
             await session.close()
-        session.deadline = asyncio.ensure_future(_setup_deadline())
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
             if incoming:
                 session.avatar = avatar or self.default_avatar
-                reenactor = await asyncio.to_thread(self.make_reenactor, session.avatar)
+                reenactor = await self._build_reenactor(session)   # enrolling a photo: ~a minute
                 if self.side_by_side is not None:
                     reenactor.side_by_side = self.side_by_side
                 session.start_drive(incoming[0], reenactor)
@@ -215,9 +271,15 @@ class PeerManager:
         except UserError as e:
             await session.close()
             raise SignalingError(400, str(e)) from None
-        except Exception as e:
+        except BaseException as e:
             await session.close()
-            raise SignalingError(400, f"bad offer: {type(e).__name__}: {e}") from None
+            if isinstance(e, Exception):
+                raise SignalingError(400, f"bad offer: {type(e).__name__}: {str(e)[:200]}") from None
+            raise                                   # cancelled (server closing)
+        # the peer has `connect_timeout_s` from now, when it gets its answer (not from its offer: the
+        # engine may have taken a minute to enroll the avatar)
+        if pc.connectionState != "connected":
+            session.deadline = asyncio.ensure_future(_setup_deadline())
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "peer": session.id}
 
     async def close(self, peer_id: str) -> bool:
@@ -229,3 +291,10 @@ class PeerManager:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())), return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """close_all, and no more sessions (server exit)."""
+        await self.close_all()
+        if self._trim is not None:
+            self._trim.cancel()
+        self._builder.shutdown(wait=False, cancel_futures=True)

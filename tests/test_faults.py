@@ -546,3 +546,356 @@ def test_sigterm_during_a_live_recording_leaves_a_playable_file(pack_path, cache
     assert "Traceback" not in err
     frames = decode(out)
     assert len(frames) >= 15 and frames[0].shape == (256, 256, 3)
+
+
+# ------------------------------------------------------------- damaged packs and unusable caches
+def _bad_packs(pack_path: Path, folder: Path) -> dict[str, tuple[Path, str]]:
+    """Packs that open but must not stream: (file, what the error line says)."""
+    from streamer.avatar import AvatarPack
+    good = AvatarPack.load(pack_path)
+    name = next(iter(good.tuned))
+    k = len(good.meta["p"])
+    cases = {
+        "NaN latent": (dict(latent=good.latent * float("nan")), "NaN or infinite"),
+        "infinite tuned weight": (dict(tuned={**good.tuned, name: good.tuned[name] * float("inf")}),
+                                  "NaN or infinite"),
+        "p not numeric": (dict(meta={**good.meta, "p": ["a"] * k}), "expected a list of finite numbers"),
+        "p holds null": (dict(meta={**good.meta, "p": [None] * k}), "expected a list of finite numbers"),
+        "p too short": (dict(meta={**good.meta, "p": good.meta["p"][:3]}), "pose 'p' has 3 values"),
+        "latent of another shape": (dict(latent=good.latent[:, :50]), "latent has shape (1, 50)"),
+        "crop not uint8": (dict(crop=good.crop.astype(np.float32)), "'crop' is not an RGB image"),
+    }
+    out = {}
+    for i, (what, (change, msg)) in enumerate(cases.items()):
+        fields = dict(zoo=good.zoo, latent=good.latent, tuned=good.tuned, crop=good.crop, display=good.display,
+                      meta=dict(good.meta))
+        fields.update(change)
+        path = folder / f"bad{i}.avatar"
+        AvatarPack(**fields).save(path)
+        out[what] = (path, msg)
+    return out
+
+
+def test_avatar_pack_with_bad_contents_is_refused_with_one_line(engine, pack_path, tmp_path, capsys):
+    """A pack whose latent is NaN streamed black frames with exit 0; one whose p is not numeric gave a
+    traceback. Any pack whose contents cannot drive the zoo is one error line naming the file."""
+    bad = _bad_packs(pack_path, tmp_path)
+    clip = short_clip(tmp_path / "clip.mp4", 6, size=(320, 180))
+    for what in ("NaN latent", "p not numeric"):                  # the CLI, end to end
+        path, msg = bad[what]
+        out = tmp_path / "o.mp4"
+        code, err = run_cli(stream_main, ["--avatar", str(path), "--source", str(clip), "--sink", str(out),
+                                          "--quiet"], capsys)
+        line = error_line(err)
+        assert code == 2 and line.startswith(f"error: {path}: ") and msg in line, (what, line)
+        assert not out.exists()
+    for what, (path, msg) in bad.items():                         # every kind, through the engine
+        with pytest.raises(UserError) as e:
+            engine.make_reenactor(path)
+        assert one_line(str(e.value)).startswith(f"{path}: ") and msg in str(e.value), (what, str(e.value))
+
+
+def _stub_enroller(monkeypatch, pack_path, log: list):
+    """Enrollment itself is tested elsewhere; here only what happens around it. Records when it ran
+    (as the position in `log`)."""
+    import streamer.enroll as enroll
+    from streamer.avatar import AvatarPack
+    calls = []
+
+    class StubEnroller:
+        def __init__(self, *a, **k):
+            pass
+
+        def enroll(self, *a, **k):
+            calls.append(len(log))
+            return AvatarPack.load(pack_path)
+
+    monkeypatch.setattr(enroll, "Enroller", StubEnroller)
+    return calls
+
+
+def test_cached_enrollment_that_opens_but_does_not_fit_is_rebuilt(engine, pack_path, monkeypatch, tmp_path):
+    import streamer.enroll as enroll
+    from streamer.avatar import AvatarPack
+    monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
+    photo = tmp_path / "me.png"
+    photo.write_bytes(ASTRO.read_bytes())
+    log: list[str] = []
+    calls = _stub_enroller(monkeypatch, pack_path, log)
+    enroll.load_or_enroll(photo, engine.zoo, False, log.append)
+    (cached,) = (tmp_path / "cache" / "avatars").glob("*.avatar")
+    good = AvatarPack.load(cached)
+    damaged = {"another zoo": AvatarPack("vox256", good.latent, {}, good.crop, good.display, dict(good.meta)),
+               "wrong latent shape": AvatarPack("default", good.latent[:, :10], good.tuned, good.crop, good.display,
+                                                dict(good.meta)),
+               "NaN latent": AvatarPack("default", good.latent * float("nan"), good.tuned, good.crop, good.display,
+                                        dict(good.meta))}
+    for what, pack in damaged.items():
+        pack.save(cached)
+        log.clear()
+        n = len(calls)
+        got = enroll.load_or_enroll(photo, engine.zoo, False, log.append)
+        assert len(calls) == n + 1, what                            # enrolled again
+        assert any("damaged" in m and str(cached) in m for m in log), (what, log)
+        assert got.zoo == "default" and AvatarPack.load(cached).latent.shape == good.latent.shape, what
+
+
+@pytest.mark.parametrize("how", ["cache root under a regular file", "cache entry is a folder"])
+def test_unusable_avatar_cache_is_said_before_enrolling_and_the_run_goes_on(how, engine, pack_path, monkeypatch,
+                                                                            tmp_path):
+    import streamer.enroll as enroll
+    photo = tmp_path / "me.png"
+    photo.write_bytes(ASTRO.read_bytes())
+    log: list[str] = []
+    calls = _stub_enroller(monkeypatch, pack_path, log)
+    if how == "cache root under a regular file":
+        (tmp_path / "file").write_text("x")
+        monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "file" / "cache"))
+    else:
+        monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
+        enroll.load_or_enroll(photo, engine.zoo, False, QUIET)     # where the entry goes...
+        (cached,) = (tmp_path / "cache" / "avatars").glob("*.avatar")
+        cached.unlink()
+        cached.mkdir()                                            # ...is a folder now
+        calls.clear()
+    pack = enroll.load_or_enroll(photo, engine.zoo, False, log.append)
+    assert pack.zoo == "default" and len(calls) == 1              # the enrollment is used, not lost
+    notes = [m for m in log if "without caching" in m]
+    assert len(notes) == 1 and log.index(notes[0]) < calls[0], log       # said before enrolling started
+
+
+def test_packs_enrolled_from_uploads_are_deleted_at_exit(engine, pack_path, monkeypatch, tmp_path):
+    import aiohttp
+
+    import streamer.enroll as enroll
+    from streamer.controls import Controller
+    from streamer.fakes import FakeReenactor
+    from streamer.pipeline import Pipeline
+    from tests.stream_support import png_bytes, served
+    user_cache = tmp_path / "user-cache"
+    monkeypatch.setenv("FACEREENACT_CACHE", str(user_cache))
+    _stub_enroller(monkeypatch, pack_path, [])
+
+    def factory(avatar):
+        if avatar is not None:
+            enroll.load_or_enroll(avatar, engine.zoo, False, QUIET)
+        return FakeReenactor(avatar)
+
+    async def main():
+        pipe = Pipeline(FakeReenactor())
+        async with served(factory, controller=Controller(pipe, factory)) as srv, aiohttp.ClientSession() as http:
+            async with http.post(srv.url + "/avatar", data=png_bytes(3), headers={"Content-Type": "image/png"}) as r:
+                aid = (await r.json())["avatar"]
+            async with http.post(srv.url + "/control", json={"action": "avatar", "avatar": aid}) as r:
+                assert r.status == 200, await r.text()
+            folder = srv.avatars.dir
+            during = sorted(p.name for p in folder.rglob("*.avatar"))
+        pipe.close()
+        return folder, during
+
+    folder, during = asyncio.run(main())
+    assert len(during) == 1                                         # the upload's enrollment was cached...
+    assert not list(user_cache.rglob("*.avatar"))                   # ...not in the user's cache
+    assert not folder.exists()                                      # and is gone with the server
+
+
+# ------------------------------------------------------------------------------ bad output paths
+@pytest.mark.parametrize("kind", ["a folder", "a link to a folder", "a dangling link into a missing folder",
+                                  "a FIFO", "a read-only folder"])
+@pytest.mark.parametrize("mode", ["offline", "live"])
+def test_bad_output_paths_are_one_line_before_models_load(kind, mode, tmp_path, capsys):
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of
+    out = tmp_path / "out.mp4"
+    if kind == "a folder":
+        out.mkdir()
+    elif kind == "a link to a folder":
+        (tmp_path / "d").mkdir()
+        out.symlink_to(tmp_path / "d")
+    elif kind == "a dangling link into a missing folder":
+        out.symlink_to(tmp_path / "missing" / "x.mp4")
+    elif kind == "a FIFO":
+        os.mkfifo(out)
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out = tmp_path / "ro" / "out.mp4"
+    source = str(short_clip(tmp_path / "clip.mp4", 6, size=(160, 96))) if mode == "offline" \
+        else "lavfi:testsrc2=size=160x96:rate=15"
+    built = []
+    code = run_live(args_of("--source", source, "--sink", str(out), "--duration", "2"), lambda a: built.append(a))
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith(f"error: --sink {out}: "), line
+    assert not built                                               # before any model loads
+
+
+def test_sink_linked_to_dev_full_is_one_line_not_a_segfault(tmp_path):
+    """PyAV crashed (SIGSEGV) writing the MP4 header a second time after /dev/full refused the first."""
+    out = tmp_path / "out.mp4"
+    out.symlink_to("/dev/full")
+    code = ("import sys; from streamer.live import run_live; from streamer.fakes import make_fake_reenactor; "
+            "from tests.test_stream_live import args_of; "
+            f"sys.exit(run_live(args_of('--source', 'lavfi:testsrc2=size=160x96:rate=15', '--sink', {str(out)!r}, "
+            "'--duration', '2'), make_fake_reenactor))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert one_line(proc.stderr).startswith(f"error: --sink {out}: not a regular file")
+
+
+def test_full_disk_before_the_run_is_one_line_before_models_load(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import streamer.sinks as sinks
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(sinks.os, "posix_fallocate", no_space, raising=False)
+    out = tmp_path / "out.mp4"
+    built = []
+    code = run_live(args_of("--source", str(CLIP), "--sink", str(out)), lambda a: built.append(a))
+    line = one_line(capsys.readouterr().err)
+    assert code == 2 and line == f"error: --sink {out}: the disk is full (No space left on device)", line
+    assert not built and not out.exists()
+
+
+class FakeDisk:
+    """A disk with `free` bytes left, at the one system call the output file writes with. The sink's
+    space reserve, when released, gives its bytes back, as the file system does."""
+
+    def __init__(self, monkeypatch, free: int):
+        from streamer.sinks import OutputFile
+        self.free = free
+        real_write, real_release = OutputFile._os_write, OutputFile._release_reserve
+
+        def write(fd, data):
+            if self.free <= 0:
+                raise OSError(28, "No space left on device")
+            n = min(len(data), self.free)
+            self.free -= n
+            return real_write(fd, data[:n])
+
+        def release(out):
+            if out._reserve is not None:
+                self.free += OutputFile.RESERVE
+            real_release(out)
+
+        monkeypatch.setattr(OutputFile, "_os_write", staticmethod(write))
+        monkeypatch.setattr(OutputFile, "_release_reserve", release)
+
+
+def test_disk_full_offline_is_one_line_and_the_partial_file_plays(tmp_path, monkeypatch, capsys):
+    from streamer.fakes import make_fake_reenactor
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of
+    FakeDisk(monkeypatch, free=400_000)
+    out = tmp_path / "out.mp4"
+    code = run_live(args_of("--source", str(CLIP), "--sink", str(out)), make_fake_reenactor)
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and line == f"error: writing {out} failed: OSError: [Errno 28] No space left on device", line
+    frames = decode(out)
+    assert 5 < len(frames) < 472                          # what was recorded before the disk filled, playable
+
+
+def test_disk_full_live_is_one_line_exit_2_and_the_partial_file_plays(tmp_path, monkeypatch, capsys):
+    from streamer.fakes import make_fake_reenactor
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of
+    FakeDisk(monkeypatch, free=150_000)
+    out = tmp_path / "out.mp4"
+    code = run_live(args_of("--source", "lavfi:testsrc2=size=320x240:rate=30", "--sink", str(out),
+                            "--duration", "30"), make_fake_reenactor)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "never retrieved" not in err, err[-2000:]
+    assert code == 2
+    assert err.strip().splitlines()[-1] == \
+        f"error: every output failed: file:out.mp4: OSError: [Errno 28] No space left on device"
+    assert len(decode(out)) > 5
+
+
+def test_file_sink_after_a_failed_write_never_touches_the_encoder_and_closes_once(tmp_path, monkeypatch):
+    """No reserve left (the disk was full all along): the write fails, close() does not raise a second
+    time or crash, and later calls are refused without reaching PyAV."""
+    from streamer.pipeline import Published
+    from streamer.sinks import FileSink
+    FakeDisk(monkeypatch, free=50_000)
+    sink = FileSink(tmp_path / "out.mp4", 30, live=False)
+    sink.out._reserve.close()                     # no reserve to fall back on
+    sink.out._reserve = None
+    rng = np.random.default_rng(0)
+    with pytest.raises(OSError):
+        for i in range(200):
+            sink.write(Published(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), float(i), i))
+    sink.close()
+    sink.close()
+    with pytest.raises(OSError, match="closed after an earlier error"):
+        sink.write(Published(np.zeros((240, 320, 3), np.uint8), 0.0, 0))
+
+
+# -------------------------------------------------------------------------- command-line numbers
+@pytest.mark.parametrize("argv", [("--webrtc", "--port", "70000"), ("--webrtc", "--port", "-1"),
+                                  ("--source", "lavfi:testsrc2", "--fps", "nan"),
+                                  ("--source", "lavfi:testsrc2", "--duration", "-5"),
+                                  ("--webrtc", "--max-peers", "0")])
+def test_out_of_range_numbers_on_the_command_line_are_one_line(argv, capsys):
+    code, err = run_cli(stream_main, ["--avatar", str(ASTRO), *argv, "--sink", "none"], capsys)
+    line = one_line(err)
+    assert code == 2 and line.startswith(f"error: argument {argv[-2]}: ") and "out of range" in line, line
+
+
+def test_empty_token_on_loopback_starts_the_server(monkeypatch, capsys):
+    from streamer.fakes import make_fake_reenactor
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of, free_port
+    assert run_live(args_of("--webrtc", "--token", "", "--port", str(free_port()), "--duration", "0.5"),
+                    make_fake_reenactor) == 0
+    monkeypatch.setenv("REENACT_TOKEN", "")
+    assert run_live(args_of("--webrtc", "--port", str(free_port()), "--duration", "0.5"), make_fake_reenactor) == 0
+    out = capsys.readouterr().out
+    assert "?token=" not in out and out.count("open http://127.0.0.1:") == 2
+
+
+# ------------------------------------------------------------------- a clip shorter than it says
+def faststart_clip(out: Path, frames: int) -> Path:
+    """An MP4 with its index (moov) before the media data, as web-ready files are written."""
+    import fractions
+    with av.open(str(CLIP)) as i, av.open(str(out), "w", options={"movflags": "faststart"}) as o:
+        st = o.add_stream("libx264", rate=24)
+        st.width, st.height, st.pix_fmt = 320, 180, "yuv420p"
+        for k, f in enumerate(i.decode(video=0)):
+            if k == frames:
+                break
+            f = f.reformat(width=320, height=180, format="yuv420p")
+            f.pts, f.time_base = k, fractions.Fraction(1, 24)
+            o.mux(st.encode(f))
+        o.mux(st.encode())
+    return out
+
+
+def test_truncated_clip_whose_index_survived_says_it_ended_early(tmp_path, capsys):
+    from streamer.fakes import make_fake_reenactor
+    from streamer.live import run_live
+    from tests.test_stream_live import args_of
+    full = faststart_clip(tmp_path / "full.mp4", 48)
+    cut = truncated(full, tmp_path / "cut.mp4", 0.5)
+    with av.open(str(cut)) as c:
+        assert c.streams.video[0].frames == 48     # the index survived...
+        have = 0
+        try:
+            for _ in c.decode(video=0):
+                have += 1
+        except av.error.InvalidDataError:          # (the last, cut packet)
+            pass
+    assert 0 < have < 48                          # ...the end of the frames did not
+    assert run_live(args_of("--source", str(full), "--sink", str(tmp_path / "a.mp4")), make_fake_reenactor) == 0
+    assert "ended early" not in capsys.readouterr().err          # a whole file: no warning
+    code = run_live(args_of("--source", str(cut), "--sink", str(tmp_path / "b.mp4")), make_fake_reenactor)
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("warning:")]
+    assert warnings == [f"warning: cut.mp4 ended early: {have} of 48 frames decoded (the file is truncated or "
+                        f"damaged); the output holds the {have} frames it had"], err
+    assert f"{have} frames (0 without a face)" in err and "(source ended early)" in err
+    assert len(decode(tmp_path / "b.mp4")) == have
