@@ -432,7 +432,7 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="relative,absolute", help="motion modes to evaluate (comma list)")
     ap.add_argument("--no-cross", action="store_true", help="self-reenactment only")
     ap.add_argument("--no-smooth", action="store_true", help="no temporal smoothing of the pose")
-    ap.add_argument("--fast-enroll", action="store_true", help="20 inversion + 10 tuning steps (tests)")
+    ap.add_argument("--fast-enroll", action="store_true", help="40 inversion + 60 tuning steps (tests)")
     ap.add_argument("--invert-steps", type=int)
     ap.add_argument("--tune-steps", type=int)
     ap.add_argument("--no-tune", action="store_true", help="enroll without generator tuning (ablation)")
@@ -456,7 +456,7 @@ def main(argv=None) -> int:
     a_sha = file_sha256(Path(engine.zoo.directions_path))   # the matrix loaded now (the file may change later)
     lpips = load_lpips(args.weights, log)
     fid_extractor = load_extractor(args.fid_features)
-    steps = (20, 10) if args.fast_enroll else (args.invert_steps, args.tune_steps)
+    steps = (40, 60) if args.fast_enroll else (args.invert_steps, args.tune_steps)
     figure_dir = None if args.no_figures else (args.figures or ((args.report.parent if args.report else
                                                                    args.json.parent) / "evaluation"))
     t0 = time.time()
@@ -470,7 +470,7 @@ def main(argv=None) -> int:
         "command": "python -m calibration.evaluate_video " + " ".join(shlex.quote(a) for a in argv_used),
         "zoo": args.zoo, "clips": [c.name for c in clips], "modes": modes, "smooth": not args.no_smooth,
         "directions_sha256": a_sha,
-        "enroll": ("fast (20 inversion + 10 tuning steps)" if args.fast_enroll else
+        "enroll": ("fast (40 inversion + 60 tuning steps)" if args.fast_enroll else
                    f"inversion {steps[0] or 'zoo default'} / tuning {steps[1] or 'zoo default'} steps")
                   + (", no generator tuning" if args.no_tune else ""),
         "lpips": lpips is not None, "fid": fid_extractor is not None, "seconds": time.time() - t0,

@@ -22,8 +22,8 @@ def pack(engine, tmp_path_factory):
     return quick_astronaut_pack(engine.zoo, tmp_path_factory.mktemp("pack"), tune_directions=6)
 
 
-def test_tuning_lowers_the_training_loss_on_held_out_requests(engine, pack):
-    p = AvatarPack.load(pack)
+def test_tuning_lowers_the_training_loss_on_held_out_requests(engine, astronaut_pack):
+    p = AvatarPack.load(astronaut_pack)   # as enrolled by default (a quick pack's mouth hardly moves)
     G, z, A0 = p.generator(engine.zoo.generator), p.latent.float(), engine.directions
     A, report = tune_directions(engine.zoo, G, z, A0, steps=20, progress=False, log=lambda m: None)
     assert report["steps"] == 20 and not torch.equal(A.linear.weight, A0.linear.weight)
@@ -76,14 +76,14 @@ def test_run_stream_tune_directions_on_another_zoo_is_one_line(tmp_path):
     assert any("--tune-directions is calibrated for the default zoo" in ln for ln in lines), r.stderr
 
 
-def test_an_expression_the_tuning_broke_gets_the_zoos_column_back(engine, pack):
+def test_an_expression_the_tuning_broke_gets_the_zoos_column_back(engine, astronaut_pack):
     """A tuned A whose jaw column is gone (as the tuning did on Mona Lisa) must get the zoo's jaw back:
     the zoo's jaw opens this avatar's mouth past the reenactor's gate (read by the MediaPipe runtime),
     the broken one does not. Columns that still work are left as tuned."""
     import copy
 
     from calibration.avatar_directions import expression_response, keep_working_expressions
-    p = AvatarPack.load(pack)
+    p = AvatarPack.load(astronaut_pack)
     G, z, base = p.generator(engine.zoo.generator), p.latent.float(), engine.directions
     broken = copy.deepcopy(base)
     with torch.no_grad():

@@ -116,7 +116,8 @@ def test_driver_without_face_holds_the_pose_then_eases_to_neutral(engine, pack_p
     for k in range(150):                                                 # past hold_s: ease back
         out = reen.process(blank, 1.3 + k / 30)
         dist.append(np.abs(out.image.astype(int) - reen.avatar_img).mean())
-    assert all(b <= a + 1e-9 for a, b in zip(dist, dist[1:])), "easing must approach neutral monotonically"
+    # monotone up to the rounding of the 8-bit frame (a hundredth of a grey level of the mean)
+    assert all(b <= a + 0.01 for a, b in zip(dist, dist[1:])), "easing must approach neutral monotonically"
     assert dist[-1] < 0.5 and out.image.shape == (256, 256, 3)          # exp(-150/15) of the shift left
     reen.close()
 
