@@ -105,3 +105,18 @@ def test_requests_past_the_range_still_give_this_face(engine, astronaut_pack, re
         got, emb = reader.read(out.image)
         assert got is not None and float(emb @ own) > 0.5, k
     r.close()
+
+
+def test_an_enrollment_that_reaches_no_usable_avatar_is_refused_in_one_line(tmp_path):
+    """Tuning stopped after one step leaves an avatar that is not yet this face: enrollment says so in
+    one line with what it measured, exit 2, and writes no pack."""
+    import subprocess
+    import sys
+    out = tmp_path / "x.avatar"
+    r = subprocess.run([sys.executable, "-m", "streamer.enroll", "--avatar", str(ASTRONAUT), "--invert-steps", "5",
+                        "--tune-steps", "1", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=300, cwd=ASTRONAUT.parents[1])
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000", "INFO", "WARNING"))]
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert lines[-1].startswith("error: astronaut.png: enrollment did not reach a usable avatar (identity"), lines[-1]
+    assert not out.exists()
