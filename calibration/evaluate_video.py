@@ -200,10 +200,12 @@ class Session:
         self.figures = False
 
     def output(self, t: float, rgb: np.ndarray) -> np.ndarray:
+        """The output in the avatar's crop frame (the generator's square of the published frame)."""
+        from streamer.framing import generator_view
         if self.reen is None:
             return self.source.avatar_img
         # the clip's own clock: the result does not depend on how fast this machine evaluates
-        return self.reen.process(rgb, t).image
+        return generator_view(self.reen.process(rgb, t).image, self.source.pack.display_scale)
 
     def close(self) -> None:
         if self.reen is not None:
@@ -218,7 +220,7 @@ class Source:
     pack: object
     box: np.ndarray
     emb: torch.Tensor             # SFace of the source frame
-    avatar_img: np.ndarray        # the avatar's reconstruction at zero motion (256 px)
+    avatar_img: np.ndarray        # the avatar's reconstruction at zero motion (its crop frame, 256 px)
     avatar_p: np.ndarray          # its p, read like every output
     avatar_reading: object        # that reading (landmarks in CROP px)
     avatar_emb: torch.Tensor
@@ -227,7 +229,7 @@ class Source:
 def enroll_source(engine, inst: Instruments, clip: Path, index: int, steps: tuple[int | None, int | None],
                   log, tune: bool = True) -> Source:
     from streamer.avatar import AvatarPack
-    from streamer.enroll import Enroller, cache_dir, file_sha256
+    from streamer.enroll import Enroller, cache_dir, file_sha256, recipe_key
     from streamer.reenact import AvatarReenactor
     rgb = next((f for i, _, f in frames(clip, index + 1) if i == index), None)
     if rgb is None:
@@ -238,7 +240,7 @@ def enroll_source(engine, inst: Instruments, clip: Path, index: int, steps: tupl
     zoo = engine.zoo
     a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
     key = hashlib.sha256(rgb.tobytes() + repr((rgb.shape, steps, tune)).encode()).hexdigest()[:24]
-    path = cache_dir() / f"eval-{key}-{zoo.name}-{a_sha}.avatar"
+    path = cache_dir() / f"eval-{key}-{zoo.name}-{a_sha}-r{recipe_key(zoo.name)}.avatar"
     if path.is_file():
         pack = AvatarPack.load(path)
     else:
@@ -246,8 +248,9 @@ def enroll_source(engine, inst: Instruments, clip: Path, index: int, steps: tupl
         pack = Enroller(zoo, engine.progress, log).enroll(rgb, f"{clip.name} frame {index}", tune=tune,
                                                          invert_steps=steps[0], tune_steps=steps[1])
         pack.save(path)
+    from streamer.framing import generator_view
     reen = AvatarReenactor(engine, pack)
-    avatar_img = reen.avatar_img
+    avatar_img = generator_view(reen.avatar_img, pack.display_scale)
     reen.close()
     reading, avatar_emb = inst.read_output(avatar_img)
     if reading is None:

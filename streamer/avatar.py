@@ -2,10 +2,10 @@
 
 Tensors: `latent` (the inverted code), `tuned.<param>` (the pivotal-tuned generator weights that
 differ from the zoo's, only the tuned layers), `crop` (the aligned photo, uint8 HWC), `display`
-(a larger crop for side-by-side views) and, with `--tune-directions`, `directions.weight` /
-`directions.bias` (A tuned to this avatar; calibration.avatar_directions). Metadata (JSON): zoo,
-source p (the avatar's own pose), crop box, photo sha256, enrollment settings and quality figures,
-software versions. Loading is a header read plus a few MB of tensors: well under a second.
+(the photo around it, meta `display_scale` times wider, 256 px: the published frame's surroundings,
+streamer.framing) and, with `--tune-directions`, `directions.weight` / `directions.bias` (A tuned to
+this avatar; calibration.avatar_directions). Metadata (JSON): zoo, source p (the avatar's own pose),
+crop box, photo sha256, enrollment settings and quality figures, software versions. Loading is a header read plus a few MB of tensors: well under a second.
 
 A pack is checked when it loads (finite float tensors, uint8 RGB crops, a numeric finite pose `p`)
 and against the zoo that will run it (`check`: latent, pose, crop and tuned shapes), so a damaged or
@@ -33,7 +33,7 @@ class AvatarPack:
     latent: torch.Tensor                 # [1, *latent_shape]
     tuned: dict[str, torch.Tensor]       # generator parameter name -> tuned value
     crop: np.ndarray                     # aligned photo at the generator's resolution, uint8 HWC
-    display: np.ndarray                  # aligned photo for display, uint8 HWC
+    display: np.ndarray                  # the photo around the crop (display_scale x wider), uint8 HWC
     meta: dict = field(default_factory=dict)
     directions: dict[str, torch.Tensor] | None = None   # {"weight", "bias"} of A tuned to this avatar
     path: Path | None = None             # the file it was loaded from (for messages)
@@ -41,6 +41,11 @@ class AvatarPack:
     @property
     def p(self) -> np.ndarray:
         return np.asarray(self.meta["p"], dtype=np.float64)
+
+    @property
+    def display_scale(self) -> float:
+        """How many generator squares `display` spans (1: the same square, packs from before)."""
+        return float(self.meta.get("display_scale", 1.0))
 
     def generator(self, base):
         """A copy of the zoo generator with this avatar's tuned weights (the zoo's stays untouched)."""

@@ -42,6 +42,10 @@ OUTER_LIPS = [61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 31
 LEFT_EYE = [33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7]
 RIGHT_EYE = [362, 398, 384, 385, 386, 387, 388, 466, 263, 249, 390, 373, 374, 380, 381, 382]
 BROWS = [70, 63, 105, 66, 107, 336, 296, 334, 293, 300]
+# the chin and the jaw line below the mouth, and how much of the lower lip's drop each carries (the
+# mandible is one bone: the chin drops at least as far as the lower lip)
+CHIN = {152: 1.0, 175: 1.0, 199: 1.0, 200: 1.0, 18: 1.0, 83: 0.9, 313: 0.9, 148: 0.8, 377: 0.8,
+        176: 0.6, 400: 0.6, 149: 0.4, 378: 0.4, 150: 0.2, 379: 0.2}
 LEFT_LOWER_LID = [33, 7, 163, 144, 145, 153, 154, 155, 133]
 RIGHT_LOWER_LID = [362, 382, 381, 380, 374, 373, 390, 249, 263]
 PAIRED = (("mouthSmileLeft", "mouthSmileRight"), ("eyeBlinkLeft", "eyeBlinkRight"),
@@ -91,7 +95,8 @@ class AvatarShape:
             change = change * gain
         target = self.p + change
         posed = self._posed(target, np.clip(target[3:], 0.0, 1.5) - self.p[3:])
-        return self._keep_lids_apart(posed, self._posed(target, np.zeros(len(target) - 3)))
+        still = self._posed(target, np.zeros(len(target) - 3))
+        return self._keep_lids_apart(self._jaw_carries_chin(posed, still), still)
 
     def _posed(self, target: np.ndarray, expr_change: np.ndarray) -> np.ndarray:
         moved = self.canonical + torch.einsum("nde,e->nd", self.basis, torch.as_tensor(expr_change, dtype=torch.float32))
@@ -100,6 +105,18 @@ class AvatarShape:
         centre = cam[0].mean(0)
         cam = (cam[0] - centre) @ torch.as_tensor(turn, dtype=torch.float32).T + centre
         return (cam * cam.new_tensor([1.0, -1.0, -1.0]))[:, :2].double().numpy()
+
+    def _jaw_carries_chin(self, moved: np.ndarray, still: np.ndarray) -> np.ndarray:
+        """The shape model (fitted on generated faces, few with open mouths) drops the lower lip further
+        than the chin, and a wide-open mouth then spills over the chin: the chin follows the lip."""
+        drop = moved[14] - still[14]
+        down = self.landmarks[152, :2] - self.landmarks[10, :2]
+        down = down / np.linalg.norm(down)
+        for i, share in CHIN.items():
+            own = moved[i] - still[i]
+            if share * (drop @ down) > own @ down:
+                moved[i] = still[i] + own + (share * (drop @ down) - own @ down) * down
+        return moved
 
     def _keep_lids_apart(self, moved: np.ndarray, still: np.ndarray) -> np.ndarray:
         """The linear basis, pushed past a full blink, carries the upper lid through the lower one: each
@@ -116,12 +133,14 @@ class AvatarShape:
         return moved
 
     def control_points(self, spacing: float) -> list[int]:
-        """Landmarks that steer the warp: lips, eyes and brows first, then the rest, at least
-        `spacing` apart; not the inner lips (they part) nor the deepest 15% (they fold in a turn)."""
+        """Landmarks that steer the warp: lips, chin, eyes and brows first, then the rest, at least
+        `spacing` apart; not the inner lips (they part) nor the deepest 15% (the sides of the head: they
+        fold over in a turn) unless on the chin (deep when the head tips, and it must follow the jaw)."""
         xy, z = self.landmarks[:, :2], self.landmarks[:, 2]
-        skip = set(UPPER_INNER_LIP + LOWER_INNER_LIP) | set(np.flatnonzero(z > np.percentile(z, 85)))
+        deep = set(np.flatnonzero(z > np.percentile(z, 85))) - set(CHIN)
+        skip = set(UPPER_INNER_LIP + LOWER_INNER_LIP) | deep
         keep: list[int] = []
-        for i in OUTER_LIPS + LEFT_EYE + RIGHT_EYE + BROWS + list(range(len(xy))):
+        for i in OUTER_LIPS + list(CHIN) + LEFT_EYE + RIGHT_EYE + BROWS + list(range(len(xy))):
             if i in skip or i in keep:
                 continue
             if all(np.hypot(*(xy[i] - xy[j])) >= spacing for j in keep):

@@ -32,6 +32,7 @@ from engines.zoo import load_zoo
 
 from .api import Output
 from .avatar import AvatarPack
+from .framing import Framer
 from .output_guard import OutputGuard
 from .smoothing import OneEuro
 
@@ -97,6 +98,7 @@ class AvatarReenactor:
         self.z = pack.latent.float()
         self.reader = engine.zoo.pose_reader()
         self.relative, self.side_by_side, self.out_size = relative, side_by_side, out_size
+        self.framer = Framer(pack.display, pack.display_scale, out_size)
         self.hold_s, self.ease_s = hold_s, ease_s
         k = self.A.k
         self.p_avatar = torch.as_tensor(pack.p, dtype=torch.float32)
@@ -291,10 +293,7 @@ class AvatarReenactor:
         self._small = self.G.synthesize(latent.to(self.device)).cpu()
         if self.guard is not None:
             self._small = self.guard(self._small)
-        arr = ((self._small[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        if arr.shape[0] != self.out_size:
-            arr = np.asarray(Image.fromarray(arr).resize((self.out_size, self.out_size), Image.BICUBIC))
-        return arr
+        return self.framer(((self._small[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
 
     def _compose(self, driver: np.ndarray, result: np.ndarray) -> np.ndarray:
         if not self.side_by_side:

@@ -128,3 +128,16 @@ def test_loss_weights_favour_mouth_and_eyes(avatar):
     xy = shape.landmarks[:, :2]
     at = lambda i: float(w[int(round(xy[i, 1])), int(round(xy[i, 0]))])  # noqa: E731
     assert at(14) > 4.0 and 1.7 < at(159) < 2.5 and w[2, 2] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_an_opening_jaw_drops_the_chin_with_the_lip(avatar):
+    """The shape model alone drops the lower lip past the chin; the chin follows the lip."""
+    _, _, shape, _, _ = avatar
+    p = shape.p.copy()
+    p[JAW] = 1.0
+    moved, still = shape.at(p), shape.at(shape.p)
+    down = shape.landmarks[152, :2] - shape.landmarks[10, :2]
+    down /= np.linalg.norm(down)
+    lip, chin = (moved[14] - still[14]) @ down, (moved[152] - still[152]) @ down
+    assert lip > 3 and chin >= lip - 1e-6
+    assert 152 in shape.control_points(TargetRecipe().spacing)   # the chin steers the warp even when deep

@@ -1,0 +1,55 @@
+"""The published frame (streamer.framing): the render pasted into the photo's own surroundings."""
+import numpy as np
+import pytest
+
+from streamer.framing import Framer, face_square, generator_view, square_mask
+
+
+def test_the_render_sits_in_the_photos_surroundings():
+    rng = np.random.default_rng(0)
+    surroundings = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    face = np.full((64, 64, 3), 200, np.uint8)
+    frame = Framer(surroundings, 1.6, 256)(face)
+    o, s = face_square(256, 1.6)
+    assert (o, s) == (48, 160) and frame.shape == (256, 256, 3)
+    outside = np.ones((256, 256), bool)
+    outside[o:o + s, o:o + s] = False
+    assert np.array_equal(frame[outside], surroundings[outside])          # the photo, untouched
+    inner = frame[o + 20:o + s - 20, o + 20:o + s - 20]
+    assert (inner == 200).all()                                            # the render, unblended
+    edge = frame[o + s // 2, o].astype(int)                                # the seam fades from one to the other
+    assert np.abs(edge - surroundings[o + s // 2, o].astype(int)).max() <= 200
+
+
+def test_the_mask_is_a_square_that_fades_only_at_its_border():
+    m = square_mask(100, 0.12)
+    assert m[50, 50] == 1 and m[94 - 1, 50] == 1 and m[6, 50] == 1        # the chin's row near the edge: full
+    assert m[0, 50] < 0.2 and m[50, 0] < 0.2 and m[0, 0] < 0.2
+
+
+def test_packs_from_before_the_wider_crop_fill_the_frame():
+    face = np.full((64, 64, 3), 9, np.uint8)
+    frame = Framer(np.zeros((256, 256, 3), np.uint8), 1.0, 256)(face)
+    assert frame.shape == (256, 256, 3) and (frame == 9).all()
+
+
+def test_generator_view_cuts_the_square_back_out():
+    frame = np.zeros((256, 256, 3), np.uint8)
+    frame[48:208, 48:208] = 77
+    view = generator_view(frame, 1.6)
+    assert view.shape == (256, 256, 3) and abs(float(view.mean()) - 77) < 0.5
+    assert generator_view(frame, 1.0) is frame
+
+
+def test_published_avatar_frame_is_the_photo_around_the_render(engine, astronaut_pack):
+    """The reenactor's frame: outside the generator's square, the pack's surroundings exactly."""
+    from PIL import Image
+
+    from streamer.avatar import AvatarPack
+    pack = AvatarPack.load(astronaut_pack)
+    assert pack.display_scale == pytest.approx(1.6)
+    r = engine.make_reenactor(astronaut_pack)
+    o, s = face_square(256, pack.display_scale)
+    bg = np.asarray(Image.fromarray(pack.display).resize((256, 256), Image.BICUBIC))
+    assert np.array_equal(r.avatar_img[:o], bg[:o]) and np.array_equal(r.avatar_img[o + s:], bg[o + s:])
+    r.close()
