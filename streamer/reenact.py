@@ -49,6 +49,26 @@ FEEDBACK_LIMIT = 3.0  # the integral stays within +-3 normalised units (a quarte
 SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jawOpen": range(-4, 11)}
 
 
+def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, response) of one direction on one avatar, ready to invert by interpolation, or None
+    when the direction hardly moves this avatar (it is then left linear).
+
+    Only the stretch from the response's low to its peak is kept: past its peak a direction undoes
+    itself (a mouth that cannot open further closes again; a curve flattened there sent wide-open
+    requests to the far end: jawOpen r -0.4 on a toothy-smile portrait), so requests beyond it clamp
+    at the peak. The rest is made monotone with a minimum slope (the inverse's gain at most 20) and
+    anchored at 0, so it inverts without jumps: on a plateau through t = 0 a tiny requested change
+    would map to the plateau's end, and the avatar would never return to neutral."""
+    z = int(np.argmin(np.abs(t)))
+    lo, top = int(np.argmin(r[:z + 1])), z + int(np.argmax(r[z:]))
+    t, r = t[lo:top + 1], r[lo:top + 1]
+    if top == z or r[-1] - r[0] < 0.5:
+        return None
+    r = np.maximum.accumulate(r)
+    r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
+    return t, r - np.interp(0.0, t, r)
+
+
 class Engine:
     """One zoo's models (generator, directions), shared read-only by all sessions."""
 
@@ -166,16 +186,10 @@ class AvatarReenactor:
         p0, at = p[0], 1
         curves = {}
         for i, t in swept.items():
-            r = p[at:at + len(t), i] - p0[i]
+            curve = response_curve(t, p[at:at + len(t), i] - p0[i])
             at += len(t)
-            if r[-1] - r[0] < 0.5:       # this direction hardly moves this avatar: leave it linear
-                continue
-            # monotone, with a minimum slope (the inverse's gain at most 20) and anchored at 0 again, so
-            # it inverts by interpolation without jumps: on a plateau through t = 0 a tiny requested
-            # change would map to the plateau's end, and the avatar would never return to neutral
-            r = np.maximum.accumulate(r)
-            r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
-            curves[i] = (t, r - np.interp(0.0, t, r))
+            if curve is not None:
+                curves[i] = curve
         plus, minus = p[at:at + m] - p0, p[at + m:at + 2 * m] - p0
         far_plus, far_minus = p[at + 2 * m:at + 3 * m] - p0, p[at + 3 * m:] - p0
         own = np.arange(m), np.arange(3, k)

@@ -120,3 +120,20 @@ def test_an_enrollment_that_reaches_no_usable_avatar_is_refused_in_one_line(tmp_
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert lines[-1].startswith("error: astronaut.png: enrollment did not reach a usable avatar (identity"), lines[-1]
     assert not out.exists()
+
+
+def test_response_curve_stops_at_the_peak_where_a_direction_undoes_itself():
+    """A mouth that opens to t = 6 and closes again beyond: requests past the peak go to t = 6, not
+    to the far end of the sweep (where this avatar's mouth had closed: jawOpen r -0.4)."""
+    import numpy as np
+    from streamer.reenact import response_curve
+    t = np.arange(-4.0, 11.0)
+    r = np.array([-0.4, -0.3, -0.2, -0.1, 0.0, 0.05, 0.1, 0.4, 0.6, 0.7, 1.1, 0.2, 0.1, 0.3, 1.0])
+    steps, resp = response_curve(t, r)
+    assert steps[0] == -4 and steps[-1] == 6                   # low to peak only
+    assert np.all(np.diff(resp) > 0) and abs(np.interp(0.0, steps, resp)) < 1e-12
+    assert np.interp(5.0, resp, steps) == 6                    # a request beyond the peak: the peak
+    assert abs(np.interp(0.7 - r[4], resp, steps) - 5) < 0.3   # within it: the step that gives it
+    assert response_curve(t, 0.01 * t) is None                 # hardly moves: left linear
+    falling = response_curve(t, -0.2 * t)                      # moves only the wrong way: no curve
+    assert falling is None
