@@ -109,6 +109,12 @@ class Enroller:
         self.progress = progress
         self.log = log
         self.threads = threads or enroll_threads(zoo.name)
+        self._stages = ("align", "invert", "tune")
+
+    def _stage(self, name: str) -> str:
+        """Progress label of one enrollment stage, e.g. 'enroll 2/3 invert'."""
+        k = self._stages.index(name) + 1 if name in self._stages else 0
+        return f"enroll {k}/{len(self._stages)} {name}"
 
     # -- 1. align ------------------------------------------------------------------------------
     def align(self, photo: np.ndarray, name: str = "photo"):
@@ -212,7 +218,7 @@ class Enroller:
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=0.03)
         dim = float(np.prod(G.latent_shape))
-        for _ in tqdm(range(steps), desc="invert", disable=not self.progress, leave=False):
+        for _ in tqdm(range(steps), desc=self._stage("invert"), disable=not self.progress, leave=False):
             parts = self._losses(G.synthesize(self.pivot(z)), target, roi, lm_target, emb_target)
             loss = parts["pix"] + parts["lm"] + parts["id"]
             if encoder is None:  # z-space prior: stay on the Gaussian shell |z|^2 ~ dim
@@ -243,7 +249,7 @@ class Enroller:
         else:
             step, report = self._target_step(G, z, w, target, reading, tuning)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tuning.steps) if tuning.targets else None
-        for _ in tqdm(range(tuning.steps), desc="tune", disable=not self.progress, leave=False):
+        for _ in tqdm(range(tuning.steps), desc=self._stage("tune"), disable=not self.progress, leave=False):
             loss = step()
             opt.zero_grad()
             loss.backward()
@@ -301,16 +307,23 @@ class Enroller:
             check_supported(self.zoo.name)   # before minutes of inversion, not after
         caller = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # also pins this OS thread (a worker's own count may differ)
+        self._stages = ("align", "invert") + (("tune",) if tune else ()) + \
+            (("tune directions",) if tune_directions else ())
         try:
             pack = self._enroll(photo, name, tune, invert_steps, tune_steps, tune_directions)
         finally:
             torch.set_num_threads(caller)
         pack.meta["threads"] = self.threads
+        q = pack.meta["quality"].get("tuned") or pack.meta["quality"]["inverted"]
+        self.log(f"avatar: enrolled {name} in {pack.meta['seconds']:.0f} s (identity {q['sface_cosine']:.2f}, "
+                 "SFace cosine of its render to the photo)")
         return pack
 
     def _enroll(self, photo, name, tune, invert_steps, tune_steps, tune_directions=0) -> AvatarPack:
         t0 = time.time()
         box, crop, display, target, reading = self.align(photo, name)
+        if self.progress:
+            self.log(f"{self._stage('align')}: face crop {box[2]:.0f} px in {name} ({time.time() - t0:.1f} s)")
         roi = roi_from_landmarks(torch.as_tensor(reading.landmarks[None, :, :2]), VIEW_SIZE, VIEW_SIZE).float()
         lm_target = torch.as_tensor(reading.landmarks[None, :, :2])
         from calibration.identity import points_from_landmarks
