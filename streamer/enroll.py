@@ -484,25 +484,36 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
 
 @main_guard
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Enroll an avatar photo into an avatar pack")
-    ap.add_argument("--avatar", required=True, help="portrait photo (JPEG/PNG/WebP)")
-    ap.add_argument("--zoo", default="default")
-    ap.add_argument("--weights", help="weights folder (vox256)")
-    ap.add_argument("--out", type=Path, help="pack path (default: <photo>.avatar)")
-    ap.add_argument("--no-tune", action="store_true", help="skip pivotal tuning")
-    ap.add_argument("--invert-steps", type=int, help="optimisation steps of the inversion (zoo default)")
-    ap.add_argument("--tune-steps", type=int, help="pivotal tuning steps (zoo default)")
+    from engines.zoo import ZOOS
+    steps = lambda table: ", ".join(f"{z} {v}" for z, v in table.items())  # noqa: E731
+    ap = argparse.ArgumentParser(prog="python -m streamer.enroll",
+                                 description="Enroll an avatar photo into an avatar pack (run_stream.py also "
+                                             "enrolls and caches photos by itself; this writes a pack file)")
+    ap.add_argument("--avatar", required=True, help="required: portrait photo (JPEG/PNG/WebP)")
+    ap.add_argument("--zoo", default="default", choices=ZOOS,
+                    help="model set: default (64 px DCGAN, CPU, from pip) or vox256 (the paper's models, "
+                         "your weights: --weights DIR) (default: default)")
+    ap.add_argument("--weights", metavar="DIR",
+                    help="vox256 weights folder (python -m engines.weights fetch --dir DIR; default: none)")
+    ap.add_argument("--out", type=Path, help="pack path (default: <photo>.avatar beside the photo)")
+    ap.add_argument("--no-tune", action="store_true", help="skip pivotal tuning (default: tune)")
+    ap.add_argument("--invert-steps", type=int,
+                    help=f"optimisation steps of the inversion (default per zoo: {steps(INVERSION_STEPS)})")
+    ap.add_argument("--tune-steps", type=int,
+                    help=f"pivotal tuning steps (default per zoo: {steps({z: t.steps for z, t in TUNING.items()})})")
     ap.add_argument("--tune-directions", type=int, nargs="?", const=200, default=0, metavar="STEPS",
-                    help="also tune A to this avatar (default zoo; 200 steps when no number is given, ~2.5 min)")
+                    help="also tune A to this avatar (default zoo; 200 steps when no number is given, ~2.5 min; "
+                         "default: 0 = off)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads of the optimisation (default as every other tool enrolls: 1 for "
                          "the default zoo, all cores for vox256; other counts change the pack numerically)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
+    ap.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)  # older name
     args = ap.parse_args(argv)
     zoo = load_zoo(args.zoo, args.weights)
     photo = read_photo(args.avatar)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    enroller = Enroller(zoo, not args.no_progress, log, max(1, args.threads) if args.threads else None)
+    enroller = Enroller(zoo, not args.quiet, log, max(1, args.threads) if args.threads else None)
     pack = enroller.enroll(photo, Path(args.avatar).name, not args.no_tune, args.invert_steps, args.tune_steps,
                            args.tune_directions)
     pack.meta["photo_sha256"] = file_sha256(Path(args.avatar))
