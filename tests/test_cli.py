@@ -91,3 +91,17 @@ def test_version_and_keys_in_help():
     from streamer.controls import KEYS_HELP
     for k in ("r reset", "s side-by-side", "a next avatar", "q quit", "? help"):   # the keys the code knows
         assert k in KEYS_HELP
+
+
+def test_console_command_and_a_user_install_without_test_tools():
+    tomllib = pytest.importorskip("tomllib")
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["scripts"]["facereenact"] == "run_stream:main"
+    import run_stream
+    assert callable(run_stream.main)
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    assert '-m pip install -e .\n' in script and "[test]" not in script.replace('pip install -e ".[test]" adds', "")
+    r = subprocess.run(["bash", "scripts/install.sh", "--gpu"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown option --gpu (use --cpu or --cuda)"
+    r = subprocess.run(["bash", "scripts/install.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--cuda" in r.stdout and "TORCH_SPEC" in r.stdout and "set -e" not in r.stdout
