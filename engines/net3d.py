@@ -73,7 +73,7 @@ class MediaPipeNet3D:
             min_face_detection_confidence=min_confidence, min_face_presence_confidence=min_confidence,
             min_tracking_confidence=min_confidence,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-        with native_quiet():   # MediaPipe's start-up log lines (docs/streaming.md, "Console")
+        with native_quiet():   # MediaPipe's start-up log lines (engines/quiet.py)
             self._landmarker = vision.FaceLandmarker.create_from_options(opts)
         self._warm = False     # the graph's calculators finish starting (and log) on the first frame
         self.mode = mode
