@@ -137,7 +137,7 @@ def weight_path(weights_dir: str | Path | None, name: str) -> Path:
     w = VOX256[name]
     if weights_dir is None:
         raise UserError(f"the vox256 zoo needs a weights folder (--weights DIR) holding {w.filename} ({w.what}); "
-                        f"get it from {w.source}")
+                        f"get the files with: python -m engines.weights fetch --dir DIR (docs/weights.md)")
     d = Path(weights_dir)
     if not d.is_dir():
         raise UserError(f"weights folder not found: {d}")
@@ -229,7 +229,7 @@ def _fetch(args) -> int:
     if complete:
         print(f"done; check them with: python -m engines.weights status --dir {d}")
         return 0
-    print("everything else is in place; deca_model.tar needs the steps above")
+    print("not complete yet: deca_model.tar needs the steps above (the other files are in place)")
     return 1
 
 
