@@ -75,11 +75,12 @@ class Server:
                 else:
                     body = data
                     self.send_response(200)
+                # logged before the body goes out: the client cannot finish reading before the entry exists
+                outer.log.append((self.path, rng, len(body)))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
-                outer.log.append((self.path, rng, len(body)))
 
             def _send(self, code, body, ctype):
                 self.send_response(code)
