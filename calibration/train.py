@@ -219,7 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="source/target pairs per step (default 16)")
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, cosine decay to 0 (default 3e-3)")
     ap.add_argument("--init", choices=["random", "least_squares"], default="random",
-                    help="starting A: random, or the least-squares baseline that calibration.stats wrote (default random)")
+                    help="starting A: random, or the least-squares baseline that calibration.stats wrote "
+                         "(default random)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the batches and the start (default 0)")
     ap.add_argument("--ckpt-every", type=int, default=50,
                     help="write <run>/train_ckpt.pt every N steps, for --resume (default 50)")

@@ -514,7 +514,8 @@ def test_slow_sink_drops_frames_without_slowing_the_others():
 
     pipe, released_at = None, None
     slow, fast, chs = asyncio.run(main())
-    assert fast.indices == list(range(n_frames)) and pipe.stats.processed == n_frames   # the fast sink missed nothing
+    # the fast sink missed nothing
+    assert fast.indices == list(range(n_frames)) and pipe.stats.processed == n_frames
     assert pipe.stats.sink_dropped.get("slow", 0) >= blocked_for - 1 and chs[0].max_depth <= 1
     # back from its stall, the slow sink got the newest frame, not the one after its first (a backlog)
     first, resumed = slow.indices[0], slow.indices[1]
