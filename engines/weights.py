@@ -233,9 +233,16 @@ def _fetch(args) -> int:
     return 1
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Flag errors as one `error: ...` line and exit 2 (subcommand parsers inherit it)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 @main_guard
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engines.weights", description=__doc__.splitlines()[0])
+    ap = _OneLineParser(prog="python -m engines.weights", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="check every vox256 file in a folder")
     st.add_argument("--dir", required=True, help="weights folder")

@@ -233,6 +233,9 @@ def test_drive_refusal_and_unreachable_server_are_one_line(server, tmp_path):
     r = run_cli("fetch", "--dir", str(tmp_path / "w"), "--only", "generator", "--quiet",
                 "--base", "gdrive=http://127.0.0.1:9")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot reach" in r.stderr
+    for bad in (["fetch"], ["fetch", "--dir", "x", "--only", "nope"], ["fetch", "--dir", "x", "--base", "gdrive"]):
+        r = run_cli(*bad)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), (bad, r.stderr)
 
 
 def test_mirror_serves_every_file_by_name(server, tmp_path):
