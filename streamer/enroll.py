@@ -109,6 +109,12 @@ class Enroller:
         self.progress = progress
         self.log = log
         self.threads = threads or enroll_threads(zoo.name)
+        self._stages = ("align", "invert", "tune")
+
+    def _stage(self, name: str) -> str:
+        """Progress label of one enrollment stage, e.g. 'enroll 2/3 invert'."""
+        k = self._stages.index(name) + 1 if name in self._stages else 0
+        return f"enroll {k}/{len(self._stages)} {name}"
 
     # -- 1. align ------------------------------------------------------------------------------
     def align(self, photo: np.ndarray, name: str = "photo"):
@@ -212,7 +218,7 @@ class Enroller:
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=0.03)
         dim = float(np.prod(G.latent_shape))
-        for _ in tqdm(range(steps), desc="invert", disable=not self.progress, leave=False):
+        for _ in tqdm(range(steps), desc=self._stage("invert"), disable=not self.progress, leave=False):
             parts = self._losses(G.synthesize(self.pivot(z)), target, roi, lm_target, emb_target)
             loss = parts["pix"] + parts["lm"] + parts["id"]
             if encoder is None:  # z-space prior: stay on the Gaussian shell |z|^2 ~ dim
@@ -243,7 +249,7 @@ class Enroller:
         else:
             step, report = self._target_step(G, z, w, target, reading, tuning)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tuning.steps) if tuning.targets else None
-        for _ in tqdm(range(tuning.steps), desc="tune", disable=not self.progress, leave=False):
+        for _ in tqdm(range(tuning.steps), desc=self._stage("tune"), disable=not self.progress, leave=False):
             loss = step()
             opt.zero_grad()
             loss.backward()
@@ -301,16 +307,23 @@ class Enroller:
             check_supported(self.zoo.name)   # before minutes of inversion, not after
         caller = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # also pins this OS thread (a worker's own count may differ)
+        self._stages = ("align", "invert") + (("tune",) if tune else ()) + \
+            (("tune directions",) if tune_directions else ())
         try:
             pack = self._enroll(photo, name, tune, invert_steps, tune_steps, tune_directions)
         finally:
             torch.set_num_threads(caller)
         pack.meta["threads"] = self.threads
+        q = pack.meta["quality"].get("tuned") or pack.meta["quality"]["inverted"]
+        self.log(f"avatar: enrolled {name} in {pack.meta['seconds']:.0f} s (identity {q['sface_cosine']:.2f}, "
+                 "SFace cosine of its render to the photo)")
         return pack
 
     def _enroll(self, photo, name, tune, invert_steps, tune_steps, tune_directions=0) -> AvatarPack:
         t0 = time.time()
         box, crop, display, target, reading = self.align(photo, name)
+        if self.progress:
+            self.log(f"{self._stage('align')}: face crop {box[2]:.0f} px in {name} ({time.time() - t0:.1f} s)")
         roi = roi_from_landmarks(torch.as_tensor(reading.landmarks[None, :, :2]), VIEW_SIZE, VIEW_SIZE).float()
         lm_target = torch.as_tensor(reading.landmarks[None, :, :2])
         from calibration.identity import points_from_landmarks
@@ -471,25 +484,36 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
 
 @main_guard
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Enroll an avatar photo into an avatar pack")
-    ap.add_argument("--avatar", required=True, help="portrait photo (JPEG/PNG/WebP)")
-    ap.add_argument("--zoo", default="default")
-    ap.add_argument("--weights", help="weights folder (vox256)")
-    ap.add_argument("--out", type=Path, help="pack path (default: <photo>.avatar)")
-    ap.add_argument("--no-tune", action="store_true", help="skip pivotal tuning")
-    ap.add_argument("--invert-steps", type=int, help="optimisation steps of the inversion (zoo default)")
-    ap.add_argument("--tune-steps", type=int, help="pivotal tuning steps (zoo default)")
+    from engines.zoo import ZOOS
+    steps = lambda table: ", ".join(f"{z} {v}" for z, v in table.items())  # noqa: E731
+    ap = argparse.ArgumentParser(prog="python -m streamer.enroll",
+                                 description="Enroll an avatar photo into an avatar pack (run_stream.py also "
+                                             "enrolls and caches photos by itself; this writes a pack file)")
+    ap.add_argument("--avatar", required=True, help="required: portrait photo (JPEG/PNG/WebP)")
+    ap.add_argument("--zoo", default="default", choices=ZOOS,
+                    help="model set: default (64 px DCGAN, CPU, from pip) or vox256 (the paper's models, "
+                         "your weights: --weights DIR) (default: default)")
+    ap.add_argument("--weights", metavar="DIR",
+                    help="vox256 weights folder (python -m engines.weights fetch --dir DIR; default: none)")
+    ap.add_argument("--out", type=Path, help="pack path (default: <photo>.avatar beside the photo)")
+    ap.add_argument("--no-tune", action="store_true", help="skip pivotal tuning (default: tune)")
+    ap.add_argument("--invert-steps", type=int,
+                    help=f"optimisation steps of the inversion (default per zoo: {steps(INVERSION_STEPS)})")
+    ap.add_argument("--tune-steps", type=int,
+                    help=f"pivotal tuning steps (default per zoo: {steps({z: t.steps for z, t in TUNING.items()})})")
     ap.add_argument("--tune-directions", type=int, nargs="?", const=200, default=0, metavar="STEPS",
-                    help="also tune A to this avatar (default zoo; 200 steps when no number is given, ~2.5 min)")
+                    help="also tune A to this avatar (default zoo; 200 steps when no number is given, ~2.5 min; "
+                         "default: 0 = off)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads of the optimisation (default as every other tool enrolls: 1 for "
                          "the default zoo, all cores for vox256; other counts change the pack numerically)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
+    ap.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)  # older name
     args = ap.parse_args(argv)
     zoo = load_zoo(args.zoo, args.weights)
     photo = read_photo(args.avatar)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    enroller = Enroller(zoo, not args.no_progress, log, max(1, args.threads) if args.threads else None)
+    enroller = Enroller(zoo, not args.quiet, log, max(1, args.threads) if args.threads else None)
     pack = enroller.enroll(photo, Path(args.avatar).name, not args.no_tune, args.invert_steps, args.tune_steps,
                            args.tune_directions)
     pack.meta["photo_sha256"] = file_sha256(Path(args.avatar))
