@@ -95,7 +95,9 @@ def enroll_threads(zoo_name: str) -> int:
 
 
 class Enroller:
-    def __init__(self, zoo, progress: bool = True, log=print, threads: int | None = None):
+    def __init__(self, zoo, progress: bool = True, log=print, threads: int | None = None, on_progress=None):
+        """on_progress(stage, done, total): called as enrollment advances (stage: 'align', 'invert',
+        'targets', 'tune', 'check'; done/total: steps of that stage), e.g. for a page's progress bar."""
         from calibration.identity import IdentityScorer
         self.zoo = zoo
         self.G = zoo.generator
@@ -109,6 +111,11 @@ class Enroller:
         self.progress = progress
         self.log = log
         self.threads = threads or enroll_threads(zoo.name)
+        self.on_progress = on_progress
+
+    def _report(self, stage: str, done: int = 0, total: int = 0) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
 
     # -- 1. align ------------------------------------------------------------------------------
     def align(self, photo: np.ndarray, name: str = "photo"):
@@ -212,7 +219,8 @@ class Enroller:
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=0.03)
         dim = float(np.prod(G.latent_shape))
-        for _ in tqdm(range(steps), desc="invert", disable=not self.progress, leave=False):
+        for i in tqdm(range(steps), desc="invert", disable=not self.progress, leave=False):
+            self._report("invert", i, steps)
             parts = self._losses(G.synthesize(self.pivot(z)), target, roi, lm_target, emb_target)
             loss = parts["pix"] + parts["lm"] + parts["id"]
             if encoder is None:  # z-space prior: stay on the Gaussian shell |z|^2 ~ dim
@@ -243,7 +251,8 @@ class Enroller:
         else:
             step, report = self._target_step(G, z, w, target, reading, tuning)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tuning.steps) if tuning.targets else None
-        for _ in tqdm(range(tuning.steps), desc="tune", disable=not self.progress, leave=False):
+        for i in tqdm(range(tuning.steps), desc="tune", disable=not self.progress, leave=False):
+            self._report("tune", i, tuning.steps)
             loss = step()
             opt.zero_grad()
             loss.backward()
@@ -270,6 +279,7 @@ class Enroller:
         """Each step: the photo at the pivot plus `batch` pose targets at z + A dp (streamer.pose_targets),
         pixel losses weighted toward mouth and eyes, plus an L1 on image gradients."""
         recipe = tuning.targets
+        self._report("targets")
         with MediaPipeNet3D("image") as net3d:
             dps, images, gain = pose_targets(target, reading, self.directions, recipe, net3d,
                                              ShapeModel.load(shape_model_path(self.zoo.name)))
@@ -310,6 +320,7 @@ class Enroller:
 
     def _enroll(self, photo, name, tune, invert_steps, tune_steps, tune_directions=0) -> AvatarPack:
         t0 = time.time()
+        self._report("align")
         box, crop, display, target, reading = self.align(photo, name)
         roi = roi_from_landmarks(torch.as_tensor(reading.landmarks[None, :, :2]), VIEW_SIZE, VIEW_SIZE).float()
         lm_target = torch.as_tensor(reading.landmarks[None, :, :2])
@@ -336,6 +347,7 @@ class Enroller:
                 if not pivot_id >= USABLE[0]:   # nan (no face) included
                     raise UserError(f"{name}: enrollment did not reach a usable avatar (identity of its own "
                                     f"render {pivot_id:.2f}, needs {USABLE[0]}); try a sharper, frontal photo")
+                self._report("check")
                 quality["moving"] = self._usable(G_t, z, emb_target, name)
         directions, directions_report = None, None
         if tune_directions:
@@ -416,7 +428,7 @@ def _cache_problem(cached: Path) -> str | None:
 
 
 def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
-                   tune_directions: int = 0) -> AvatarPack:
+                   tune_directions: int = 0, on_progress=None) -> AvatarPack:
     """A pack file is loaded; a photo is enrolled once and cached by (content hash, zoo, A file,
     enrollment thread count, steps of tuning A to it). A cached pack that does not load or does not fit
     the zoo is enrolled again; a cache that cannot be written is reported and the run goes on uncached."""
@@ -457,7 +469,8 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
                 log(f"avatar: enrolling {path.name} without caching it ({problem})")
             else:
                 log(f"avatar: enrolling {path.name} (once; cached at {cached})")
-            pack = Enroller(zoo, progress, log).enroll(photo, path.name, tune_directions=tune_directions)
+            pack = Enroller(zoo, progress, log, on_progress=on_progress).enroll(photo, path.name,
+                                                                                tune_directions=tune_directions)
             pack.meta["photo_sha256"] = file_sha256(path)
             if problem is None:
                 try:

@@ -37,6 +37,7 @@ from .output_guard import OutputGuard
 from .smoothing import OneEuro
 
 OUT_SIZE = 256
+PACKS_KEPT = 4   # avatar packs an Engine keeps in memory (a default-zoo pack is ~3 MB)
 GATE_MIN = 0.5  # normalised units an expression direction must move its own parameter to stay on
 # ... and at least this much in the parameter's own units (blendshape scores jitter ~0.02 frame to
 # frame): a parameter with a narrow calibrated range (mouthFunnel: 0..0.1) passes 0.5 normalised units
@@ -73,11 +74,27 @@ class Engine:
         self.progress = progress
         self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
+        self._packs: dict[tuple, AvatarPack] = {}   # the last few packs, by file and its mtime/size
 
-    def pack(self, avatar: str | Path) -> AvatarPack:
+    def pack(self, avatar: str | Path, on_progress=None) -> AvatarPack:
+        """avatar's pack (enrolled once and cached; kept in memory for the next sessions).
+        on_progress(stage, done, total) reports an enrollment's progress (streamer.enroll.Enroller)."""
         from .enroll import load_or_enroll
+        path = Path(avatar)
+        try:
+            st = path.stat()
+            key = (str(path.resolve()), st.st_mtime_ns, st.st_size, self.tune_directions)
+        except OSError:
+            key = None                 # load_or_enroll says what is wrong with it
         with self._enroll_lock:
-            return load_or_enroll(avatar, self.zoo, self.progress, self.log, self.tune_directions)
+            if key in self._packs:
+                return self._packs[key]
+            pack = load_or_enroll(avatar, self.zoo, self.progress, self.log, self.tune_directions, on_progress)
+            if key is not None:
+                self._packs[key] = pack
+                while len(self._packs) > PACKS_KEPT:
+                    self._packs.pop(next(iter(self._packs)))
+            return pack
 
     def make_reenactor(self, avatar: str | Path | None, **kw) -> "AvatarReenactor":
         if avatar is None:
