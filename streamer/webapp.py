@@ -421,7 +421,11 @@ def create_app(*, peers: PeerManager | None, controller: Controller | None, toke
                 await ready(req.avatar)
             if req.action == "side_by_side" and req.value is not None:
                 kw["value"] = req.value
-            return web.json_response({"ok": True, "message": await target.handle(req.action, **kw)})
+            message = await target.handle(req.action, **kw)
+            p = preps.get(req.avatar or "default") if req.action == "avatar" else None
+            if p is not None:
+                message = f"avatar: {p.name}"     # the photo's own name, not the id it is stored by
+            return web.json_response({"ok": True, "message": message})
         except UserError as e:
             return err(400, str(e))
 
