@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import math
 import os
 import queue
 import threading
@@ -24,18 +25,21 @@ from typing import Callable
 
 from engines.errors import UserError
 
-# What each stage is called on the page, and where it starts and ends on the progress bar (share of a
-# default-zoo enrollment's time, measured on this project's 2-core test machine: tuning dominates).
+# What each stage is called on the page, where it starts and ends on the progress bar (its share of
+# a default-zoo enrollment's time, measured on this project's loaded 2-core machine: making the pose
+# targets and tuning take about a third each), and, for stages without steps, about how long it takes
+# (s): their bar creeps toward the stage's end on that time scale, so a long step-less stage still
+# shows that it is working.
 STAGES = {
-    "queued": ("waiting for another avatar", 0.0, 0.0),
-    "loading": ("loading models", 0.0, 0.02),
-    "align": ("finding the face", 0.02, 0.04),
-    "invert": ("fitting the face", 0.04, 0.14),
-    "targets": ("making expressions", 0.14, 0.18),
-    "tune": ("tuning the avatar", 0.18, 0.93),
-    "check": ("checking the avatar", 0.93, 0.99),
-    "ready": ("ready", 1.0, 1.0),
-    "failed": ("failed", 0.0, 0.0),
+    "queued": ("waiting for another avatar", 0.0, 0.0, 0),
+    "loading": ("loading models", 0.0, 0.03, 5),
+    "align": ("finding the face", 0.03, 0.05, 5),
+    "invert": ("fitting the face", 0.05, 0.20, 0),
+    "targets": ("making expressions", 0.20, 0.50, 40),
+    "tune": ("tuning the avatar", 0.50, 0.92, 0),
+    "check": ("checking the avatar", 0.92, 0.99, 10),
+    "ready": ("ready", 1.0, 1.0, 0),
+    "failed": ("failed", 0.0, 0.0, 0),
 }
 THUMB_SIZE = 128
 MAX_NAME = 60
@@ -90,8 +94,11 @@ class Prep:
     thumbnail: bytes | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future, repr=False)
     _t0: float | None = None
+    _stage_t0: float = 0.0
 
     def report(self, stage: str, done: int = 0, total: int = 0) -> None:
+        if stage != self.stage:
+            self._stage_t0 = time.monotonic()
         self.stage, self.done, self.total = stage, done, total
 
     @property
@@ -100,8 +107,14 @@ class Prep:
             return 1.0
         if self.state == "failed":
             return 0.0
-        _, lo, hi = STAGES.get(self.stage, ("", 0.0, 0.0))
-        return lo + (hi - lo) * (min(self.done, self.total) / self.total if self.total else 0.0)
+        _, lo, hi, typical_s = STAGES.get(self.stage, ("", 0.0, 0.0, 0))
+        if self.total:
+            part = min(self.done, self.total) / self.total
+        elif typical_s:   # no steps to count: approach (never reach) the stage's end
+            part = 0.9 * (1 - math.exp(-(time.monotonic() - self._stage_t0) / typical_s))
+        else:
+            part = 0.0
+        return lo + (hi - lo) * part
 
     def message(self) -> str:
         if self.state == "ready":

@@ -242,3 +242,24 @@ def test_page_assets_are_served_and_local():
     for el in ('id="send"', 'id="watch"', 'id="camera"', 'id="mirror"', 'id="thumb"', 'id="avatar-progress"',
                'id="fps"', 'id="latency"', 'id="status"'):
         assert el in page
+
+
+def test_progress_of_a_stage_without_steps_creeps_but_never_reaches_its_end(monkeypatch):
+    import streamer.preparing as preparing
+    from streamer.preparing import STAGES, Prep
+
+    now = [100.0]
+    monkeypatch.setattr(preparing.time, "monotonic", lambda: now[0])
+    p = Prep("default", "me.png", None, state="preparing")
+    p.report("invert", 150, 150)
+    end_of_invert = p.progress
+    p.report("targets")
+    at = []
+    for t in (0, 10, 40, 400, 4000):
+        now[0] = 100.0 + t
+        at.append(p.progress)
+    _, lo, hi, _ = STAGES["targets"]
+    assert end_of_invert == at[0] == lo
+    assert all(a < b for a, b in zip(at, at[1:-1])) and lo < at[-1] < hi
+    p.report("tune", 0, 600)
+    assert p.progress == STAGES["tune"][1] > at[-1]
