@@ -79,8 +79,17 @@ def main(argv=None) -> int:
                                        feedback_every=max(0, args.feedback))
 
     def prepare(avatar, report):
-        # WebRTC: enroll (or load) an avatar before anyone asks for it; sessions then find it in memory
-        return engine().pack(avatar, on_progress=report)
+        # WebRTC: enroll (or load) an avatar before anyone asks for it; sessions then find it in memory.
+        # A photo not enrolled yet enrolls in its own low-priority process, so running calls keep their
+        # frame rate meanwhile.
+        eng = engine()
+        if eng.is_ready(avatar):
+            return eng.pack(avatar, on_progress=report)
+        from streamer.preparing import enroll_in_subprocess
+        pack = enroll_in_subprocess(avatar, report, zoo=args.zoo, weights=args.weights, directions=args.directions,
+                                    tune_directions=max(0, args.tune_directions), log=log)
+        eng.remember(avatar, pack)
+        return pack
 
     return run_live(args, make_reenactor, prepare)
 

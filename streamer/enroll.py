@@ -427,6 +427,18 @@ def _cache_problem(cached: Path) -> str | None:
     return None
 
 
+def cached_pack_path(path: Path, zoo, tune_directions: int = 0) -> Path:
+    """Where the enrollment of photo `path` is cached: by (content hash, zoo, A file, enrollment thread
+    count, recipe, steps of tuning A to it)."""
+    key = file_sha256(path)[:24]
+    a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
+    # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
+    # nor packs enrolled by another recipe (steps, layers, pose targets)
+    tuned_a = f"-d{tune_directions}" if tune_directions else ""
+    root = _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
+    return root / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}{tuned_a}.avatar")
+
+
 def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
                    tune_directions: int = 0, on_progress=None) -> AvatarPack:
     """A pack file is loaded; a photo is enrolled once and cached by (content hash, zoo, A file,
@@ -441,14 +453,7 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
             log(f"avatar: {path.name} was enrolled without --tune-directions; it uses the zoo's A "
                 f"(enroll the photo with --tune-directions to tune A to it)")
     else:
-        key = file_sha256(path)[:24]
-        a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
-        # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
-        # nor packs enrolled by another recipe (steps, layers, pose targets)
-        tuned_a = f"-d{tune_directions}" if tune_directions else ""
-        root = _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
-        cached = root / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}"
-                         f"{tuned_a}.avatar")
+        cached = cached_pack_path(path, zoo, tune_directions)
         pack = None
         if cached.is_file():
             try:

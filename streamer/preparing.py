@@ -227,3 +227,92 @@ class Preparer:
         for p in list(self.items.values()):
             if p.state == "queued":
                 self._finish(p, "failed", "the server is closing")
+
+
+# ------------------------------------------------------------------ enrollment in its own process
+def enroll_in_subprocess(avatar, report=None, *, zoo: str = "default", weights=None, directions=None,
+                         tune_directions: int = 0, log=None, nice: int = PREPARE_NICE, enroll_kw: dict | None = None):
+    """Enroll photo `avatar` in a child process at low CPU priority and return its pack. A thread would
+    compete with live sessions for the interpreter lock (a niced thread holding it stalls them); a
+    process competes only for the CPU, where niceness gives the sessions precedence. The child caches
+    the pack as load_or_enroll does (the server's private cache for uploads); report(stage, done,
+    total) and log(message) get its progress. enroll_kw (tests): enroll with these Enroller.enroll
+    arguments instead, uncached. Errors -> UserError (one line)."""
+    import multiprocessing as mp
+    import tempfile
+
+    from streamer.avatar import AvatarPack
+    from streamer.enroll import _PRIVATE_CACHES
+
+    ctx = mp.get_context("spawn")      # a fresh interpreter: no copy of the server's threads and locks
+    name = Path(avatar).name
+    with tempfile.TemporaryDirectory(prefix="reenact-enroll-") as tmp:
+        out = Path(tmp) / "pack.avatar"
+        receive, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_enroll_child, name="avatar-enroll", daemon=True,
+                           args=(send, str(avatar), zoo, weights, directions, tune_directions,
+                                 {str(k): str(v) for k, v in _PRIVATE_CACHES.items()}, str(out), nice, enroll_kw))
+        proc.start()
+        send.close()
+        error = None
+        try:
+            while True:
+                try:
+                    msg = receive.recv()
+                except EOFError:       # the child ended (or died) without a word
+                    break
+                if msg[0] == "progress" and report is not None:
+                    report(*msg[1:])
+                elif msg[0] == "log" and log is not None:
+                    log(msg[1])
+                elif msg[0] == "error":
+                    error = msg[1]
+                elif msg[0] == "done":
+                    break
+        finally:
+            receive.close()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        if error is not None:
+            raise UserError(error)
+        if not out.is_file():
+            raise UserError(f"enrolling {name} failed: the enrollment process ended with exit code {proc.exitcode}")
+        return AvatarPack.load(out)
+
+
+def _enroll_child(conn, avatar, zoo, weights, directions, tune_directions, private, out, nice, enroll_kw):
+    try:
+        os.nice(nice)
+    except OSError:
+        pass
+    try:
+        import torch
+
+        from engines.zoo import load_zoo
+        from streamer import enroll
+
+        torch.set_num_threads(1)
+        for folder, cache in private.items():
+            enroll.private_cache(folder, cache)
+
+        def report(stage, done=0, total=0):
+            conn.send(("progress", stage, done, total))
+        report("loading")
+        z = load_zoo(zoo, weights, directions)
+        if enroll_kw is None:
+            pack = enroll.load_or_enroll(avatar, z, False, lambda m: conn.send(("log", m)), tune_directions,
+                                         on_progress=report)
+        else:
+            from streamer.photo import read_photo
+            pack = enroll.Enroller(z, False, lambda m: conn.send(("log", m)), on_progress=report).enroll(
+                read_photo(avatar), Path(avatar).name, **enroll_kw)
+        pack.save(out)
+        conn.send(("done",))
+    except UserError as e:
+        conn.send(("error", str(e)))
+    except BaseException as e:     # noqa: BLE001 - reported to the server as one line
+        conn.send(("error", f"enrolling {Path(avatar).name} failed: {type(e).__name__}: {str(e)[:200]}"))
+    finally:
+        conn.close()

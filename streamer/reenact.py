@@ -80,12 +80,7 @@ class Engine:
         """avatar's pack (enrolled once and cached; kept in memory for the next sessions).
         on_progress(stage, done, total) reports an enrollment's progress (streamer.enroll.Enroller)."""
         from .enroll import load_or_enroll
-        path = Path(avatar)
-        try:
-            st = path.stat()
-            key = (str(path.resolve()), st.st_mtime_ns, st.st_size, self.tune_directions)
-        except OSError:
-            key = None                 # load_or_enroll says what is wrong with it
+        key = self._key(avatar)
         with self._enroll_lock:
             if key in self._packs:
                 return self._packs[key]
@@ -95,6 +90,35 @@ class Engine:
                 while len(self._packs) > PACKS_KEPT:
                     self._packs.pop(next(iter(self._packs)))
             return pack
+
+    def _key(self, avatar) -> tuple | None:
+        path = Path(avatar)
+        try:
+            st = path.stat()
+        except OSError:
+            return None                 # load_or_enroll says what is wrong with it
+        return (str(path.resolve()), st.st_mtime_ns, st.st_size, self.tune_directions)
+
+    def remember(self, avatar: str | Path, pack: AvatarPack) -> None:
+        """Use `pack` (enrolled elsewhere, e.g. in another process) as avatar's from now on."""
+        pack.check(self.zoo)
+        key = self._key(avatar)
+        if key is not None:
+            with self._enroll_lock:
+                self._packs[key] = pack
+                while len(self._packs) > PACKS_KEPT:
+                    self._packs.pop(next(iter(self._packs)))
+
+    def is_ready(self, avatar: str | Path) -> bool:
+        """Whether avatar's pack is at hand (in memory, a pack file, or cached): no enrollment needed."""
+        from .enroll import cached_pack_path
+        path = Path(avatar)
+        if self._key(avatar) in self._packs or path.suffix in (".avatar", ".safetensors"):
+            return True
+        try:
+            return cached_pack_path(path, self.zoo, self.tune_directions).is_file()
+        except OSError:
+            return False
 
     def make_reenactor(self, avatar: str | Path | None, **kw) -> "AvatarReenactor":
         if avatar is None:

@@ -263,3 +263,18 @@ def test_progress_of_a_stage_without_steps_creeps_but_never_reaches_its_end(monk
     assert all(a < b for a, b in zip(at, at[1:-1])) and lo < at[-1] < hi
     p.report("tune", 0, 600)
     assert p.progress == STAGES["tune"][1] > at[-1]
+
+
+def test_enrollment_in_a_subprocess_reports_progress_and_fails_in_one_line(tmp_path):
+    """A photo without a face, enrolled in the low-priority child process (as run_stream's WebRTC
+    server enrolls photos): the child's progress arrives, and its error is one UserError line."""
+    from streamer.preparing import enroll_in_subprocess
+
+    photo = tmp_path / "noise.png"
+    photo.write_bytes(png_bytes(7, size=(128, 128)))
+    stages, logs = [], []
+    with pytest.raises(UserError) as e:
+        enroll_in_subprocess(photo, lambda stage, done, total: stages.append(stage), log=logs.append,
+                             enroll_kw={"invert_steps": 1, "tune_steps": 1})
+    assert str(e.value).startswith("no face found in noise.png") and "\n" not in str(e.value)
+    assert stages[:2] == ["loading", "align"]

@@ -50,9 +50,11 @@ def test_first_click_with_an_unenrolled_photo_yields_avatar_frames(tmp_path):
     """The README's `--avatar me.png --webrtc` with a photo never enrolled: the server prepares it as
     it starts, the page shows the progress, and the user's first click on "Send my camera" (made while
     the photo is still enrolling) connects once the avatar is ready and gets the avatar back; no
-    'RTCPeerConnection is closed'. Enrollment uses the tests' quick step counts (tests/media.py)."""
+    'RTCPeerConnection is closed'. The photo enrolls in a child process as the product's does, with the
+    tests' quick step counts (tests/media.py)."""
     import shutil
 
+    from streamer.preparing import enroll_in_subprocess
     from streamer.reenact import AvatarReenactor
 
     engine = Engine("default", log=lambda m: None, progress=False)
@@ -61,11 +63,11 @@ def test_first_click_with_an_unenrolled_photo_yields_avatar_frames(tmp_path):
     packs, reports = {}, []
 
     def prepare(path, report):
+        # as run_stream's server enrolls a new photo: in a low-priority child process
         def seen(stage, done, total):
             reports.append(stage)
             report(stage, done, total)
-        pack = Enroller(engine.zoo, progress=False, log=lambda m: None, on_progress=seen).enroll(
-            read_photo(path), Path(path).name, invert_steps=40, tune_steps=60)
+        pack = enroll_in_subprocess(path, seen, enroll_kw={"invert_steps": 40, "tune_steps": 60})
         packs[Path(path)] = pack
         return pack
 
