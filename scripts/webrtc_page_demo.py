@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,22 @@ def clip_frame(out: Path, index: int = 60) -> Path:
                 f.to_image().save(out, quality=92)
                 return out
     raise SystemExit(f"{CLIP} has fewer than {index + 1} frames")
+
+
+def enroll_children(server_pid: int) -> list[int]:
+    """The server's enrollment processes (multiprocessing spawn children, not its resource tracker)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == server_pid and b"spawn_main" in cmd:
+            out.append(int(d))
+    return out
 
 
 def loadavg() -> list[float]:
@@ -130,16 +147,47 @@ async def main(args) -> dict:
                     shot["due"] = True
                 return a is not None and a["state"] in ("ready", "failed")
 
-            samples = []
-            while True:
-                part = await sample_until(http, url, lambda s: enrolled(s) or shot.get("due"))
-                samples += part
+            samples, windows = [], {"running": [], "paused": []}
+            finished = {"yes": False}
+
+            def ended(s):
+                finished["yes"] = finished["yes"] or enrolled(s)
+                return finished["yes"] or shot.get("due")
+
+            while not finished["yes"]:
+                if args.ab and len(windows["paused"]) < args.ab_pairs:
+                    # paired windows under the same outside load: the enrollment running, then stopped
+                    for what in ("running", "paused"):
+                        kids = enroll_children(server.pid)
+                        if what == "paused":
+                            for k in kids:
+                                os.kill(k, signal.SIGSTOP)
+                        try:
+                            part = await sample_until(http, url, lambda s, t=time.monotonic() + args.ab:
+                                                      ended(s) or time.monotonic() > t)
+                        finally:
+                            for k in kids:
+                                os.kill(k, signal.SIGCONT)
+                        samples += part if what == "running" else []
+                        if kids and not finished["yes"]:
+                            windows[what].append(summary(part))
+                        if shot.pop("due", False):
+                            await b.screenshot(out / "3_upload_enrolling.png")
+                            shot["taken"] = True
+                        if finished["yes"]:
+                            break
+                    continue
+                samples += await sample_until(http, url, ended)
                 if shot.pop("due", False):
                     await b.screenshot(out / "3_upload_enrolling.png")
                     shot["taken"] = True
-                    continue
-                break
             numbers["during_upload_enrollment"] = summary(samples)
+            if args.ab:
+                for what, ws in windows.items():
+                    ws = [w for w in ws if w]
+                    numbers[f"ab_windows_enrollment_{what}"] = {
+                        "windows": len(ws), "fps_mean": round(sum(w["fps_mean"] for w in ws) / len(ws), 2) if ws else None,
+                        "each": [w["fps_mean"] for w in ws]}
             numbers["load_average_after_enrollment"] = loadavg()
             final = await status(http, url)
             numbers["upload"] = next(a for a in final["avatars"] if a["name"] == upload.name)
@@ -170,6 +218,10 @@ if __name__ == "__main__":
     ap.add_argument("--warm", type=float, default=6.0, help="seconds of call before each later screenshot")
     ap.add_argument("--baseline", type=float, default=20.0, help="seconds sampled before the upload and after the switch")
     ap.add_argument("--shot-at", type=float, default=0.3, help="progress at which the enrolling screenshots are taken")
+    ap.add_argument("--ab-pairs", type=int, default=6, help="how many --ab window pairs (then it runs to the end)")
+    ap.add_argument("--ab", type=float, default=0.0, metavar="S",
+                    help="during the upload's enrollment, alternate S-second windows with the enrollment process "
+                         "running and stopped (SIGSTOP), to compare the call's fps under the same outside load")
     a = ap.parse_args()
     if CHROMIUM is None:
         raise SystemExit("chromium not found (apt-get install chromium)")

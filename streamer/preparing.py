@@ -195,9 +195,14 @@ class Preparer:
                 p.thumbnail = thumbnail_jpeg(display)     # the avatar as enrolled: its face crop
             self._finish(p, "ready")
         except UserError as e:
-            self._finish(p, "failed", str(e))
+            self._finish(p, "failed", self._named(p, str(e)))
         except Exception as e:   # an engine bug must not leave the page waiting forever
-            self._finish(p, "failed", f"{type(e).__name__}: {str(e)[:200]}")
+            self._finish(p, "failed", self._named(p, f"{type(e).__name__}: {str(e)[:200]}"))
+
+    @staticmethod
+    def _named(p: Prep, message: str) -> str:
+        """An error about an upload names the photo as the user knows it, not the id it is stored by."""
+        return message.replace(p.path.name, p.name) if p.path is not None else message
 
     def get(self, aid: str) -> Prep | None:
         return self.items.get(aid)

@@ -265,3 +265,42 @@ def test_page_controls_and_an_upload_during_a_call(tmp_path):
     # ready: the call switched to it, and the page names the photo, not its stored id
     assert np.all(np.abs(np.subtract(after["corner"], avatar_color(photo))) < 50), after
     assert f"avatar: {photo.name}" in after["messages"], after["messages"]
+
+
+def test_a_photo_that_cannot_be_used_says_why_and_the_page_keeps_the_default(tmp_path):
+    """Chosen before a call, a photo whose preparation fails (no face) shows one line on the page, and
+    the next click on Send my camera uses the server's avatar, not the failed one."""
+    from engines.errors import UserError
+    from tests.stream_support import png_bytes
+
+    astronaut = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
+
+    def prepare(path, report):
+        if Path(path) != astronaut:
+            raise UserError(f"no face found in {Path(path).name}; use a photo with one clearly visible face")
+
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(png_bytes(9))
+    made = []
+
+    def factory(avatar):
+        made.append(FakeReenactor(avatar))
+        return made[-1]
+
+    async def main():
+        from streamer.webrtc import allow_loopback_candidates
+        allow_loopback_candidates()
+        async with served(factory, default_avatar=astronaut, prepare=prepare) as srv:
+            async with Chromium(tmp_path, f"{srv.url}/", make_y4m(tmp_path / "camera.y4m")) as b:
+                await b.wait_for(lambda s: s.get("polls", 0) >= 1)
+                await b.choose_file("#avatar", photo)
+                failed = await b.wait_for(lambda s: any("failed" in m for m in s["messages"]))
+                shown = await b.eval("document.getElementById('log').textContent")
+                await b.eval("document.getElementById('send').click()")
+                s = await b.wait_for(enough)
+                return failed, shown, s
+
+    failed, shown, s = asyncio.run(main())
+    assert shown.startswith("avatar cat.png failed: no face found in") and "\n" not in shown
+    assert enough(s) and s["state"] == "connected" and not s["error"]
+    assert [Path(r.avatar).name for r in made] == ["astronaut.png"]

@@ -31,6 +31,7 @@
     $('log').textContent = msg;
     $('log').classList.toggle('error', isError);
     if (msg && stats.messages[stats.messages.length - 1] !== msg) stats.messages.push(msg);
+    if (stats.messages.length > 50) stats.messages.splice(0, stats.messages.length - 50);
   }
 
   function headers(type) {
@@ -310,6 +311,11 @@
     const src = mode === 'send' ? me : mode === 'watch' ? server && server.server : null;
     stats.serverFps = src && src.fps != null ? src.fps : null;
     stats.latencyMs = src && src.latency_ms_p50 != null ? src.latency_ms_p50 : null;
+    const mine = avatarId && !switchTo ? prepOf(avatarId) : null;
+    if (mine && mine.state === 'failed') {            // a photo chosen before a call could not be used
+      avatarId = null;
+      say(`avatar ${mine.name} failed: ${mine.error}`, true);
+    }
     renderAvatar();
     renderControls();
     render();
