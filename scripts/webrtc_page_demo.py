@@ -38,7 +38,7 @@ CLIP = ROOT / "assets" / "pexels_woman.mp4"
 ASTRONAUT = ROOT / "assets" / "astronaut.png"
 
 
-def clip_frame(out: Path, index: int = 60) -> Path:
+def clip_frame(out: Path, index: int = 0) -> Path:
     with av.open(str(CLIP)) as c:
         for k, f in enumerate(c.decode(video=0)):
             if k == index:
@@ -108,9 +108,10 @@ async def main(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="page-demo-"))
     photo = tmp / "astronaut.png"
     photo.write_bytes(ASTRONAUT.read_bytes())
-    upload = clip_frame(tmp / "pexels_woman.jpg")
+    upload = clip_frame(tmp / "pexels_woman.jpg", args.frame)
     y4m = make_y4m(tmp / "camera.y4m", frames=240)
-    env = dict(os.environ, FACEREENACT_CACHE=str(tmp / "cache"), GLOG_minloglevel="3", PYTHONUNBUFFERED="1")
+    cache = Path(args.cache) if args.cache else tmp / "cache"     # fresh: the photo was never enrolled
+    env = dict(os.environ, FACEREENACT_CACHE=str(cache), GLOG_minloglevel="3", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "run_stream.py", "--avatar", str(photo), "--webrtc", "--port", str(args.port), "--quiet"]
     log = open(tmp / "server.log", "w")
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
@@ -152,9 +153,11 @@ async def main(args) -> dict:
 
             def ended(s):
                 finished["yes"] = finished["yes"] or enrolled(s)
-                return finished["yes"] or shot.get("due")
+                if args.sample_s and time.monotonic() - t_up > args.sample_s:
+                    finished["cut"] = True
+                return finished["yes"] or shot.get("due") or finished.get("cut")
 
-            while not finished["yes"]:
+            while not finished["yes"] and not finished.get("cut"):
                 if args.ab and len(windows["paused"]) < args.ab_pairs:
                     # paired windows under the same outside load: the enrollment running, then stopped
                     for what in ("running", "paused"):
@@ -189,16 +192,21 @@ async def main(args) -> dict:
                         "windows": len(ws), "fps_mean": round(sum(w["fps_mean"] for w in ws) / len(ws), 2) if ws else None,
                         "each": [w["fps_mean"] for w in ws]}
             numbers["load_average_after_enrollment"] = loadavg()
-            final = await status(http, url)
-            numbers["upload"] = next(a for a in final["avatars"] if a["name"] == upload.name)
-            numbers["upload"]["seconds_from_choosing"] = round(time.monotonic() - t_up, 1)
-            after = await b.wait_for(lambda s: any(m.startswith(f"avatar: {upload.name}") for m in s["messages"]),
-                                     timeout=120)
-            await asyncio.sleep(args.warm)
-            await b.screenshot(out / "4_new_avatar.png")
-            numbers["after_switch"] = summary(await sample_until(
-                http, url, lambda s, t=time.monotonic() + args.baseline: time.monotonic() > t))
-            numbers["page_messages"] = after.get("messages", [])[-4:]
+            if finished.get("cut"):
+                numbers["measurement_cut_after_s"] = args.sample_s
+                a = next(a for a in (await status(http, url))["avatars"] if a["name"] == upload.name)
+                numbers["upload_when_cut"] = a
+            else:
+                final = await status(http, url)
+                numbers["upload"] = next(a for a in final["avatars"] if a["name"] == upload.name)
+                numbers["upload"]["seconds_from_choosing"] = round(time.monotonic() - t_up, 1)
+                after = await b.wait_for(lambda s: any(m.startswith(f"avatar: {upload.name}") for m in s["messages"]),
+                                         timeout=120)
+                await asyncio.sleep(args.warm)
+                await b.screenshot(out / "4_new_avatar.png")
+                numbers["after_switch"] = summary(await sample_until(
+                    http, url, lambda s, t=time.monotonic() + args.baseline: time.monotonic() > t))
+                numbers["page_messages"] = after.get("messages", [])[-4:]
     finally:
         server.terminate()
         try:
@@ -218,6 +226,10 @@ if __name__ == "__main__":
     ap.add_argument("--warm", type=float, default=6.0, help="seconds of call before each later screenshot")
     ap.add_argument("--baseline", type=float, default=20.0, help="seconds sampled before the upload and after the switch")
     ap.add_argument("--shot-at", type=float, default=0.3, help="progress at which the enrolling screenshots are taken")
+    ap.add_argument("--cache", help="avatar cache to use (default: a fresh one, so the photo enrolls)")
+    ap.add_argument("--frame", type=int, default=0, help="frame of the bundled clip uploaded as the second photo")
+    ap.add_argument("--sample-s", type=float, default=0.0,
+                    help="stop measuring this many seconds after the upload (0: when it is ready, then switch)")
     ap.add_argument("--ab-pairs", type=int, default=6, help="how many --ab window pairs (then it runs to the end)")
     ap.add_argument("--ab", type=float, default=0.0, metavar="S",
                     help="during the upload's enrollment, alternate S-second windows with the enrollment process "
