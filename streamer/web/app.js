@@ -124,10 +124,11 @@
     say(`uploading ${file.name}\u2026`);
     const r = await post(`/avatar?name=${encodeURIComponent(file.name)}`, file, file.type);
     avatarId = r.avatar;
-    switchTo = pc ? r.avatar : null;
+    const switches = pc && (mode === 'send' || (server && server.can_control));
+    switchTo = switches ? r.avatar : null;
     renderAvatar();
-    return pc ? `preparing ${r.name}: the call goes on with the current avatar until it is ready`
-              : `preparing ${r.name}: it is used when you connect`;
+    return switches ? `preparing ${r.name}: the call goes on with the current avatar until it is ready`
+                    : `preparing ${r.name}: it is used when you send your camera`;
   }
 
   async function switchWhenReady() {
