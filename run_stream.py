@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     lock = threading.Lock()
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
 
-    def make_reenactor(avatar):
+    def engine():
         # models load on first use, once, shared by every session (peers call this concurrently)
         with lock:
             if "engine" not in state:
@@ -96,11 +96,27 @@ def main(argv=None) -> int:
                 state["engine"] = Engine(args.zoo, args.weights, args.directions, log=log,
                                          progress=not args.quiet, device=args.device,
                                          tune_directions=max(0, args.tune_directions))
-        return state["engine"].make_reenactor(avatar or args.avatar, relative=not args.absolute,
-                                              smooth=not args.no_smooth, correct=not args.no_correction,
-                                              feedback_every=max(0, args.feedback))
+        return state["engine"]
 
-    return run_live(args, make_reenactor)
+    def make_reenactor(avatar):
+        return engine().make_reenactor(avatar or args.avatar, relative=not args.absolute,
+                                       smooth=not args.no_smooth, correct=not args.no_correction,
+                                       feedback_every=max(0, args.feedback))
+
+    def prepare(avatar, report):
+        # WebRTC: enroll (or load) an avatar before anyone asks for it; sessions then find it in memory.
+        # A photo not enrolled yet enrolls in its own low-priority process, so running calls keep their
+        # frame rate meanwhile.
+        eng = engine()
+        if eng.is_ready(avatar):
+            return eng.pack(avatar, on_progress=report)
+        from streamer.preparing import enroll_in_subprocess
+        pack = enroll_in_subprocess(avatar, report, zoo=args.zoo, weights=args.weights, directions=args.directions,
+                                    tune_directions=max(0, args.tune_directions), log=log)
+        eng.remember(avatar, pack)
+        return pack
+
+    return run_live(args, make_reenactor, prepare)
 
 
 if __name__ == "__main__":

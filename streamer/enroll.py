@@ -95,7 +95,9 @@ def enroll_threads(zoo_name: str) -> int:
 
 
 class Enroller:
-    def __init__(self, zoo, progress: bool = True, log=print, threads: int | None = None):
+    def __init__(self, zoo, progress: bool = True, log=print, threads: int | None = None, on_progress=None):
+        """on_progress(stage, done, total): called as enrollment advances (stage: 'align', 'invert',
+        'targets', 'tune', 'check'; done/total: steps of that stage), e.g. for a page's progress bar."""
         from calibration.identity import IdentityScorer
         self.zoo = zoo
         self.G = zoo.generator
@@ -110,11 +112,16 @@ class Enroller:
         self.log = log
         self.threads = threads or enroll_threads(zoo.name)
         self._stages = ("align", "invert", "tune")
+        self.on_progress = on_progress
 
     def _stage(self, name: str) -> str:
         """Progress label of one enrollment stage, e.g. 'enroll 2/3 invert'."""
         k = self._stages.index(name) + 1 if name in self._stages else 0
         return f"enroll {k}/{len(self._stages)} {name}"
+
+    def _report(self, stage: str, done: int = 0, total: int = 0) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
 
     # -- 1. align ------------------------------------------------------------------------------
     def align(self, photo: np.ndarray, name: str = "photo"):
@@ -218,7 +225,8 @@ class Enroller:
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=0.03)
         dim = float(np.prod(G.latent_shape))
-        for _ in tqdm(range(steps), desc=self._stage("invert"), disable=not self.progress, leave=False):
+        for i in tqdm(range(steps), desc=self._stage("invert"), disable=not self.progress, leave=False):
+            self._report("invert", i, steps)
             parts = self._losses(G.synthesize(self.pivot(z)), target, roi, lm_target, emb_target)
             loss = parts["pix"] + parts["lm"] + parts["id"]
             if encoder is None:  # z-space prior: stay on the Gaussian shell |z|^2 ~ dim
@@ -249,7 +257,8 @@ class Enroller:
         else:
             step, report = self._target_step(G, z, w, target, reading, tuning)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tuning.steps) if tuning.targets else None
-        for _ in tqdm(range(tuning.steps), desc=self._stage("tune"), disable=not self.progress, leave=False):
+        for i in tqdm(range(tuning.steps), desc=self._stage("tune"), disable=not self.progress, leave=False):
+            self._report("tune", i, tuning.steps)
             loss = step()
             opt.zero_grad()
             loss.backward()
@@ -276,6 +285,7 @@ class Enroller:
         """Each step: the photo at the pivot plus `batch` pose targets at z + A dp (streamer.pose_targets),
         pixel losses weighted toward mouth and eyes, plus an L1 on image gradients."""
         recipe = tuning.targets
+        self._report("targets")
         with MediaPipeNet3D("image") as net3d:
             dps, images, gain = pose_targets(target, reading, self.directions, recipe, net3d,
                                              ShapeModel.load(shape_model_path(self.zoo.name)))
@@ -321,6 +331,7 @@ class Enroller:
 
     def _enroll(self, photo, name, tune, invert_steps, tune_steps, tune_directions=0) -> AvatarPack:
         t0 = time.time()
+        self._report("align")
         box, crop, display, target, reading = self.align(photo, name)
         if self.progress:
             self.log(f"{self._stage('align')}: face crop {box[2]:.0f} px in {name} ({time.time() - t0:.1f} s)")
@@ -349,6 +360,7 @@ class Enroller:
                 if not pivot_id >= USABLE[0]:   # nan (no face) included
                     raise UserError(f"{name}: enrollment did not reach a usable avatar (identity of its own "
                                     f"render {pivot_id:.2f}, needs {USABLE[0]}); try a sharper, frontal photo")
+                self._report("check")
                 quality["moving"] = self._usable(G_t, z, emb_target, name)
         directions, directions_report = None, None
         if tune_directions:
@@ -428,8 +440,20 @@ def _cache_problem(cached: Path) -> str | None:
     return None
 
 
+def cached_pack_path(path: Path, zoo, tune_directions: int = 0) -> Path:
+    """Where the enrollment of photo `path` is cached: by (content hash, zoo, A file, enrollment thread
+    count, recipe, steps of tuning A to it)."""
+    key = file_sha256(path)[:24]
+    a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
+    # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
+    # nor packs enrolled by another recipe (steps, layers, pose targets)
+    tuned_a = f"-d{tune_directions}" if tune_directions else ""
+    root = _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
+    return root / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}{tuned_a}.avatar")
+
+
 def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
-                   tune_directions: int = 0) -> AvatarPack:
+                   tune_directions: int = 0, on_progress=None) -> AvatarPack:
     """A pack file is loaded; a photo is enrolled once and cached by (content hash, zoo, A file,
     enrollment thread count, steps of tuning A to it). A cached pack that does not load or does not fit
     the zoo is enrolled again; a cache that cannot be written is reported and the run goes on uncached."""
@@ -442,14 +466,7 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
             log(f"avatar: {path.name} was enrolled without --tune-directions; it uses the zoo's A "
                 f"(enroll the photo with --tune-directions to tune A to it)")
     else:
-        key = file_sha256(path)[:24]
-        a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
-        # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
-        # nor packs enrolled by another recipe (steps, layers, pose targets)
-        tuned_a = f"-d{tune_directions}" if tune_directions else ""
-        root = _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
-        cached = root / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}"
-                         f"{tuned_a}.avatar")
+        cached = cached_pack_path(path, zoo, tune_directions)
         pack = None
         if cached.is_file():
             try:
@@ -470,7 +487,8 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
                 log(f"avatar: enrolling {path.name} without caching it ({problem})")
             else:
                 log(f"avatar: enrolling {path.name} (once; cached at {cached})")
-            pack = Enroller(zoo, progress, log).enroll(photo, path.name, tune_directions=tune_directions)
+            pack = Enroller(zoo, progress, log, on_progress=on_progress).enroll(photo, path.name,
+                                                                                tune_directions=tune_directions)
             pack.meta["photo_sha256"] = file_sha256(path)
             if problem is None:
                 try:
