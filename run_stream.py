@@ -5,6 +5,14 @@ Examples
   python run_stream.py --avatar assets/astronaut.png --source assets/pexels_woman.mp4 --sink out/demo.mp4 --side-by-side
   python run_stream.py --avatar me.png --webrtc            # browser page on http://127.0.0.1:8080
   python run_stream.py --avatar me.png --zoo vox256 --weights DIR
+
+Keys (live mode, in this terminal)
+  r  re-take the neutral reference (the driver's current face becomes "no motion")
+  s  side-by-side output on/off (driver | avatar | result)
+  a  next avatar (the --avatar photo, then the photos in --avatar-dir)
+  q  quit (also ctrl-D, ctrl-C)
+  ?  show the keys
+The same actions over HTTP: POST /control {"action": "reset" | "side_by_side" | "next_avatar"} (docs/streaming.md).
 """
 from __future__ import annotations
 
@@ -17,24 +25,40 @@ class OneLineParser(argparse.ArgumentParser):
     """Flag errors as one `error: ...` line and exit 2, like every other user error."""
 
     def error(self, message):
+        if "required: --avatar" in message:
+            message = "--avatar is required: a portrait photo (JPEG/PNG/WebP) or an .avatar pack, " \
+                      "e.g. --avatar assets/astronaut.png"
         self.exit(2, f"error: {message} (see --help)\n")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("facereenact")
+    except PackageNotFoundError:
+        return "unknown (not installed: bash scripts/install.sh)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from streamer.live import add_live_arguments
     ap = OneLineParser(description="Drive an avatar photo with your face (Bounareli et al., BMVC 2022)",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--version", action="version", version=f"facereenact {version()}")
     g = ap.add_argument_group("avatar and models")
-    g.add_argument("--avatar", help="portrait photo (enrolled once, cached) or an .avatar pack")
+    g.add_argument("--avatar", required=True,
+                   help="required: portrait photo (enrolled once, cached) or an .avatar pack")
     g.add_argument("--zoo", default="default", choices=["default", "vox256"],
                    help="model set: default (ships with pip packages, CPU) or vox256 (the paper's, your weights)")
-    g.add_argument("--weights", help="folder with the vox256 weight files (see docs/weights.md)")
+    g.add_argument("--weights", metavar="DIR",
+                   help="folder with the vox256 weight files (python -m engines.weights fetch --dir DIR; "
+                        "docs/weights.md)")
     g.add_argument("--directions", help="direction matrix file (default: the zoo's)")
-    g.add_argument("--side-by-side", action="store_true", default=None, help="output driver | avatar | result")
+    g.add_argument("--side-by-side", action="store_true", default=None,
+                   help="output driver | avatar | result (default: the result only)")
     g.add_argument("--absolute", action="store_true",
                    help="absolute motion (the paper's dp = p_driver - p_avatar) instead of relative to the "
                         "driver's first frame")
-    g.add_argument("--no-smooth", action="store_true", help="no temporal smoothing of the pose")
+    g.add_argument("--no-smooth", action="store_true", help="no temporal smoothing of the pose (default: One-Euro)")
     g.add_argument("--no-correction", action="store_true",
                    help="use A exactly as learned: no per-avatar response calibration (docs/reenactment.md)")
     g.add_argument("--feedback", type=int, default=0, metavar="N",
@@ -49,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: capture, MediaPipe and the encoder need the other cores; "
                         "more threads only add waiting on small per-frame work)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (enrollment)")
+    g.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)   # other tools' name
     add_live_arguments(ap)
     return ap
 
@@ -63,7 +88,7 @@ def main(argv=None) -> int:
     lock = threading.Lock()
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
 
-    def make_reenactor(avatar):
+    def engine():
         # models load on first use, once, shared by every session (peers call this concurrently)
         with lock:
             if "engine" not in state:
@@ -71,11 +96,27 @@ def main(argv=None) -> int:
                 state["engine"] = Engine(args.zoo, args.weights, args.directions, log=log,
                                          progress=not args.quiet, device=args.device,
                                          tune_directions=max(0, args.tune_directions))
-        return state["engine"].make_reenactor(avatar or args.avatar, relative=not args.absolute,
-                                              smooth=not args.no_smooth, correct=not args.no_correction,
-                                              feedback_every=max(0, args.feedback))
+        return state["engine"]
 
-    return run_live(args, make_reenactor)
+    def make_reenactor(avatar):
+        return engine().make_reenactor(avatar or args.avatar, relative=not args.absolute,
+                                       smooth=not args.no_smooth, correct=not args.no_correction,
+                                       feedback_every=max(0, args.feedback))
+
+    def prepare(avatar, report):
+        # WebRTC: enroll (or load) an avatar before anyone asks for it; sessions then find it in memory.
+        # A photo not enrolled yet enrolls in its own low-priority process, so running calls keep their
+        # frame rate meanwhile.
+        eng = engine()
+        if eng.is_ready(avatar):
+            return eng.pack(avatar, on_progress=report)
+        from streamer.preparing import enroll_in_subprocess
+        pack = enroll_in_subprocess(avatar, report, zoo=args.zoo, weights=args.weights, directions=args.directions,
+                                    tune_directions=max(0, args.tune_directions), log=log)
+        eng.remember(avatar, pack)
+        return pack
+
+    return run_live(args, make_reenactor, prepare)
 
 
 if __name__ == "__main__":

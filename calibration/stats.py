@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=4000, help="number of random latents")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="output folder (default runs/<zoo>)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--quiet", dest="no_progress", action="store_true", help="no progress bars")
+    ap.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)   # older name
     args = ap.parse_args(argv)
     out = args.out or Path("runs") / args.zoo
     out.mkdir(parents=True, exist_ok=True)

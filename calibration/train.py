@@ -208,29 +208,36 @@ def init_directions(zoo, stats: dict, init: str, ls_path: Path | None) -> Direct
 
 @main_guard
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Train the direction matrix A")
-    ap.add_argument("--zoo", default="default")
-    ap.add_argument("--weights", help="weights folder (vox256)")
+    from engines.zoo import ZOOS
+    ap = argparse.ArgumentParser(prog="python -m calibration.train",
+                                 description="Train the direction matrix A (the paper's loop; docs/calibration.md)")
+    ap.add_argument("--zoo", default="default", choices=ZOOS,
+                    help="model set: default (64 px DCGAN) or vox256 (the paper's, --weights DIR) (default: default)")
+    ap.add_argument("--weights", metavar="DIR", help="vox256 weights folder (default: none)")
     ap.add_argument("--run", type=Path, help="folder with stats.json/pool.npz; outputs go here (default runs/<zoo>)")
-    ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay to 0)")
-    ap.add_argument("--init", choices=["random", "least_squares"], default="random")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ckpt-every", type=int, default=50)
-    ap.add_argument("--resume", action="store_true", help="continue from <run>/train_ckpt.pt")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--steps", type=int, default=500, help="optimisation steps (default 500)")
+    ap.add_argument("--batch", type=int, default=16, help="source/target pairs per step (default 16)")
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, cosine decay to 0 (default 3e-3)")
+    ap.add_argument("--init", choices=["random", "least_squares"], default="random",
+                    help="starting A: random, or the least-squares baseline that calibration.stats wrote "
+                         "(default random)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the batches and the start (default 0)")
+    ap.add_argument("--ckpt-every", type=int, default=50,
+                    help="write <run>/train_ckpt.pt every N steps, for --resume (default 50)")
+    ap.add_argument("--resume", action="store_true", help="continue from <run>/train_ckpt.pt (default: start afresh)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default 0: all cores)")
     for k, v in WEIGHTS.items():
-        ap.add_argument(f"--w-{k}", type=float, default=v, help=f"loss weight (default {v})")
+        ap.add_argument(f"--w-{k}", type=float, default=v, help=f"weight of the {k} loss term (default {v})")
     ap.add_argument("--mixed", help="clip or image folder: add inverted real frames, half of each batch "
-                                     "(the paper's mixed mode; calibration.mixed)")
+                                     "(the paper's mixed mode; calibration.mixed) (default: none)")
     ap.add_argument("--mixed-frames", type=int, default=32, help="real frames to invert (default 32)")
     ap.add_argument("--mixed-steps", type=int, default=40, help="inversion steps per frame (default 40)")
     ap.add_argument("--expr-range", type=float, default=1.0,
                     help="single-direction expression shifts span +-R*a (default 1; a driver reaches 2)")
     ap.add_argument("--single-fraction", type=float, default=0.5,
                     help="share of each batch that shifts a single direction (default 0.5, the paper's)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--quiet", dest="no_progress", action="store_true", help="no progress bars (default: show them)")
+    ap.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)   # older name
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

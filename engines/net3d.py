@@ -8,6 +8,7 @@ evaluation and streaming use it; training backpropagates through the PyTorch por
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from .modelfiles import model_path
 from .pose import PARAM_NAMES, pose_vector
+from .quiet import native_quiet
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: warnings and up only
 
@@ -71,7 +73,9 @@ class MediaPipeNet3D:
             min_face_detection_confidence=min_confidence, min_face_presence_confidence=min_confidence,
             min_tracking_confidence=min_confidence,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-        self._landmarker = vision.FaceLandmarker.create_from_options(opts)
+        with native_quiet():   # MediaPipe's start-up log lines (engines/quiet.py)
+            self._landmarker = vision.FaceLandmarker.create_from_options(opts)
+        self._warm = False     # the graph's calculators finish starting (and log) on the first frame
         self.mode = mode
         self._last_ts = -1
         _OPEN.add(self._landmarker)
@@ -81,12 +85,14 @@ class MediaPipeNet3D:
         image = np.ascontiguousarray(image, dtype=np.uint8)
         h, w = image.shape[:2]
         mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=image)
-        if self.mode == "video":
-            ts = self._last_ts + 1 if timestamp_ms is None else max(int(timestamp_ms), self._last_ts + 1)
-            self._last_ts = ts
-            result = self._landmarker.detect_for_video(mp_image, ts)
-        else:
-            result = self._landmarker.detect(mp_image)
+        with native_quiet() if not self._warm else contextlib.nullcontext():
+            if self.mode == "video":
+                ts = self._last_ts + 1 if timestamp_ms is None else max(int(timestamp_ms), self._last_ts + 1)
+                self._last_ts = ts
+                result = self._landmarker.detect_for_video(mp_image, ts)
+            else:
+                result = self._landmarker.detect(mp_image)
+        self._warm = True
         faces = []
         for lms, shapes, mat in zip(result.face_landmarks, result.face_blendshapes,
                                     result.facial_transformation_matrixes):

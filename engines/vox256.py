@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .weights import VOX256, weight_path
+from .weights import VOX256, require, weight_path
 
 TRUNC_SAMPLES, TRUNC_SEED = 4096, 0
 
@@ -58,6 +58,13 @@ def load_vox256(weights_dir, directions=None, net3d: str | None = None):
     from .reenact_latent import OFFICIAL_PSI, official_latent
     from .stylegan2 import StyleGAN2
     from .zoo import Zoo
+    a_given = Path(directions) if directions else None
+    needs = ["generator"] + ([] if a_given else ["directions"]) + ([] if net3d == "mediapipe" else ["deca", "ranges"])
+    a_probe = a_given or (Path(weights_dir) / VOX256["directions"].filename if weights_dir else None)
+    if net3d is None and a_probe is not None and a_probe.is_file():
+        if Directions.from_checkpoint(a_probe).param_names != list(P_NAMES):
+            needs = [n for n in needs if n not in ("deca", "ranges")]   # a MediaPipe-driven A
+    require(weights_dir, needs)            # every missing file named at once
     G = StyleGAN2.from_checkpoint(weight_path(weights_dir, "generator"))
     G.shift_shape = (min(8, G.n_latent), G.style_dim)   # the paper shifts W+ layers 0..7
     a_path = Path(directions) if directions else None

@@ -1,10 +1,12 @@
 """The paper's model zoo ("vox256"): files users bring, their layouts, where to get them, checks.
 
     python -m engines.weights status --dir DIR
+    python -m engines.weights fetch --dir DIR
 
-prints present / missing / invalid for every file (exit 0 when everything inference needs is present
-and valid, 1 otherwise, 2 for a bad command line). The project never ships or downloads these files;
-docs/weights.md has the details and licences.
+`status` prints present / missing / invalid for every file (exit 0 when everything inference needs is
+present and valid, 1 otherwise, 2 for a bad command line). `fetch` downloads the files from where the
+paper's authors publish them, when you ask it to (engines/weights_fetch.py; nothing else in the project
+downloads). docs/weights.md has the details and licences.
 """
 from __future__ import annotations
 
@@ -135,7 +137,7 @@ def weight_path(weights_dir: str | Path | None, name: str) -> Path:
     w = VOX256[name]
     if weights_dir is None:
         raise UserError(f"the vox256 zoo needs a weights folder (--weights DIR) holding {w.filename} ({w.what}); "
-                        f"get it from {w.source}")
+                        f"get the files with: python -m engines.weights fetch --dir DIR (docs/weights.md)")
     d = Path(weights_dir)
     if not d.is_dir():
         raise UserError(f"weights folder not found: {d}")
@@ -143,6 +145,22 @@ def weight_path(weights_dir: str | Path | None, name: str) -> Path:
     if not p.is_file():
         raise UserError(f"missing {w.filename} ({w.what}) in {d}; get it from {w.source}")
     return p
+
+
+def require(weights_dir: str | Path | None, names) -> None:
+    """Every one of `names` present in the folder, or one UserError listing each missing file at once
+    (with every other missing inference file, so one fetch or copy fixes them all)."""
+    if weights_dir is None:
+        weight_path(None, next(iter(names)))
+    d = Path(weights_dir)
+    if not d.is_dir():
+        raise UserError(f"weights folder not found: {d}")
+    missing = [w for w in VOX256.values() if w.role == "inference" and not (d / w.filename).is_file()]
+    if not any(w.name in names for w in missing):
+        return
+    listed = "; ".join(f"{w.filename} ({w.what})" for w in missing)
+    raise UserError(f"missing {len(missing)} vox256 file{'s' if len(missing) > 1 else ''} in {d}: {listed}; "
+                    f"get them with: python -m engines.weights fetch --dir {d} (docs/weights.md)")
 
 
 def validate(weights_dir: str | Path, name: str) -> str:
@@ -166,7 +184,7 @@ def status(weights_dir: str | Path, roles=("inference", "training")) -> list[Sta
             continue
         p = Path(weights_dir) / w.filename
         if not p.is_file():
-            out.append(Status(w, "missing", f"get it from {w.source}"))
+            out.append(Status(w, "missing", f"get it from {w.source}, or with: python -m engines.weights fetch"))
             continue
         try:
             out.append(Status(w, "present", *w.check(p)))
@@ -189,14 +207,66 @@ def consistency(rows: list[Status]) -> list[str]:
     return issues
 
 
+def _parse_bases(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        host, sep, url = item.partition("=")
+        if not sep or not url:
+            raise UserError(f"--base needs HOST=URL, got '{item}'")
+        out[host] = url
+    return out
+
+
+def _fetch(args) -> int:
+    from .weights_fetch import fetch
+    d = Path(args.dir)
+    if d.exists() and not d.is_dir():
+        raise UserError(f"{d} exists and is not a folder")
+    roles = ("inference",) if args.inference_only else ("inference", "training")
+    print(f"fetching vox256 weights into {d}:")
+    complete = fetch(d, roles, _parse_bases(args.base), args.mirror, args.deca_archive,
+                     progress=not args.quiet, only=args.only)
+    if complete:
+        print(f"done; check them with: python -m engines.weights status --dir {d}")
+        return 0
+    print("not complete yet: deca_model.tar needs the steps above (the other files are in place)")
+    return 1
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Flag errors as one `error: ...` line and exit 2 (subcommand parsers inherit it)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 @main_guard
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engines.weights", description=__doc__.splitlines()[0])
+    ap = _OneLineParser(prog="python -m engines.weights", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="check every vox256 file in a folder")
     st.add_argument("--dir", required=True, help="weights folder")
     st.add_argument("--inference-only", action="store_true", help="skip the training-only files")
+    fe = sub.add_parser("fetch", help="download the vox256 files from where their authors publish them",
+                        description="Download the paper's release files (resumable, size/sha256-checked, "
+                                    "written as NAME.part then renamed). Exit 0: every file in place; 1: only "
+                                    "deca_model.tar is left (it needs a registration, the steps are printed); "
+                                    "2: a download or check failed (one line).")
+    fe.add_argument("--dir", required=True, help="weights folder (created if needed)")
+    fe.add_argument("--inference-only", action="store_true",
+                    help="skip the training-only files (ArcFace, LPIPS heads, AlexNet)")
+    fe.add_argument("--only", action="append", choices=list(VOX256), metavar="NAME",
+                    help=f"fetch only this file (repeatable): {', '.join(VOX256)}")
+    fe.add_argument("--deca-archive", type=Path, metavar="DATA_TAR_GZ",
+                    help="the DECA data.tar.gz you downloaded after registering: deca_model.tar is taken from it")
+    fe.add_argument("--mirror", metavar="URL",
+                    help="fetch every file as URL/<file name> instead (a folder holding the same files)")
+    fe.add_argument("--base", action="append", default=[], metavar="HOST=URL",
+                    help="replace one host's base URL: gdrive, github or pytorch (also FACEREENACT_FETCH_<HOST>)")
+    fe.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    if args.cmd == "fetch":
+        return _fetch(args)
     d = Path(args.dir)
     if not d.is_dir():
         raise UserError(f"weights folder not found: {d}")

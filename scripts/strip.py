@@ -2,6 +2,8 @@
 
     python scripts/strip.py --videos before.mp4 after.mp4 --labels "before" "after" --frames 0 60 120 \
         --out docs/strip.png
+    python scripts/strip.py --videos out/demo.mp4 --labels reenacted --frames 40 120 260 300 350 420 \
+        --size 128 --with-avatar --out docs/demo_strip.png        # the README's picture
 
 Row 1: the driver at each frame; then one row per video with its result column. Only ever run it on
 the bundled astronaut and Pexels clip (the other media's licences allow testing, not publishing).
@@ -12,7 +14,7 @@ import argparse
 
 import av
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 def frames_at(path: str, indices: list[int]) -> dict[int, np.ndarray]:
@@ -32,6 +34,8 @@ def main() -> int:
     ap.add_argument("--labels", nargs="+", required=True)
     ap.add_argument("--frames", nargs="+", type=int, required=True)
     ap.add_argument("--size", type=int, default=160, help="tile side in pixels")
+    ap.add_argument("--with-avatar", action="store_true",
+                    help="first column: the avatar photo (the middle panel) beside each video's row")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     s, label_w = args.size, 90
@@ -43,7 +47,14 @@ def main() -> int:
     rows.append(("driver", [Image.fromarray(first[i][:, (drv_w - h) // 2:(drv_w + h) // 2]) for i in args.frames]))
     for label, frames in zip(args.labels, per_video):
         rows.append((label, [Image.fromarray(frames[i][:, -h:]) for i in args.frames]))
-    sheet = Image.new("RGB", (label_w + s * len(args.frames), s * len(rows)), "white")
+    if args.with_avatar:
+        blank = Image.new("RGB", (h, h), "white")
+        ImageDraw.Draw(blank).text((h // 10, h - h // 4), "avatar photo", fill="black",
+                                   font=ImageFont.load_default(size=h // 8))
+        rows[0][1].insert(0, blank)
+        for (_, tiles), frames in zip(rows[1:], per_video):
+            tiles.insert(0, Image.fromarray(frames[args.frames[0]][:, -2 * h:-h]))
+    sheet = Image.new("RGB", (label_w + s * len(rows[0][1]), s * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (label, tiles) in enumerate(rows):
         draw.text((6, r * s + s // 2 - 6), label, fill="black")

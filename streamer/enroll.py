@@ -95,7 +95,9 @@ def enroll_threads(zoo_name: str) -> int:
 
 
 class Enroller:
-    def __init__(self, zoo, progress: bool = True, log=print, threads: int | None = None):
+    def __init__(self, zoo, progress: bool = True, log=print, threads: int | None = None, on_progress=None):
+        """on_progress(stage, done, total): called as enrollment advances (stage: 'align', 'invert',
+        'targets', 'tune', 'check'; done/total: steps of that stage), e.g. for a page's progress bar."""
         from calibration.identity import IdentityScorer
         self.zoo = zoo
         self.G = zoo.generator
@@ -109,6 +111,17 @@ class Enroller:
         self.progress = progress
         self.log = log
         self.threads = threads or enroll_threads(zoo.name)
+        self._stages = ("align", "invert", "tune")
+        self.on_progress = on_progress
+
+    def _stage(self, name: str) -> str:
+        """Progress label of one enrollment stage, e.g. 'enroll 2/3 invert'."""
+        k = self._stages.index(name) + 1 if name in self._stages else 0
+        return f"enroll {k}/{len(self._stages)} {name}"
+
+    def _report(self, stage: str, done: int = 0, total: int = 0) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
 
     # -- 1. align ------------------------------------------------------------------------------
     def align(self, photo: np.ndarray, name: str = "photo"):
@@ -212,7 +225,8 @@ class Enroller:
         z.requires_grad_(True)
         opt = torch.optim.Adam([z], lr=0.03)
         dim = float(np.prod(G.latent_shape))
-        for _ in tqdm(range(steps), desc="invert", disable=not self.progress, leave=False):
+        for i in tqdm(range(steps), desc=self._stage("invert"), disable=not self.progress, leave=False):
+            self._report("invert", i, steps)
             parts = self._losses(G.synthesize(self.pivot(z)), target, roi, lm_target, emb_target)
             loss = parts["pix"] + parts["lm"] + parts["id"]
             if encoder is None:  # z-space prior: stay on the Gaussian shell |z|^2 ~ dim
@@ -243,7 +257,8 @@ class Enroller:
         else:
             step, report = self._target_step(G, z, w, target, reading, tuning)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tuning.steps) if tuning.targets else None
-        for _ in tqdm(range(tuning.steps), desc="tune", disable=not self.progress, leave=False):
+        for i in tqdm(range(tuning.steps), desc=self._stage("tune"), disable=not self.progress, leave=False):
+            self._report("tune", i, tuning.steps)
             loss = step()
             opt.zero_grad()
             loss.backward()
@@ -270,6 +285,7 @@ class Enroller:
         """Each step: the photo at the pivot plus `batch` pose targets at z + A dp (streamer.pose_targets),
         pixel losses weighted toward mouth and eyes, plus an L1 on image gradients."""
         recipe = tuning.targets
+        self._report("targets")
         with MediaPipeNet3D("image") as net3d:
             dps, images, gain = pose_targets(target, reading, self.directions, recipe, net3d,
                                              ShapeModel.load(shape_model_path(self.zoo.name)))
@@ -301,16 +317,24 @@ class Enroller:
             check_supported(self.zoo.name)   # before minutes of inversion, not after
         caller = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # also pins this OS thread (a worker's own count may differ)
+        self._stages = ("align", "invert") + (("tune",) if tune else ()) + \
+            (("tune directions",) if tune_directions else ())
         try:
             pack = self._enroll(photo, name, tune, invert_steps, tune_steps, tune_directions)
         finally:
             torch.set_num_threads(caller)
         pack.meta["threads"] = self.threads
+        q = pack.meta["quality"].get("tuned") or pack.meta["quality"]["inverted"]
+        self.log(f"avatar: enrolled {name} in {pack.meta['seconds']:.0f} s (identity {q['sface_cosine']:.2f}, "
+                 "SFace cosine of its render to the photo)")
         return pack
 
     def _enroll(self, photo, name, tune, invert_steps, tune_steps, tune_directions=0) -> AvatarPack:
         t0 = time.time()
+        self._report("align")
         box, crop, display, target, reading = self.align(photo, name)
+        if self.progress:
+            self.log(f"{self._stage('align')}: face crop {box[2]:.0f} px in {name} ({time.time() - t0:.1f} s)")
         roi = roi_from_landmarks(torch.as_tensor(reading.landmarks[None, :, :2]), VIEW_SIZE, VIEW_SIZE).float()
         lm_target = torch.as_tensor(reading.landmarks[None, :, :2])
         from calibration.identity import points_from_landmarks
@@ -336,6 +360,7 @@ class Enroller:
                 if not pivot_id >= USABLE[0]:   # nan (no face) included
                     raise UserError(f"{name}: enrollment did not reach a usable avatar (identity of its own "
                                     f"render {pivot_id:.2f}, needs {USABLE[0]}); try a sharper, frontal photo")
+                self._report("check")
                 quality["moving"] = self._usable(G_t, z, emb_target, name)
         directions, directions_report = None, None
         if tune_directions:
@@ -415,8 +440,20 @@ def _cache_problem(cached: Path) -> str | None:
     return None
 
 
+def cached_pack_path(path: Path, zoo, tune_directions: int = 0) -> Path:
+    """Where the enrollment of photo `path` is cached: by (content hash, zoo, A file, enrollment thread
+    count, recipe, steps of tuning A to it)."""
+    key = file_sha256(path)[:24]
+    a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
+    # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
+    # nor packs enrolled by another recipe (steps, layers, pose targets)
+    tuned_a = f"-d{tune_directions}" if tune_directions else ""
+    root = _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
+    return root / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}{tuned_a}.avatar")
+
+
 def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
-                   tune_directions: int = 0) -> AvatarPack:
+                   tune_directions: int = 0, on_progress=None) -> AvatarPack:
     """A pack file is loaded; a photo is enrolled once and cached by (content hash, zoo, A file,
     enrollment thread count, steps of tuning A to it). A cached pack that does not load or does not fit
     the zoo is enrolled again; a cache that cannot be written is reported and the run goes on uncached."""
@@ -429,14 +466,7 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
             log(f"avatar: {path.name} was enrolled without --tune-directions; it uses the zoo's A "
                 f"(enroll the photo with --tune-directions to tune A to it)")
     else:
-        key = file_sha256(path)[:24]
-        a_sha = file_sha256(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
-        # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
-        # nor packs enrolled by another recipe (steps, layers, pose targets)
-        tuned_a = f"-d{tune_directions}" if tune_directions else ""
-        root = _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
-        cached = root / (f"{key}-{zoo.name}-{a_sha}-t{enroll_threads(zoo.name)}-r{recipe_key(zoo.name)}"
-                         f"{tuned_a}.avatar")
+        cached = cached_pack_path(path, zoo, tune_directions)
         pack = None
         if cached.is_file():
             try:
@@ -457,7 +487,8 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
                 log(f"avatar: enrolling {path.name} without caching it ({problem})")
             else:
                 log(f"avatar: enrolling {path.name} (once; cached at {cached})")
-            pack = Enroller(zoo, progress, log).enroll(photo, path.name, tune_directions=tune_directions)
+            pack = Enroller(zoo, progress, log, on_progress=on_progress).enroll(photo, path.name,
+                                                                                tune_directions=tune_directions)
             pack.meta["photo_sha256"] = file_sha256(path)
             if problem is None:
                 try:
@@ -471,25 +502,36 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
 
 @main_guard
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Enroll an avatar photo into an avatar pack")
-    ap.add_argument("--avatar", required=True, help="portrait photo (JPEG/PNG/WebP)")
-    ap.add_argument("--zoo", default="default")
-    ap.add_argument("--weights", help="weights folder (vox256)")
-    ap.add_argument("--out", type=Path, help="pack path (default: <photo>.avatar)")
-    ap.add_argument("--no-tune", action="store_true", help="skip pivotal tuning")
-    ap.add_argument("--invert-steps", type=int, help="optimisation steps of the inversion (zoo default)")
-    ap.add_argument("--tune-steps", type=int, help="pivotal tuning steps (zoo default)")
+    from engines.zoo import ZOOS
+    steps = lambda table: ", ".join(f"{z} {v}" for z, v in table.items())  # noqa: E731
+    ap = argparse.ArgumentParser(prog="python -m streamer.enroll",
+                                 description="Enroll an avatar photo into an avatar pack (run_stream.py also "
+                                             "enrolls and caches photos by itself; this writes a pack file)")
+    ap.add_argument("--avatar", required=True, help="required: portrait photo (JPEG/PNG/WebP)")
+    ap.add_argument("--zoo", default="default", choices=ZOOS,
+                    help="model set: default (64 px DCGAN, CPU, from pip) or vox256 (the paper's models, "
+                         "your weights: --weights DIR) (default: default)")
+    ap.add_argument("--weights", metavar="DIR",
+                    help="vox256 weights folder (python -m engines.weights fetch --dir DIR; default: none)")
+    ap.add_argument("--out", type=Path, help="pack path (default: <photo>.avatar beside the photo)")
+    ap.add_argument("--no-tune", action="store_true", help="skip pivotal tuning (default: tune)")
+    ap.add_argument("--invert-steps", type=int,
+                    help=f"optimisation steps of the inversion (default per zoo: {steps(INVERSION_STEPS)})")
+    ap.add_argument("--tune-steps", type=int,
+                    help=f"pivotal tuning steps (default per zoo: {steps({z: t.steps for z, t in TUNING.items()})})")
     ap.add_argument("--tune-directions", type=int, nargs="?", const=200, default=0, metavar="STEPS",
-                    help="also tune A to this avatar (default zoo; 200 steps when no number is given, ~2.5 min)")
+                    help="also tune A to this avatar (default zoo; 200 steps when no number is given, ~2.5 min; "
+                         "default: 0 = off)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads of the optimisation (default as every other tool enrolls: 1 for "
                          "the default zoo, all cores for vox256; other counts change the pack numerically)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars (default: show them)")
+    ap.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)  # older name
     args = ap.parse_args(argv)
     zoo = load_zoo(args.zoo, args.weights)
     photo = read_photo(args.avatar)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    enroller = Enroller(zoo, not args.no_progress, log, max(1, args.threads) if args.threads else None)
+    enroller = Enroller(zoo, not args.quiet, log, max(1, args.threads) if args.threads else None)
     pack = enroller.enroll(photo, Path(args.avatar).name, not args.no_tune, args.invert_steps, args.tune_steps,
                            args.tune_directions)
     pack.meta["photo_sha256"] = file_sha256(Path(args.avatar))

@@ -37,6 +37,7 @@ from .output_guard import OutputGuard
 from .smoothing import OneEuro
 
 OUT_SIZE = 256
+PACKS_KEPT = 4   # avatar packs an Engine keeps in memory (a default-zoo pack is ~3 MB)
 GATE_MIN = 0.5  # normalised units an expression direction must move its own parameter to stay on
 # ... and at least this much in the parameter's own units (blendshape scores jitter ~0.02 frame to
 # frame): a parameter with a narrow calibrated range (mouthFunnel: 0..0.1) passes 0.5 normalised units
@@ -93,11 +94,51 @@ class Engine:
         self.progress = progress
         self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
+        self._packs: dict[tuple, AvatarPack] = {}   # the last few packs, by file and its mtime/size
 
-    def pack(self, avatar: str | Path) -> AvatarPack:
+    def pack(self, avatar: str | Path, on_progress=None) -> AvatarPack:
+        """avatar's pack (enrolled once and cached; kept in memory for the next sessions).
+        on_progress(stage, done, total) reports an enrollment's progress (streamer.enroll.Enroller)."""
         from .enroll import load_or_enroll
+        key = self._key(avatar)
         with self._enroll_lock:
-            return load_or_enroll(avatar, self.zoo, self.progress, self.log, self.tune_directions)
+            if key in self._packs:
+                return self._packs[key]
+            pack = load_or_enroll(avatar, self.zoo, self.progress, self.log, self.tune_directions, on_progress)
+            if key is not None:
+                self._packs[key] = pack
+                while len(self._packs) > PACKS_KEPT:
+                    self._packs.pop(next(iter(self._packs)))
+            return pack
+
+    def _key(self, avatar) -> tuple | None:
+        path = Path(avatar)
+        try:
+            st = path.stat()
+        except OSError:
+            return None                 # load_or_enroll says what is wrong with it
+        return (str(path.resolve()), st.st_mtime_ns, st.st_size, self.tune_directions)
+
+    def remember(self, avatar: str | Path, pack: AvatarPack) -> None:
+        """Use `pack` (enrolled elsewhere, e.g. in another process) as avatar's from now on."""
+        pack.check(self.zoo)
+        key = self._key(avatar)
+        if key is not None:
+            with self._enroll_lock:
+                self._packs[key] = pack
+                while len(self._packs) > PACKS_KEPT:
+                    self._packs.pop(next(iter(self._packs)))
+
+    def is_ready(self, avatar: str | Path) -> bool:
+        """Whether avatar's pack is at hand (in memory, a pack file, or cached): no enrollment needed."""
+        from .enroll import cached_pack_path
+        path = Path(avatar)
+        if self._key(avatar) in self._packs or path.suffix in (".avatar", ".safetensors"):
+            return True
+        try:
+            return cached_pack_path(path, self.zoo, self.tune_directions).is_file()
+        except OSError:
+            return False
 
     def make_reenactor(self, avatar: str | Path | None, **kw) -> "AvatarReenactor":
         if avatar is None:

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from engines.errors import UserError
 from streamer.controls import Controller
+from streamer.preparing import Preparer, display_name
 from streamer.webrtc import PeerManager, SignalingError
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -349,9 +350,11 @@ def make_security(token: str | None, port: int):
 
 
 def create_app(*, peers: PeerManager | None, controller: Controller | None, token: str | None, port: int,
-               avatars: AvatarStore, status=lambda: {}) -> web.Application:
-    """peers None: control/status endpoints only (no page, no signaling)."""
+               avatars: AvatarStore, status=lambda: {}, preps: Preparer | None = None) -> web.Application:
+    """peers None: control/status endpoints only (no page, no signaling). preps: avatars being prepared
+    (the default one is "default"); offers and avatar switches wait for theirs."""
     token = normalize_token(token)
+    preps = preps if preps is not None else Preparer()
     app = web.Application(middlewares=[make_security(token, port)],
                           client_max_size=MAX_UPLOAD_BYTES + 64 * 1024)
 
@@ -367,10 +370,20 @@ def create_app(*, peers: PeerManager | None, controller: Controller | None, toke
     async def script(request):
         return web.FileResponse(WEB_DIR / "app.js", headers={"Content-Type": "text/javascript"})
 
+    async def style(request):
+        return web.FileResponse(WEB_DIR / "style.css", headers={"Content-Type": "text/css"})
+
+    async def ready(aid: str | None) -> None:
+        """Wait until avatar `aid` (None: the default) is prepared; HttpError 400 if that failed."""
+        p = preps.get(aid or "default")
+        if p is not None and (await preps.wait(p.id)).state != "ready":
+            raise HttpError(400, f"avatar {p.name}: {p.error}")
+
     async def offer(request):
         req = OfferRequest.parse(await json_body(request))
         try:
             avatar = avatars.path(req.avatar) if req.avatar else None
+            await ready(req.avatar)    # enrolling a photo takes a minute: the answer comes after it
             return web.json_response(await peers.offer(req.sdp, req.type, avatar))
         except SignalingError as e:
             return err(e.status, str(e))
@@ -380,7 +393,16 @@ def create_app(*, peers: PeerManager | None, controller: Controller | None, toke
         return web.json_response({"closed": await peers.close(peer) if peer else False})
 
     async def upload(request):
-        return web.json_response({"avatar": await avatars.upload(request)})
+        name = display_name(request.query.get("name"))     # the file's name, shown on the page
+        aid = await avatars.upload(request)
+        p = preps.start(aid, avatars.path(aid), name)       # enrolls now, in the background
+        return web.json_response({"avatar": aid, "name": name, "state": p.state})
+
+    async def thumbnail(request):
+        p = preps.get(request.match_info["aid"])
+        if p is None or p.thumbnail is None:
+            return err(404, "no thumbnail for this avatar (yet)")
+        return web.Response(body=p.thumbnail, content_type="image/jpeg")
 
     async def control(request):
         req = ControlRequest.parse(await json_body(request))
@@ -396,9 +418,14 @@ def create_app(*, peers: PeerManager | None, controller: Controller | None, toke
             kw = {}
             if req.action == "avatar":
                 kw["path"] = avatars.path(req.avatar) if req.avatar else None
+                await ready(req.avatar)
             if req.action == "side_by_side" and req.value is not None:
                 kw["value"] = req.value
-            return web.json_response({"ok": True, "message": await target.handle(req.action, **kw)})
+            message = await target.handle(req.action, **kw)
+            p = preps.get(req.avatar or "default") if req.action == "avatar" else None
+            if p is not None:
+                message = f"avatar: {p.name}"     # the photo's own name, not the id it is stored by
+            return web.json_response({"ok": True, "message": message})
         except UserError as e:
             return err(400, str(e))
 
@@ -406,14 +433,21 @@ def create_app(*, peers: PeerManager | None, controller: Controller | None, toke
         d = dict(status())
         if peers is not None:
             d["peers"] = [s.snapshot() for s in list(peers.sessions.values())]
+        # what the page may offer: watching needs the server's own source, controls without a peer
+        # need its controller
+        d["can_watch"] = peers is not None and peers.server is not None
+        d["can_control"] = controller is not None
+        d["avatars"] = preps.snapshot()
         return web.json_response(d)
 
     app.router.add_get("/status", get_status)
     app.router.add_post("/control", control)
     app.router.add_post("/avatar", upload)
+    app.router.add_get("/avatars/{aid}/thumbnail.jpg", thumbnail)
     if peers is not None:
         app.router.add_get("/", page)
         app.router.add_get("/app.js", script)
+        app.router.add_get("/style.css", style)
         app.router.add_post("/offer", offer)
         app.router.add_post("/close", close)
     return app
@@ -484,6 +518,7 @@ class Server:
     avatars: AvatarStore
     token: str | None = None
     site: CappedSite | None = None
+    preps: Preparer | None = None
 
     @property
     def url(self) -> str:
@@ -491,6 +526,8 @@ class Server:
         return f"http://{host}:{self.port}"
 
     async def close(self) -> None:
+        if self.preps is not None:
+            self.preps.shutdown()
         if self.peers is not None:
             await self.peers.shutdown()
         await self.runner.cleanup()
@@ -500,8 +537,9 @@ class Server:
 async def start_server(make_reenactor=None, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
                        webrtc: bool = True, server_pipeline=None, controller: Controller | None = None,
                        default_avatar=None, max_peers: int = 8, side_by_side: bool | None = None,
-                       status=lambda: {}, max_connections: int | None = None) -> Server:
-    """Bind (port 0: any free port), then serve. Errors binding -> UserError."""
+                       status=lambda: {}, max_connections: int | None = None, prepare=None) -> Server:
+    """Bind (port 0: any free port), then serve. Errors binding -> UserError. prepare(path, report):
+    loads or enrolls an avatar (streamer.preparing); the default avatar's preparation starts here."""
     token = normalize_token(token)
     check_bind(host, token)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -516,10 +554,13 @@ async def start_server(make_reenactor=None, *, host: str = "127.0.0.1", port: in
     peers = PeerManager(make_reenactor, default_avatar=default_avatar, server=server_pipeline,
                         max_peers=max_peers, side_by_side=side_by_side) if webrtc else None
     avatars = AvatarStore()
+    preps = Preparer(prepare)
+    if default_avatar is not None:
+        preps.start("default", default_avatar, Path(default_avatar).name)
     app = create_app(peers=peers, controller=controller, token=token, port=port, avatars=avatars,
-                     status=status)
+                     status=status, preps=preps)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
     await runner.setup()
     site = CappedSite(runner, sock, max_connections or max(MAX_CONNECTIONS, 6 * max_peers))
     await site.start()
-    return Server(runner, host, port, peers, avatars, token, site)
+    return Server(runner, host, port, peers, avatars, token, site, preps)

@@ -17,10 +17,12 @@ def detect_landmarks(images: list[np.ndarray], num_faces: int = 1) -> list[list[
     from mediapipe.tasks.python import BaseOptions, vision
 
     from engines.modelfiles import model_path
+    from engines.quiet import native_quiet
 
     opts = vision.FaceLandmarkerOptions(
         base_options=BaseOptions(model_asset_path=str(model_path("face_landmarker"))), num_faces=num_faces)
-    landmarker = vision.FaceLandmarker.create_from_options(opts)
+    with native_quiet():   # MediaPipe's native start-up lines
+        landmarker = vision.FaceLandmarker.create_from_options(opts)
     try:
         out = []
         for img in images:

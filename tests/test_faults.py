@@ -439,47 +439,87 @@ def test_unwritable_output_path_is_one_line(tmp_path, capsys):
 
 
 def test_slow_sink_drops_frames_without_slowing_the_others():
-    """An overloaded consumer (slow virtual camera) gets the newest frame, never a backlog; the engine
-    and the other sinks keep the full rate."""
+    """An overloaded consumer (a virtual camera that stops reading) gets the newest frame when it comes
+    back, never a backlog, and meanwhile the engine and the other sinks go on at full rate.
+
+    Deterministic under any CPU load (it once failed 100 vs 101 with a timed sleep): the slow sink
+    blocks on an event instead of sleeping, so it is infinitely slow for as long as the test wants, and
+    the camera makes frame k+1 only once the fast sink has written frame k (lockstep), so the fast
+    sink can never miss a frame for the scheduler's sake. If the slow sink held anything up, the fast
+    sink would stop at frame 1 and the wait below would fail; a queued sink would resume at frame 1
+    instead of the newest."""
+    import threading
     from streamer.fakes import FakeReenactor
     from streamer.pipeline import Pipeline, run_sink
     from streamer.sinks import NullSink
     from streamer.sources import Capture
     from tests.test_stream_pipeline import CountingSource
 
-    src = CountingSource(period_s=0.005)
+    n_frames, blocked_for = 60, 30
 
-    class SlowSink(NullSink):
+    class LockstepSource(CountingSource):
         def __init__(self):
-            super().__init__("slow")
-            self.stale = []
+            super().__init__(period_s=0.0)
+            self.turn = threading.Semaphore(1)
+
+        def read(self):
+            while not self.turn.acquire(timeout=0.1):
+                pass
+            return super().read() if self.newest + 1 < n_frames else None   # None: the camera ends
+
+    src = LockstepSource()
+
+    class FastSink(NullSink):
+        def __init__(self):
+            super().__init__("fast")
+            self.indices = []
 
         def write(self, item):
-            self.stale.append(src.newest - item.index)   # camera frames made since this one was captured
-            time.sleep(0.05)
+            super().write(item)
+            if item.index >= 0:           # a camera frame (not an idle status frame): next one, please
+                self.indices.append(item.index)
+                src.turn.release()
+
+    class StuckSink(NullSink):
+        def __init__(self):
+            super().__init__("slow")
+            self.indices, self.gate = [], threading.Event()
+
+        def write(self, item):
+            if item.index >= 0:
+                self.indices.append(item.index)
+                if len(self.indices) == 1:
+                    assert self.gate.wait(120), "never released"
             super().write(item)
 
     async def main():
-        nonlocal pipe
+        nonlocal pipe, released_at
         pipe = Pipeline(FakeReenactor())
-        slow, fast = SlowSink(), NullSink("fast")
+        slow, fast = StuckSink(), FastSink()
         chs = [pipe.subscribe("slow"), pipe.subscribe("fast")]
         tasks = [asyncio.ensure_future(pipe.run()), asyncio.ensure_future(run_sink(slow, pipe, chs[0])),
                  asyncio.ensure_future(run_sink(fast, pipe, chs[1]))]
         cap = Capture(lambda: src, label="counter")
         cap.start(asyncio.get_running_loop(), pipe.input)
-        while slow.frames < 12:
-            await asyncio.sleep(0.02)
-        await stop_stream(cap, pipe, tasks)
+        deadline = time.monotonic() + 120     # generous: only a real stall runs into it
+        while not (slow.indices and len(fast.indices) >= len(slow.indices) + blocked_for):
+            assert time.monotonic() < deadline, (slow.indices, fast.indices[-3:])
+            await asyncio.sleep(0.01)
+        assert slow.frames == 0               # still stuck in its first write
+        released_at = fast.indices[-1]        # the newest frame published (or one before it)
+        slow.gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)   # the camera ends: everything drains
+        await stop_stream(cap, pipe, [])
         return slow, fast, chs
 
-    pipe = None
+    pipe, released_at = None, None
     slow, fast, chs = asyncio.run(main())
-    assert fast.frames == pipe.stats.processed                  # the fast sink missed nothing
-    assert pipe.stats.sink_dropped.get("slow", 0) > 0 and chs[0].max_depth <= 1
-    assert fast.frames > 3 * slow.frames
-    # the slow sink always got a fresh frame; a queue would fall ~10 camera frames behind per write
-    assert max(slow.stale[1:]) <= 15, slow.stale
+    # the fast sink missed nothing
+    assert fast.indices == list(range(n_frames)) and pipe.stats.processed == n_frames
+    assert pipe.stats.sink_dropped.get("slow", 0) >= blocked_for - 1 and chs[0].max_depth <= 1
+    # back from its stall, the slow sink got the newest frame, not the one after its first (a backlog)
+    first, resumed = slow.indices[0], slow.indices[1]
+    assert resumed >= released_at and resumed - first > blocked_for, slow.indices
 
 
 # ---------------------------------------------------------------------------------- peer faults

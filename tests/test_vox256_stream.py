@@ -76,7 +76,9 @@ def test_missing_and_wrong_weights_are_one_line_errors(weights, tmp_path):
             str(ROOT / "assets" / "astronaut.png"), "--source", "lavfi:testsrc2", "--sink", "none",
             "--duration", "1")
     assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "missing" in r.stderr and "get it from" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "missing 5 vox256 files" in r.stderr
+    assert all(f in r.stderr for f in ("stylegan-voxceleb.pt", "e4e-voxceleb.pt", "A_matrix.pt", "deca_model.tar",
+                                       "ranges_voxceleb.npy")) and "engines.weights fetch" in r.stderr
     bad = tmp_path / "bad"
     bad.mkdir()
     for f in weights.iterdir():
