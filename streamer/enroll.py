@@ -20,7 +20,7 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,9 @@ class Tuning:
     batch: int = 6            # pose targets per step, beside the photo
     edges: float = 0.0        # weight of the L1 loss on image gradients (keeps the warped photo's edges sharp)
     crop_shift_up: float | None = None   # the crop's centre shift (None: as measured on the zoo's faces)
-    rank: int = 0             # > 0: each tuned conv weight learns a rank-r delta U V (engines.lowrank), not a full one
+    # > 0: each tuned conv weight learns a rank-r delta U V (engines.lowrank), not a full one. Out of repr,
+    # so adding it did not change recipe_key (cached full-tuned packs stay valid); recipe_key adds it when set
+    rank: int = field(default=0, repr=False)
 
 
 # default zoo: the transposed convs that make the 8 to 64 px maps (+ their BatchNorms), cosine-decayed
@@ -411,7 +413,8 @@ def file_sha256(path: Path) -> str:
 
 def recipe_key(zoo_name: str) -> str:
     """A short hash of how a zoo enrolls: a changed recipe enrolls cached photos again."""
-    text = repr((TUNING[zoo_name], INVERSION_STEPS[zoo_name], DISPLAY_SCALE))
+    tuning = TUNING[zoo_name]
+    text = repr((tuning, INVERSION_STEPS[zoo_name], DISPLAY_SCALE) + ((("rank", tuning.rank),) if tuning.rank else ()))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
