@@ -37,6 +37,13 @@ def matrix_shape(weight_shape) -> tuple[int, int]:
     raise ValueError(f"a low-rank delta needs a conv weight, got shape {s}")
 
 
+def worth_factoring(weight_shape, rank: int) -> bool:
+    """Factor a weight only where U, V hold at most half its numbers: a small layer (DCGAN's last
+    two) is cheaper and better tuned whole, and its grouped convolution costs little."""
+    rows, cols = matrix_shape(weight_shape)
+    return rank * (rows + cols) <= rows * cols // 2
+
+
 class LowRankDelta(nn.Module):
     """Parametrization W -> W + U V (torch.nn.utils.parametrize) for pivotal tuning.
 
@@ -142,7 +149,8 @@ class LowRankBank(AvatarBank):
         super().__init__(generator, prefixes, slots)
         self.rank = rank
         params = dict(generator.named_parameters())
-        self.factored = [n for n in self.names if n.endswith(".weight") and params[n].dim() >= 4]
+        self.factored = [n for n in self.names if n.endswith(".weight") and params[n].dim() >= 4
+                         and worth_factoring(params[n].shape, rank)]
         for n in self.factored:
             rows, cols = matrix_shape(params[n].shape)
             delattr(self, self._attr.pop(n))

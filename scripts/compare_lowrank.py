@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engines.lowrank import matrix_shape
+from engines.lowrank import matrix_shape, worth_factoring
 from engines.zoo import load_zoo
 from streamer.enroll import TUNING, Enroller, load_or_enroll
 from streamer.photo import read_photo
@@ -24,7 +24,7 @@ def weight_count(tuned: dict, rank: int) -> int:
     """Numbers stored per avatar: full tensors, or U and V for conv weights at rank r."""
     total = 0
     for v in tuned.values():
-        if rank and v.dim() >= 4:
+        if rank and v.dim() >= 4 and worth_factoring(v.shape, rank):
             rows, cols = matrix_shape(v.shape)
             total += rank * (rows + cols)
         else:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from calibration.shape_model import ShapeModel, shape_model_path
 from engines.errors import UserError, main_guard
 from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
-from engines.lowrank import LowRankDelta
+from engines.lowrank import LowRankDelta, worth_factoring
 from engines.net3d import MediaPipeNet3D
 from engines.views import VIEW_SIZE, net3d_view
 from engines.zoo import load_zoo
@@ -364,14 +364,15 @@ class Enroller:
 
 
 def low_rank_deltas(G, names: list[str], rank: int) -> list[torch.Tensor]:
-    """Puts W -> W + U V on every tuned conv weight of G (4- or 5-d) and returns the U, V to train."""
+    """Puts W -> W + U V on every tuned conv weight of G worth factoring (engines.lowrank) and returns
+    the U, V to train; the other tuned weights are tuned whole."""
     gen = torch.Generator().manual_seed(0)
     modules = dict(G.named_modules())
     out = []
     for n in names:
         owner, leaf = n.rsplit(".", 1)
         weight = getattr(modules[owner], leaf)
-        if leaf == "weight" and weight.dim() >= 4:
+        if leaf == "weight" and weight.dim() >= 4 and worth_factoring(weight.shape, rank):
             delta = LowRankDelta(weight.detach(), rank, gen)
             parametrize.register_parametrization(modules[owner], leaf, delta)
             out += [delta.u, delta.v]
