@@ -210,21 +210,22 @@ class DCGANBatch(nn.Module):
             return self.bank.get(name)[slot], True
         return own, False
 
+    def _conv_t(self, k: int, m: nn.ConvTranspose2d, x: torch.Tensor, slot, dt) -> torch.Tensor:
+        weight, ps = self._p(f"main.{k}.weight", m.weight, slot)
+        if not ps:
+            return F.conv_transpose2d(x, weight.to(dt), stride=m.stride, padding=m.padding)
+        b, c, hh, ww = x.shape   # grouped transposed conv: weight [B, in, out, k, k] -> [B*in, out, k, k]
+        y = F.conv_transpose2d(x.reshape(1, b * c, hh, ww), weight.reshape(b * c, *weight.shape[2:]).to(dt),
+                               stride=m.stride, padding=m.padding, groups=b)
+        return y.view(b, -1, y.shape[-2], y.shape[-1])
+
     def forward(self, z: torch.Tensor, slot: torch.Tensor | None = None, half: torch.dtype | None = None):
         x = z.view(z.shape[0], -1, 1, 1)
         dt = half or x.dtype
         x = x.to(dt)
-        b = x.shape[0]
         for k, m in enumerate(self.g.main):
             if isinstance(m, nn.ConvTranspose2d):
-                weight, ps = self._p(f"main.{k}.weight", m.weight, slot)
-                if ps:  # grouped transposed conv: weight [B, in, out, k, k] -> [B*in, out, k, k]
-                    _, c, hh, ww = x.shape
-                    y = F.conv_transpose2d(x.reshape(1, b * c, hh, ww), weight.reshape(b * c, *weight.shape[2:]).to(dt),
-                                           stride=m.stride, padding=m.padding, groups=b)
-                    x = y.view(b, -1, y.shape[-2], y.shape[-1])
-                else:
-                    x = F.conv_transpose2d(x, weight.to(dt), stride=m.stride, padding=m.padding)
+                x = self._conv_t(k, m, x, slot, dt)
             elif isinstance(m, nn.BatchNorm2d):
                 gamma, ps_g = self._p(f"main.{k}.weight", m.weight, slot)
                 beta, ps_b = self._p(f"main.{k}.bias", m.bias, slot)

@@ -20,17 +20,19 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 from calibration.shape_model import ShapeModel, shape_model_path
 from engines.errors import UserError, main_guard
 from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
+from engines.lowrank import LowRankDelta, worth_factoring
 from engines.net3d import MediaPipeNet3D
 from engines.views import VIEW_SIZE, net3d_view
 from engines.zoo import load_zoo
@@ -53,6 +55,9 @@ class Tuning:
     batch: int = 6            # pose targets per step, beside the photo
     edges: float = 0.0        # weight of the L1 loss on image gradients (keeps the warped photo's edges sharp)
     crop_shift_up: float | None = None   # the crop's centre shift (None: as measured on the zoo's faces)
+    # > 0: each tuned conv weight learns a rank-r delta U V (engines.lowrank), not a full one. Out of repr,
+    # so adding it did not change recipe_key (cached full-tuned packs stay valid); recipe_key adds it when set
+    rank: int = field(default=0, repr=False)
 
 
 # default zoo: the transposed convs that make the 8 to 64 px maps (+ their BatchNorms), cosine-decayed
@@ -245,8 +250,9 @@ class Enroller:
         import copy
         G = copy.deepcopy(self.G)
         names = [n for n, _ in G.named_parameters() if n.startswith(tuning.layers)]
-        params = [p for n, p in G.named_parameters() if n in names]
         G.requires_grad_(False)
+        params = low_rank_deltas(G, names, tuning.rank) if tuning.rank else []
+        params += [p for n, p in G.named_parameters() if n in names]   # (a parametrized weight left this list)
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=tuning.lr)
@@ -266,6 +272,7 @@ class Enroller:
             if sched is not None:
                 sched.step()
         G.requires_grad_(False)
+        fold_low_rank(G)
         tuned = {n: p.detach().clone() for n, p in G.named_parameters() if n in names}
         # BatchNorm running statistics stay as they were (eval mode); only weights change
         return G, tuned, report
@@ -310,8 +317,9 @@ class Enroller:
     # -- all ---------------------------------------------------------------------------------------
     def enroll(self, photo: np.ndarray, name: str = "photo", tune: bool = True,
                invert_steps: int | None = None, tune_steps: int | None = None,
-               tune_directions: int = 0) -> AvatarPack:
-        """tune_directions: steps of tuning A to this avatar (0: the zoo's A is used as it is)."""
+               tune_directions: int = 0, tune_rank: int | None = None) -> AvatarPack:
+        """tune_directions: steps of tuning A to this avatar (0: the zoo's A is used as it is);
+        tune_rank: the rank of the tuned conv deltas (None: the zoo's recipe, 0: full weights)."""
         if tune_directions:
             from calibration.avatar_directions import check_supported
             check_supported(self.zoo.name)   # before minutes of inversion, not after
@@ -320,7 +328,7 @@ class Enroller:
         self._stages = ("align", "invert") + (("tune",) if tune else ()) + \
             (("tune directions",) if tune_directions else ())
         try:
-            pack = self._enroll(photo, name, tune, invert_steps, tune_steps, tune_directions)
+            pack = self._enroll(photo, name, tune, invert_steps, tune_steps, tune_directions, tune_rank)
         finally:
             torch.set_num_threads(caller)
         pack.meta["threads"] = self.threads
@@ -329,7 +337,7 @@ class Enroller:
                  "SFace cosine of its render to the photo)")
         return pack
 
-    def _enroll(self, photo, name, tune, invert_steps, tune_steps, tune_directions=0) -> AvatarPack:
+    def _enroll(self, photo, name, tune, invert_steps, tune_steps, tune_directions=0, tune_rank=None) -> AvatarPack:
         t0 = time.time()
         self._report("align")
         box, crop, display, target, reading = self.align(photo, name)
@@ -344,6 +352,8 @@ class Enroller:
         tuning = TUNING[self.zoo.name]
         if tune_steps is not None:
             tuning = dataclasses.replace(tuning, steps=tune_steps)
+        if tune_rank is not None:
+            tuning = dataclasses.replace(tuning, rank=tune_rank)
         steps = INVERSION_STEPS[self.zoo.name] if invert_steps is None else invert_steps
         z = self.invert(target, roi, lm_target, emb_target, steps)
         with torch.no_grad():
@@ -352,7 +362,8 @@ class Enroller:
         tuning_report = None
         if tune:
             G_t, tuned, targets_report = self.tune(z, target, reading, tuning)
-            tuning_report = {"layers": list(tuning.layers), "steps": tuning.steps, "lr": tuning.lr, **targets_report}
+            tuning_report = {"layers": list(tuning.layers), "steps": tuning.steps, "lr": tuning.lr, "rank": tuning.rank,
+                             **targets_report}
             with torch.no_grad():
                 quality["tuned"] = self._quality(G_t.synthesize(self.pivot(z)), target, emb_target)
             if tuning.targets is not None:
@@ -375,6 +386,30 @@ class Enroller:
                 "tuned_directions": directions_report,
                 "seconds": round(time.time() - t0, 1), "versions": versions()}
         return AvatarPack(self.zoo.name, z, tuned, crop, display, meta, directions)
+
+
+def low_rank_deltas(G, names: list[str], rank: int) -> list[torch.Tensor]:
+    """Puts W -> W + U V on every tuned conv weight of G worth factoring (engines.lowrank) and returns
+    the U, V to train; the other tuned weights are tuned whole."""
+    gen = torch.Generator().manual_seed(0)
+    modules = dict(G.named_modules())
+    out = []
+    for n in names:
+        owner, leaf = n.rsplit(".", 1)
+        weight = getattr(modules[owner], leaf)
+        if leaf == "weight" and weight.dim() >= 4 and worth_factoring(weight.shape, rank):
+            delta = LowRankDelta(weight.detach(), rank, gen)
+            parametrize.register_parametrization(modules[owner], leaf, delta)
+            out += [delta.u, delta.v]
+    return out
+
+
+def fold_low_rank(G) -> None:
+    """Writes W + U V into each parametrized weight, so the tuned G and its pack are plain weights."""
+    for m in list(G.modules()):
+        if parametrize.is_parametrized(m):
+            for leaf in list(m.parametrizations.keys()):
+                parametrize.remove_parametrizations(m, leaf, leave_parametrized=True)
 
 
 def net3d_uint8(img: torch.Tensor) -> np.ndarray:
@@ -404,7 +439,8 @@ def file_sha256(path: Path) -> str:
 
 def recipe_key(zoo_name: str) -> str:
     """A short hash of how a zoo enrolls: a changed recipe enrolls cached photos again."""
-    text = repr((TUNING[zoo_name], INVERSION_STEPS[zoo_name], DISPLAY_SCALE))
+    tuning = TUNING[zoo_name]
+    text = repr((tuning, INVERSION_STEPS[zoo_name], DISPLAY_SCALE) + ((("rank", tuning.rank),) if tuning.rank else ()))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

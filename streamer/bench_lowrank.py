@@ -1,0 +1,95 @@
+"""Shared + low-rank against grouped per-avatar weights, side by side in one run (issue 19's first sign).
+
+    python -m streamer.bench_lowrank --batch 8 --rank 16 --repeats 5 [--json docs/lowrank_cpu.json]
+
+Both paths render the same batch, each sample with its own avatar (slot), from the same banks:
+vox256's StyleGAN2-256 (official-size random weights, tuned layers convs.4-11) and the default zoo's
+DCGAN (tuned main.3-12). Runs alternate so a loaded machine slows both alike; medians are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from engines.avatar_batch import TUNED_PREFIXES, AvatarBank, DCGANBatch, StyleGAN2Batch
+from engines.dcgan import DCGAN
+from engines.lowrank import DCGANLowRank, LowRankBank, StyleGAN2LowRank, matrix_shape
+from engines.random_weights import random_stylegan2
+from engines.stylegan2 import StyleGAN2
+
+
+def low_rank_avatar(g, prefixes, rank: int, seed: int) -> dict:
+    """Tuned tensors shaped like a low-rank enrollment's (random values of a plausible size)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for n, p in g.named_parameters():
+        if n.startswith(prefixes) and n.endswith(".weight") and p.dim() >= 4:
+            rows, cols = matrix_shape(p.shape)
+            d = torch.randn(rows, rank, generator=gen) @ torch.randn(rank, cols, generator=gen)
+            out[n] = p.detach() + 0.01 * d.view(p.shape) * p.detach().std()
+    return out
+
+
+def side_by_side(g, prefixes, make_grouped, make_low, inputs, batch: int, rank: int, repeats: int) -> dict:
+    full, low = AvatarBank(g, prefixes, batch + 1), LowRankBank(g, prefixes, rank, batch + 1)
+    for s in range(1, batch + 1):
+        t = low_rank_avatar(g, prefixes, rank, s)
+        full.set(s, t)
+        low.set(s, t)
+    slot = torch.arange(1, batch + 1)
+    runs = {"grouped": make_grouped(g, full), "shared_low_rank": make_low(g, low)}
+    times = {k: [] for k in runs}
+    with torch.no_grad():
+        outs = {k: r(inputs, slot) for k, r in runs.items()}   # warm-up, and the outputs to compare
+        for _ in range(repeats):
+            for k, r in runs.items():
+                t0 = time.perf_counter()
+                r(inputs, slot)
+                times[k].append((time.perf_counter() - t0) * 1000)
+    ref = outs["grouped"]
+    med = {k: round(statistics.median(v), 1) for k, v in times.items()}
+    return {"batch": batch, "rank": rank, "ms_median": med,
+            "grouped_over_low_rank": round(med["grouped"] / med["shared_low_rank"], 2),
+            "rel_l2": float((outs["shared_low_rank"] - ref).norm() / ref.norm()),
+            "bank_numbers": {"grouped": sum(b.numel() for b in full.buffers()),
+                             "shared_low_rank": sum(b.numel() for b in low.buffers())}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=8, help="sessions per batch, each its own avatar (default 8)")
+    ap.add_argument("--rank", type=int, default=16, help="rank of each avatar's conv deltas (default 16)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per path (default 5)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sd, _ = random_stylegan2(256, 1, seed=0)
+    sg = StyleGAN2.from_state_dict(sd)
+    lat = sg.sample_latents(args.batch, torch.Generator().manual_seed(1))
+    dc = DCGAN.from_checkpoint()
+    z = torch.randn(args.batch, 100, generator=torch.Generator().manual_seed(1))
+    result = {"device": "cpu", "threads": torch.get_num_threads(),
+              "vox256_stylegan2": side_by_side(sg, TUNED_PREFIXES["vox256"], StyleGAN2Batch, StyleGAN2LowRank,
+                                               lat, args.batch, args.rank, args.repeats),
+              "default_dcgan": side_by_side(dc, TUNED_PREFIXES["default"], DCGANBatch, DCGANLowRank,
+                                            z, args.batch, args.rank, args.repeats)}
+    for name in ("vox256_stylegan2", "default_dcgan"):
+        r = result[name]
+        print(f"{name:17s} batch {r['batch']} rank {r['rank']}: grouped {r['ms_median']['grouped']} ms, "
+              f"shared+low-rank {r['ms_median']['shared_low_rank']} ms -> {r['grouped_over_low_rank']}x "
+              f"(rel. L2 {r['rel_l2']:.1e}; bank {r['bank_numbers']['shared_low_rank'] / r['bank_numbers']['grouped']:.3f} of grouped's)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
