@@ -1,6 +1,6 @@
 """Shared + low-rank against grouped per-avatar weights, side by side in one run (issue 19's first sign).
 
-    python -m streamer.bench_lowrank --batch 8 --rank 16 --repeats 5 [--json docs/lowrank_cpu.json]
+    python -m streamer.bench_lowrank --batch 8 --rank 64 --repeats 5 [--device cuda] [--json docs/lowrank_cpu.json]
 
 Both paths render the same batch, each sample with its own avatar (slot), from the same banks:
 vox256's StyleGAN2-256 (official-size random weights, tuned layers convs.4-11) and the default zoo's
@@ -34,21 +34,37 @@ def low_rank_avatar(g, prefixes, rank: int, seed: int) -> dict:
     return out
 
 
-def side_by_side(g, prefixes, make_grouped, make_low, inputs, batch: int, rank: int, repeats: int) -> dict:
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def side_by_side(g, prefixes, make_grouped, make_low, inputs, batch: int, rank: int, repeats: int,
+                 device="cpu") -> dict:
     full, low = AvatarBank(g, prefixes, batch + 1), LowRankBank(g, prefixes, rank, batch + 1)
     for s in range(1, batch + 1):
         t = low_rank_avatar(g, prefixes, rank, s)
         full.set(s, t)
         low.set(s, t)
-    slot = torch.arange(1, batch + 1)
+    full.to(device), low.to(device)
+    slot = torch.arange(1, batch + 1, device=device)
     runs = {"grouped": make_grouped(g, full), "shared_low_rank": make_low(g, low)}
+    # StyleGAN2's untuned layers: grouped as the official code, shared beside the low-rank layers
+    modes = {"grouped": "grouped", "shared_low_rank": "shared"}
     times = {k: [] for k in runs}
+
+    def run(k):
+        if hasattr(g, "set_conv_mode"):
+            g.set_conv_mode(modes[k])
+        return runs[k](inputs, slot)
     with torch.no_grad():
-        outs = {k: r(inputs, slot) for k, r in runs.items()}   # warm-up, and the outputs to compare
+        outs = {k: run(k) for k in runs}   # warm-up, and the outputs to compare
         for _ in range(repeats):
-            for k, r in runs.items():
+            for k in runs:
+                _sync(device)
                 t0 = time.perf_counter()
-                r(inputs, slot)
+                run(k)
+                _sync(device)
                 times[k].append((time.perf_counter() - t0) * 1000)
     ref = outs["grouped"]
     med = {k: round(statistics.median(v), 1) for k, v in times.items()}
@@ -65,20 +81,24 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=16, help="rank of each avatar's conv deltas (default 16)")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per path (default 5)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp32 on both)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sd, _ = random_stylegan2(256, 1, seed=0)
+    dev = args.device
     sg = StyleGAN2.from_state_dict(sd)
-    lat = sg.sample_latents(args.batch, torch.Generator().manual_seed(1))
+    lat = sg.sample_latents(args.batch, torch.Generator().manual_seed(1)).to(dev)
     dc = DCGAN.from_checkpoint()
-    z = torch.randn(args.batch, 100, generator=torch.Generator().manual_seed(1))
-    result = {"device": "cpu", "threads": torch.get_num_threads(),
+    z = torch.randn(args.batch, 100, generator=torch.Generator().manual_seed(1)).to(dev)
+    sg.to(dev), dc.to(dev)
+    result = {"device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu",
+              "threads": torch.get_num_threads(),
               "vox256_stylegan2": side_by_side(sg, TUNED_PREFIXES["vox256"], StyleGAN2Batch, StyleGAN2LowRank,
-                                               lat, args.batch, args.rank, args.repeats),
+                                               lat, args.batch, args.rank, args.repeats, dev),
               "default_dcgan": side_by_side(dc, TUNED_PREFIXES["default"], DCGANBatch, DCGANLowRank,
-                                            z, args.batch, args.rank, args.repeats)}
+                                            z, args.batch, args.rank, args.repeats, dev)}
     for name in ("vox256_stylegan2", "default_dcgan"):
         r = result[name]
         print(f"{name:17s} batch {r['batch']} rank {r['rank']}: grouped {r['ms_median']['grouped']} ms, "
