@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
 from .errors import UserError
@@ -60,6 +61,30 @@ class LowRankDelta(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w + (self.u @ self.v).view(w.shape)
+
+
+def low_rank_deltas(G, names: list[str], rank: int) -> list[torch.Tensor]:
+    """Puts W -> W + U V on every tuned conv weight of G worth factoring and returns
+    the U, V to train; the other tuned weights are tuned whole."""
+    gen = torch.Generator().manual_seed(0)
+    modules = dict(G.named_modules())
+    out = []
+    for n in names:
+        owner, leaf = n.rsplit(".", 1)
+        weight = getattr(modules[owner], leaf)
+        if leaf == "weight" and weight.dim() >= 4 and worth_factoring(weight.shape, rank):
+            delta = LowRankDelta(weight.detach(), rank, gen)
+            parametrize.register_parametrization(modules[owner], leaf, delta)
+            out += [delta.u, delta.v]
+    return out
+
+
+def fold_low_rank(G) -> None:
+    """Writes W + U V into each parametrized weight, so the tuned G and its pack are plain weights."""
+    for m in list(G.modules()):
+        if parametrize.is_parametrized(m):
+            for leaf in list(m.parametrizations.keys()):
+                parametrize.remove_parametrizations(m, leaf, leave_parametrized=True)
 
 
 def factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

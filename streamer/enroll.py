@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.utils import parametrize
 from tqdm import tqdm
 
 from calibration.shape_model import ShapeModel, shape_model_path
 from engines.errors import UserError, main_guard
 from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
-from engines.lowrank import LowRankDelta, worth_factoring
+from engines.lowrank import fold_low_rank, low_rank_deltas
 from engines.net3d import MediaPipeNet3D
 from engines.views import VIEW_SIZE, net3d_view
 from engines.zoo import load_zoo
@@ -386,30 +385,6 @@ class Enroller:
                 "tuned_directions": directions_report,
                 "seconds": round(time.time() - t0, 1), "versions": versions()}
         return AvatarPack(self.zoo.name, z, tuned, crop, display, meta, directions)
-
-
-def low_rank_deltas(G, names: list[str], rank: int) -> list[torch.Tensor]:
-    """Puts W -> W + U V on every tuned conv weight of G worth factoring (engines.lowrank) and returns
-    the U, V to train; the other tuned weights are tuned whole."""
-    gen = torch.Generator().manual_seed(0)
-    modules = dict(G.named_modules())
-    out = []
-    for n in names:
-        owner, leaf = n.rsplit(".", 1)
-        weight = getattr(modules[owner], leaf)
-        if leaf == "weight" and weight.dim() >= 4 and worth_factoring(weight.shape, rank):
-            delta = LowRankDelta(weight.detach(), rank, gen)
-            parametrize.register_parametrization(modules[owner], leaf, delta)
-            out += [delta.u, delta.v]
-    return out
-
-
-def fold_low_rank(G) -> None:
-    """Writes W + U V into each parametrized weight, so the tuned G and its pack are plain weights."""
-    for m in list(G.modules()):
-        if parametrize.is_parametrized(m):
-            for leaf in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, leaf, leave_parametrized=True)
 
 
 def net3d_uint8(img: torch.Tensor) -> np.ndarray:
