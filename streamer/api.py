@@ -18,6 +18,7 @@ class Output:
     face_found: bool               # False when the driver showed no face (last pose held / eased)
     stage_ms: dict[str, float] = field(default_factory=dict)  # per-stage wall time: face, pose, latent, image
     held: bool = False             # the render did not hold together; the last good one is shown
+    pose: np.ndarray | None = None  # the pose vector p Net3D read from the driver (None: no face)
 
 
 class Reenactor(Protocol):

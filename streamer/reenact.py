@@ -325,7 +325,8 @@ class AvatarReenactor:
             self._feed_back()
             stage_ms["feedback"] = (time.perf_counter() - t4) * 1e3
         self.frames += 1
-        return Output(out, face is not None, stage_ms, held=self.guard.held > held)
+        pose = None if face is None else np.array(face.p, dtype=np.float64)
+        return Output(out, face is not None, stage_ms, held=self.guard.held > held, pose=pose)
 
     def close(self) -> None:
         self.reader.close()
