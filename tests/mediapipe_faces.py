@@ -16,7 +16,7 @@ def detect_landmarks(images: list[np.ndarray], num_faces: int = 1) -> list[list[
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
-    from engines.modelfiles import model_path
+    from engines.core.modelfiles import model_path
 
     opts = vision.FaceLandmarkerOptions(
         base_options=BaseOptions(model_asset_path=str(model_path("face_landmarker"))), num_faces=num_faces)

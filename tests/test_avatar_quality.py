@@ -1,15 +1,15 @@
 """The avatar holds together while it moves (issue 14): colour drift, the output guard, the mouth's
 response curve, and requests past the calibrated range. Measured by the MediaPipe runtime and SFace
-on the published frames, as calibration.motion measures them."""
+on the published frames, as calibration.evaluation.motion measures them."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from calibration.media_variants import open_mouth
-from calibration.motion import Reader, colour_drift_p95
-from engines.pose import PARAM_NAMES
-from streamer.photo import read_photo
+from calibration.evaluation.media_variants import open_mouth
+from calibration.evaluation.motion import Reader, colour_drift_p95
+from engines.method.pose import PARAM_NAMES
+from engines.core.photo import read_photo
 from tests.media import ASTRONAUT, CLIP
 
 JAW = PARAM_NAMES.index("jawOpen")
@@ -74,7 +74,7 @@ def test_the_avatars_mouth_follows_an_opening_mouth(engine, astronaut_pack, read
     photo = read_photo(ASTRONAUT)
     face, _ = reader.read(photo)
     r = engine.make_reenactor(astronaut_pack, smooth=False)
-    assert JAW in r.correction[0]        # the per-avatar curve of the jaw was measured
+    assert JAW in r.correction.curves        # the per-avatar curve of the jaw was measured
     asked, shown = [], []
     for k, amount in enumerate(np.linspace(0.0, 0.25, 8)):
         driver = photo if amount == 0 else open_mouth(photo, face.landmarks, amount)
@@ -113,7 +113,7 @@ def test_an_enrollment_that_reaches_no_usable_avatar_is_refused_in_one_line(tmp_
     import subprocess
     import sys
     out = tmp_path / "x.avatar"
-    r = subprocess.run([sys.executable, "-m", "streamer.enroll", "--avatar", str(ASTRONAUT), "--invert-steps", "5",
+    r = subprocess.run([sys.executable, "-m", "streamer.avatar.enroll", "--avatar", str(ASTRONAUT), "--invert-steps", "5",
                         "--tune-steps", "1", "--out", str(out), "--no-progress"],
                        capture_output=True, text=True, timeout=300, cwd=ASTRONAUT.parents[1])
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000", "INFO", "WARNING"))]

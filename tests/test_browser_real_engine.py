@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from streamer.enroll import Enroller
-from streamer.photo import read_photo
-from streamer.reenact import Engine
+from streamer.avatar.enroll import Enroller
+from engines.core.photo import read_photo
+from streamer.reenact.engine import Engine
 from tests.stream_support import served
 from tests.test_stream_browser import CHROMIUM, Chromium, enough, make_y4m
 
@@ -30,7 +30,7 @@ def test_browser_camera_drives_the_real_avatar(tmp_path):
     y4m = make_y4m(tmp_path / "camera.y4m")
 
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()
         async with served(factory) as srv:
             async with Chromium(tmp_path, f"{srv.url}/?autostart=send", y4m) as browser:

@@ -13,9 +13,9 @@ import aiohttp
 import av
 import pytest
 
-from streamer.fakes import FakeReenactor
-from streamer.pipeline import Pipeline
-from streamer.sources import Capture, open_source, parse_source
+from streamer.testing.fakes import FakeReenactor
+from streamer.stream.pipeline import Pipeline
+from streamer.stream.sources import Capture, open_source, parse_source
 from tests.stream_support import served
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
@@ -128,7 +128,7 @@ def test_browser_camera_gets_reenacted_video(tmp_path):
         return made[-1]
 
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()        # as run_live does for a loopback server
         async with served(factory) as srv:
             async with Chromium(tmp_path, f"{srv.url}/?autostart=send", y4m) as browser:
@@ -149,7 +149,7 @@ def test_browser_camera_gets_reenacted_video(tmp_path):
 
 def test_browser_watches_server_stream(tmp_path):
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()
         loop = asyncio.get_running_loop()
         spec = parse_source(str(CLIP), size=(640, 360))
