@@ -353,7 +353,6 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
     return pack
 
 
-@main_guard
 @dataclass(frozen=True)
 class EnrollConfig:
     """`python -m streamer.avatar.enroll`, built once from its flags."""
@@ -376,6 +375,7 @@ class EnrollConfig:
                    max(1, args.threads) if args.threads else None, not args.no_progress)
 
 
+@main_guard
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Enroll an avatar photo into an avatar pack")
     ap.add_argument("--avatar", required=True, help="portrait photo (JPEG/PNG/WebP)")
