@@ -20,16 +20,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.method.correction import GATE_MIN
-from engines.models.directions import Directions
-from engines.core.errors import UserError
-from engines.models.facelandmarker import FaceLandmarkerTorch
-
 from calibration.identity import IdentityScorer
 from calibration.prepare import TrainData, prepare
 from calibration.sampling import Pool, render_and_read
 from calibration.shape_model import ShapeModel, shape_model_path
 from calibration.train import TrainConfig, Trainer
+from engines.core.errors import UserError
+from engines.method.correction import GATE_MIN
+from engines.models.directions import Directions
+from engines.models.facelandmarker import FaceLandmarkerTorch
 
 STEPS, LR, BATCH, EXPR_RANGE = 200, 3e-3, 8, 2.0
 

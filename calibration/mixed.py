@@ -17,15 +17,13 @@ import torch
 
 from calibration.identity import points_from_landmarks
 from calibration.inversion import Inverter
+from calibration.sampling import Pool, render_and_read
 from engines.core.errors import UserError
 from engines.core.files import IMAGE_SUFFIXES
 from engines.core.photo import read_photo
 from engines.core.views import VIEW_SIZE, net3d_view
 from engines.method.net3d import MediaPipeNet3D
 from engines.models.facelandmarker import roi_from_landmarks
-
-from calibration.sampling import Pool, render_and_read
-
 
 
 def real_frames(source: str | Path, n: int) -> list[tuple[str, np.ndarray]]:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.core.errors import UserError, main_guard
-from engines.method.zoos import load_zoo
-
 from calibration.baseline import fit_least_squares
 from calibration.sampling import Pool, sample_pool
+from engines.core.errors import UserError, main_guard
+from engines.method.zoos import load_zoo
 
 LO_Q, HI_Q = 1.0, 99.0
 

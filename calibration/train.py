@@ -24,20 +24,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.models.directions import Directions
-from engines.core.errors import UserError, main_guard
-from engines.models.face_geometry import FaceGeometry
-from engines.models.facelandmarker import FaceLandmarkerTorch, crop, roi_from_landmarks, uncrop_landmarks
-from engines.method.pose import EXPRESSION_INDEX, euler_from_rotation, rotation_from_euler
-from engines.core.views import VIEW_SIZE, image_uint8, net3d_view
-from engines.method.zoos import load_zoo
-
 from calibration.identity import IdentityScorer, points_from_landmarks
 from calibration.losses import identity_loss, landmark_losses, lowpass_l1
 from calibration.mixed import concat_pools, inverted_pool
 from calibration.prepare import TrainData, prepare
 from calibration.sampling import Pool
 from calibration.shape_model import to_camera
+from engines.core.errors import UserError, main_guard
+from engines.core.views import VIEW_SIZE, image_uint8, net3d_view
+from engines.method.pose import EXPRESSION_INDEX, euler_from_rotation, rotation_from_euler
+from engines.method.zoos import load_zoo
+from engines.models.directions import Directions
+from engines.models.face_geometry import FaceGeometry
+from engines.models.facelandmarker import FaceLandmarkerTorch, crop, roi_from_landmarks, uncrop_landmarks
 
 WEIGHTS = {"shape": 1.0, "eye": 1.0, "mouth": 4.0, "pose": 4.0, "exp": 4.0, "id": 0.1, "pix": 0.05}
 

@@ -26,9 +26,9 @@ def engine():
 def astronaut_pack(tmp_path_factory) -> Path:
     """The bundled portrait enrolled exactly as the product enrolls it (~50 s), once per test session:
     for tests of how the avatar moves and looks (quick packs with fewer steps barely move)."""
+    from engines.core.photo import read_photo
     from engines.method.zoos import load_zoo
     from streamer.avatar.enroll import Enroller
-    from engines.core.photo import read_photo
     from tests.media import ASTRONAUT
     pack = Enroller(load_zoo("default"), progress=False, log=lambda m: None).enroll(read_photo(ASTRONAUT), ASTRONAUT.name)
     path = tmp_path_factory.mktemp("astronaut") / "astronaut.avatar"

@@ -8,8 +8,8 @@ from PIL import Image
 
 from calibration.evaluation.media_variants import open_mouth
 from calibration.evaluation.motion import Reader, colour_drift_p95
-from engines.method.pose import PARAM_NAMES
 from engines.core.photo import read_photo
+from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP
 
 JAW = PARAM_NAMES.index("jawOpen")

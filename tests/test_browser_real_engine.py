@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.avatar.enroll import Enroller
 from engines.core.photo import read_photo
+from streamer.avatar.enroll import Enroller
 from streamer.reenact.engine import Engine
 from tests.stream_support import served
 from tests.test_stream_browser import CHROMIUM, Chromium, enough, make_y4m

@@ -12,12 +12,12 @@ from calibration.sampling import sample_pool
 from calibration.shape_model import fit_shape_model, similarity_align
 from calibration.stats import compute_stats, crop_recipe
 from calibration.train import TrainConfig, Trainer, init_directions
+from engines.core.errors import UserError
+from engines.method.default_zoo import RECIPE
+from engines.method.pose import PARAM_NAMES, rotation_from_euler
+from engines.method.zoo import Zoo
 from engines.models.dcgan import DCGAN
 from engines.models.directions import Directions
-from engines.core.errors import UserError
-from engines.method.pose import PARAM_NAMES, rotation_from_euler
-from engines.method.default_zoo import RECIPE
-from engines.method.zoo import Zoo
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from engines.core.errors import UserError
-from streamer.avatar.pack import AvatarPack
-from streamer.avatar.enroll import Enroller, load_or_enroll
 from engines.core.photo import read_photo
+from streamer.avatar.enroll import Enroller, load_or_enroll
+from streamer.avatar.pack import AvatarPack
 from tests.media import short_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +123,8 @@ def test_driver_head_turn_turns_the_avatar(engine, pack):
     (read by the MediaPipe runtime on the driver). The avatar's yaw, read the same way on the output,
     must turn the same way by a clear margin, and stay put when the driver returns."""
     from calibration.evaluation.motion import output_view
-    from engines.method.net3d import MediaPipeNet3D
     from engines.core.views import to_uint8
+    from engines.method.net3d import MediaPipeNet3D
     with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as c:
         frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in (0, 350)}
     r = engine.make_reenactor(pack, smooth=False, feedback_every=0)   # A itself (feedback: next test)
@@ -149,8 +149,8 @@ def test_feedback_brings_the_avatars_yaw_to_the_drivers(engine, pack):
     must take at least a quarter off the open-loop error of the avatar's turn, and the avatar come back
     when the driver does."""
     from calibration.evaluation.motion import output_view
-    from engines.method.net3d import MediaPipeNet3D
     from engines.core.views import to_uint8
+    from engines.method.net3d import MediaPipeNet3D
     with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as c:
         frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in (0, 80)}
     with MediaPipeNet3D("image") as reader:

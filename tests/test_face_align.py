@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from engines.method.face_align import (TEMPLATE_112, align_112, align_112_np, five_points_from_mediapipe,
-                                similarity_transform, to_tensor)
+from engines.method.face_align import (
+    TEMPLATE_112,
+    align_112,
+    align_112_np,
+    five_points_from_mediapipe,
+    similarity_transform,
+    to_tensor,
+)
 from tests.mediapipe_faces import ASSETS, detect_landmarks, load_rgb
 
 

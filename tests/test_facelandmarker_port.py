@@ -24,8 +24,17 @@ import torch
 from PIL import Image
 
 from engines.models.facedetector import FaceDetectorNet
-from engines.models.facelandmarker import (BLENDSHAPE_LANDMARKS, BLENDSHAPE_NAMES, BlendshapeNet, FaceLandmarkerTorch,
-                                    LandmarkNet, crop, read_task_file, roi_from_landmarks, uncrop_landmarks)
+from engines.models.facelandmarker import (
+    BLENDSHAPE_LANDMARKS,
+    BLENDSHAPE_NAMES,
+    BlendshapeNet,
+    FaceLandmarkerTorch,
+    LandmarkNet,
+    crop,
+    read_task_file,
+    roi_from_landmarks,
+    uncrop_landmarks,
+)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PEXELS_FRAMES = (100, 260, 403)  # frontal smile, turned, rolled (-26 degrees: exercises rotation and z)

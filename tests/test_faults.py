@@ -50,8 +50,8 @@ def engine(cache):
 
 @pytest.fixture(scope="module")
 def pack_path(engine, tmp_path_factory):
-    from streamer.avatar.enroll import Enroller
     from engines.core.photo import read_photo
+    from streamer.avatar.enroll import Enroller
     pack = Enroller(engine.zoo, progress=False, log=QUIET).enroll(read_photo(ASTRO), ASTRO.name,
                                                                  invert_steps=40, tune_steps=60)
     path = tmp_path_factory.mktemp("pack") / "astronaut.avatar"
@@ -136,8 +136,8 @@ def two_face_frame(shared: Path | None) -> np.ndarray:
 @pytest.mark.parametrize("which", ["bundled", "shared"])
 def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, request):
     from engines.method.net3d import MediaPipeNet3D
-    from streamer.avatar.pack import AvatarPack
     from streamer.avatar.enroll import Enroller
+    from streamer.avatar.pack import AvatarPack
     from streamer.reenact.engine import AvatarReenactor
     img = two_face_frame(request.getfixturevalue("shared_dir") if which == "shared" else None)
     with MediaPipeNet3D("image", num_faces=4) as r:
@@ -159,9 +159,9 @@ def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, r
 
 def test_hand_over_the_face_keeps_a_face_in_the_output(engine, pack_path):
     """assets/pexels_woman.mp4 frames 64-232: her hand covers mouth, nose and eyes in turn."""
-    from engines.method.net3d import MediaPipeNet3D
-    from engines.core.views import to_uint8
     from calibration.evaluation.motion import output_view
+    from engines.core.views import to_uint8
+    from engines.method.net3d import MediaPipeNet3D
     from streamer.avatar.pack import AvatarPack
     from streamer.reenact.engine import AvatarReenactor
     reen = AvatarReenactor(engine, AvatarPack.load(pack_path))
@@ -306,8 +306,8 @@ def test_damaged_cached_enrollment_is_rebuilt(engine, pack_path, cache, monkeypa
 
 # ----------------------------------------------------------------------- sources that fail or lie
 def test_driving_file_that_is_not_a_video_or_is_truncated(tmp_path, capsys):
-    from streamer.testing.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     text = tmp_path / "clip.mp4"
     text.write_text("not a video\n")
@@ -354,8 +354,8 @@ def test_offline_source_failure_keeps_what_was_written(tmp_path, monkeypatch):
 
 
 def test_offline_engine_failure_keeps_what_was_written(tmp_path):
-    from streamer.testing.fakes import FakeReenactor
     from streamer.live import run_offline
+    from streamer.testing.fakes import FakeReenactor
     out = tmp_path / "out.mp4"
     with pytest.raises(UserError, match="reenactor error: RuntimeError: fake failure on frame 30 .at frame 29."):
         run_offline(CLIP, out, FakeReenactor(fail_every=30))
@@ -380,8 +380,8 @@ class BrokenSink:
 
 def test_offline_sink_failure_stops_early_with_one_line(tmp_path, monkeypatch):
     import streamer.live as live
-    from streamer.testing.fakes import FakeReenactor
     from streamer.stream.sinks import FileSink
+    from streamer.testing.fakes import FakeReenactor
     write = FileSink.write
     calls = {"n": 0}
 
@@ -402,8 +402,8 @@ def test_offline_sink_failure_stops_early_with_one_line(tmp_path, monkeypatch):
 
 def test_live_sink_failure_is_reported_and_the_others_go_on(monkeypatch, capsys):
     import streamer.live as live
-    from streamer.testing.fakes import make_fake_reenactor
     from streamer.stream.sinks import NullSink
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     sinks = {"broken": BrokenSink("vcam", good=5), "file": NullSink("file:ok.mp4")}
     monkeypatch.setattr(live, "open_sink", lambda spec, **kw: sinks[spec])
@@ -429,8 +429,8 @@ def test_live_run_whose_only_output_fails_exits_2(monkeypatch, capsys):
 
 
 def test_unwritable_output_path_is_one_line(tmp_path, capsys):
-    from streamer.testing.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -441,10 +441,10 @@ def test_unwritable_output_path_is_one_line(tmp_path, capsys):
 def test_slow_sink_drops_frames_without_slowing_the_others():
     """An overloaded consumer (slow virtual camera) gets the newest frame, never a backlog; the engine
     and the other sinks keep the full rate."""
-    from streamer.testing.fakes import FakeReenactor
     from streamer.stream.pipeline import Pipeline, run_sink
     from streamer.stream.sinks import NullSink
     from streamer.stream.sources import Capture
+    from streamer.testing.fakes import FakeReenactor
     from tests.test_stream_pipeline import CountingSource
 
     src = CountingSource(period_s=0.005)
@@ -488,6 +488,7 @@ def test_peer_that_vanishes_without_closing_is_dropped(monkeypatch):
     frees the session and its engine. Consent timing is shortened here (aioice: 6 x 5 s by default)."""
     import aiohttp
     import aioice.ice
+
     from streamer.testing.fakes import FakeReenactor
     from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
     from tests.stream_support import served
@@ -670,8 +671,8 @@ def test_packs_enrolled_from_uploads_are_deleted_at_exit(engine, pack_path, monk
 
     import streamer.avatar.enroll as enroll
     from streamer.stream.controls import Controller
-    from streamer.testing.fakes import FakeReenactor
     from streamer.stream.pipeline import Pipeline
+    from streamer.testing.fakes import FakeReenactor
     from tests.stream_support import png_bytes, served
     user_cache = tmp_path / "user-cache"
     monkeypatch.setenv("FACEREENACT_CACHE", str(user_cache))
@@ -788,8 +789,8 @@ class FakeDisk:
 
 
 def test_disk_full_offline_is_one_line_and_the_partial_file_plays(tmp_path, monkeypatch, capsys):
-    from streamer.testing.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     FakeDisk(monkeypatch, free=400_000)
     out = tmp_path / "out.mp4"
@@ -801,8 +802,8 @@ def test_disk_full_offline_is_one_line_and_the_partial_file_plays(tmp_path, monk
 
 
 def test_disk_full_live_is_one_line_exit_2_and_the_partial_file_plays(tmp_path, monkeypatch, capsys):
-    from streamer.testing.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     FakeDisk(monkeypatch, free=150_000)
     out = tmp_path / "out.mp4"
@@ -847,8 +848,8 @@ def test_out_of_range_numbers_on_the_command_line_are_one_line(argv, capsys):
 
 
 def test_empty_token_on_loopback_starts_the_server(monkeypatch, capsys):
-    from streamer.testing.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of, free_port
     assert run_live(args_of("--webrtc", "--token", "", "--port", str(free_port()), "--duration", "0.5"),
                     make_fake_reenactor) == 0
@@ -876,8 +877,8 @@ def faststart_clip(out: Path, frames: int) -> Path:
 
 
 def test_truncated_clip_whose_index_survived_says_it_ended_early(tmp_path, capsys):
-    from streamer.testing.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     full = faststart_clip(tmp_path / "full.mp4", 48)
     cut = truncated(full, tmp_path / "cut.mp4", 0.5)

@@ -26,14 +26,20 @@ import pytest
 import torch
 
 from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
+from engines.method.frame_stage import (
+    DECA_BOX_LANDMARKS,
+    DECA_BOX_SCALE,
+    FaceTracker,
+    build_vox256_random_stage,
+    deca_roi,
+    frame_to_float,
+)
+from engines.method.reenact_latent import official_latent
 from engines.method.zoos import RECIPES
 from engines.models.deca import deca_p
 from engines.models.facelandmarker import crop, roi_from_landmarks, uncrop_landmarks
-from engines.method.frame_stage import (DECA_BOX_LANDMARKS, DECA_BOX_SCALE, FaceTracker, build_vox256_random_stage,
-                                 deca_roi, frame_to_float)
-from engines.weights.random_weights import random_ranges, random_stylegan2
-from engines.method.reenact_latent import official_latent
 from engines.models.stylegan2 import StyleGAN2
+from engines.weights.random_weights import random_ranges, random_stylegan2
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -223,9 +229,9 @@ def test_tracker_detects_only_when_lost():
 def test_face_geometry_matches_mediapipe_matrix():
     av = pytest.importorskip("av")
     pytest.importorskip("mediapipe")
-    from engines.models.face_geometry import FaceGeometry
     from engines.method.net3d import MediaPipeNet3D
     from engines.method.pose import euler_from_rotation
+    from engines.models.face_geometry import FaceGeometry
     geo = FaceGeometry()
     worst, n = 0.0, 0
     with MediaPipeNet3D("video") as net, av.open("assets/pexels_woman.mp4") as clip:
@@ -247,9 +253,9 @@ def test_face_geometry_matches_mediapipe_matrix():
 
 def test_default_stage_p_close_to_runtime(portrait):
     pytest.importorskip("mediapipe")
-    from engines.models.facedetector import FaceDetectorNet
     from engines.method.frame_stage import build_default_stage
     from engines.method.net3d import MediaPipeNet3D
+    from engines.models.facedetector import FaceDetectorNet
     st = build_default_stage()
     tracker = FaceTracker(FaceDetectorNet.from_task())
     frame = torch.from_numpy(portrait)

@@ -10,8 +10,8 @@ from PIL import Image
 
 from calibration.mixed import concat_pools, inverted_pool, real_frames
 from calibration.train import Trainer
-from engines.models.directions import Directions
 from engines.core.errors import UserError
+from engines.models.directions import Directions
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "assets" / "pexels_woman.mp4"
@@ -31,8 +31,8 @@ def test_real_frames_from_a_clip_and_a_folder(tmp_path):
 
 
 def test_inverted_pool_is_read_like_the_statistics_pool_and_cached(tmp_path):
-    from engines.method.net3d import MediaPipeNet3D
     from engines.core.views import net3d_view, to_uint8
+    from engines.method.net3d import MediaPipeNet3D
     from engines.method.zoos import load_zoo
     torch.set_num_threads(1)
     zoo = load_zoo("default")

@@ -6,8 +6,8 @@ import pytest
 
 from calibration.evaluation.media_variants import clip_variant_frames, portrait_variant, split_name
 from calibration.evaluation.motion import Reader, chroma_hf, judge, main
-from engines.method.pose import PARAM_NAMES
 from engines.core.photo import read_photo
+from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP, short_clip
 
 JAW = PARAM_NAMES.index("jawOpen")

@@ -5,12 +5,18 @@ import pytest
 import torch
 
 from calibration.shape_model import ShapeModel, shape_model_path
+from engines.core.photo import read_photo
 from engines.method.net3d import MediaPipeNet3D
 from engines.method.pose import PARAM_NAMES
 from streamer.avatar.enroll import Enroller, net3d_uint8
-from engines.core.photo import read_photo
-from streamer.avatar.pose_targets import (AvatarShape, Painter, TargetRecipe, expression_gains, loss_weights,
-                                   request_bank)
+from streamer.avatar.pose_targets import (
+    AvatarShape,
+    Painter,
+    TargetRecipe,
+    expression_gains,
+    loss_weights,
+    request_bank,
+)
 from tests.media import ASTRONAUT
 
 YAW, ROLL, JAW = (PARAM_NAMES.index(n) for n in ("yaw", "roll", "jawOpen"))

@@ -3,8 +3,8 @@ per-frame p within 1e-4, images at >= 40 dB PSNR (it was bit-exact when recorded
 import numpy as np
 import pytest
 
-from tests.same_output import CASES, REFERENCE, make_engine, psnr, run_case
 from tests.media import quick_astronaut_pack
+from tests.same_output import CASES, REFERENCE, make_engine, psnr, run_case
 
 P_TOL = 1e-4
 MIN_PSNR = 40.0

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.method.face_align import align_112, align_112_np, five_points_from_mediapipe, to_tensor
 from engines.core.modelfiles import model_path
+from engines.method.face_align import align_112, align_112_np, five_points_from_mediapipe, to_tensor
 from engines.models.sface import SFace, cosine, dequantize_linear
 from tests.mediapipe_faces import ASSETS, detect_landmarks, load_rgb, video_frames
 

@@ -3,8 +3,8 @@ and a lavfi source (the 10-minute run with the real engine is in docs/faults.md)
 import asyncio
 import threading
 
-from streamer.testing.fakes import FakeReenactor
 from streamer.bench.soak import soak, verdict
+from streamer.testing.fakes import FakeReenactor
 
 SOURCE = "lavfi:testsrc2=size=160x120:rate=30"
 

@@ -13,9 +13,9 @@ import aiohttp
 import av
 import pytest
 
-from streamer.testing.fakes import FakeReenactor
 from streamer.stream.pipeline import Pipeline
 from streamer.stream.sources import Capture, open_source, parse_source
+from streamer.testing.fakes import FakeReenactor
 from tests.stream_support import served
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"

@@ -9,8 +9,8 @@ import numpy as np
 import psutil
 from aiortc import RTCPeerConnection
 
-from streamer.testing.fakes import make_fake_reenactor
 from streamer.stream.pipeline import Pipeline
+from streamer.testing.fakes import make_fake_reenactor
 from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
 from streamer.web.webrtc import PeerSession, PipelineTrack
 from tests.stream_support import loopback_ice, served  # noqa: F401 (fixture)

@@ -13,10 +13,10 @@ import av
 import numpy as np
 import pytest
 
-from streamer.stream.controls import Controller, TerminalKeys
-from streamer.testing.fakes import FakeReenactor, make_fake_reenactor
 from streamer.live import LiveConfig, add_live_arguments, is_offline, run_live
+from streamer.stream.controls import Controller, TerminalKeys
 from streamer.stream.pipeline import Pipeline
+from streamer.testing.fakes import FakeReenactor, make_fake_reenactor
 from tests.media import short_clip
 
 

@@ -9,11 +9,11 @@ import av
 import numpy as np
 import pytest
 
-from streamer.testing.fakes import FakeReenactor, expected_output
 from streamer.live import run_offline
 from streamer.stream.pipeline import Channel, ChannelClosed, Pipeline, run_sink
 from streamer.stream.sinks import NullSink
 from streamer.stream.sources import Capture
+from streamer.testing.fakes import FakeReenactor, expected_output
 from tests.stream_support import stop_stream
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"

@@ -12,10 +12,10 @@ import pyvirtualcam
 from pyvirtualcam.util import encode_fourcc
 
 from engines.core.errors import UserError
-from streamer.testing.fakes import make_fake_reenactor
 from streamer.live import LiveConfig, add_live_arguments, run_live
 from streamer.stream.pipeline import Published
 from streamer.stream.sinks import FileSink, VirtualCameraSink, letterbox
+from streamer.testing.fakes import make_fake_reenactor
 
 
 class RecordingBackend:

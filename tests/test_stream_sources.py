@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from engines.core.errors import UserError
-from streamer.testing.fakes import FakeReenactor
 from streamer.stream.pipeline import Pipeline, run_sink
 from streamer.stream.sinks import NullSink
 from streamer.stream.sources import AVSource, Capture, LoopingSource, parse_size, parse_source
+from streamer.testing.fakes import FakeReenactor
 from tests.stream_support import stop_stream
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from engines.core.errors import UserError
-from streamer.testing.fakes import FakeReenactor, avatar_color, expected_output, make_fake_reenactor
 from streamer.stream.pipeline import Pipeline
-from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack, clip_frames, read_stamp, stamp
 from streamer.stream.sources import Capture, open_source, parse_source
+from streamer.testing.fakes import FakeReenactor, avatar_color, expected_output, make_fake_reenactor
+from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack, clip_frames, read_stamp, stamp
 from tests.stream_support import loopback_ice, png_bytes, psnr, served  # noqa: F401 (fixture)
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engines.models.arcface import ArcFace
 from engines.core.errors import UserError
+from engines.models.arcface import ArcFace
 from engines.models.lpips import LPIPS
 from engines.weights.random_weights import random_arcface, random_lpips
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.models.e4e import E4E
 from engines.core.errors import UserError
+from engines.models.e4e import E4E
 from engines.weights.random_weights import random_stylegan2
 from tests.fixture_weights import load_npy, max_abs_diff, recipe_state_dict
 

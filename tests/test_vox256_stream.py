@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.weights.random_weights import write_random_vox256
 from engines.method.zoos import load_zoo
+from engines.weights.random_weights import write_random_vox256
 from streamer.avatar.pack import AvatarPack
 from tests.media import short_clip
 

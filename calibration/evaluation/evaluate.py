@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.models.directions import Directions
-from engines.core.errors import UserError, main_guard
-from engines.method.net3d import MediaPipeNet3D
-from engines.core.views import net3d_view
-from engines.method.zoo import DATA
-from engines.method.zoos import load_zoo
-
 from calibration.identity import IdentityScorer
 from calibration.sampling import sample_pool
+from engines.core.errors import UserError, main_guard
+from engines.core.views import net3d_view
+from engines.method.net3d import MediaPipeNet3D
+from engines.method.zoo import DATA
+from engines.method.zoos import load_zoo
+from engines.models.directions import Directions
 
 
 def held_out_pairs(generator, n_pairs: int, seed: int, progress: bool = True):

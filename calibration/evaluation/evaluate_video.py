@@ -43,11 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibration.evaluation.video_report import CROP, fmt, plot_series, save_strip, write_report
 from engines.core.errors import UserError, main_guard
 from engines.core.files import VIDEO_SUFFIXES, sha256_file
-
-from calibration.evaluation.video_report import CROP, fmt, plot_series, save_strip, write_report
-
 
 # iBUG-68 points as MediaPipe FaceMesh indices: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67
 MP68 = [162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
@@ -228,8 +226,8 @@ class Source:
 
 def enroll_source(engine, inst: Instruments, clip: Path, index: int, steps: tuple[int | None, int | None],
                   log, tune: bool = True) -> Source:
-    from streamer.avatar.pack import AvatarPack
     from streamer.avatar.enroll import Enroller, cache_dir, recipe_key
+    from streamer.avatar.pack import AvatarPack
     from streamer.reenact.engine import AvatarReenactor
     rgb = next((f for i, _, f in frames(clip, index + 1) if i == index), None)
     if rgb is None:
@@ -451,8 +449,8 @@ def main(argv=None) -> int:
     clips = list_clips(args.clips)
     if len({c.stem for c in clips}) != len(clips):
         raise UserError("--clips: two clips share a file name")
-    from streamer.reenact.engine import Engine
     from calibration.evaluation.fid import load_extractor
+    from streamer.reenact.engine import Engine
     engine = Engine(args.zoo, args.weights if args.zoo != "default" else None, args.directions, log=log,
                     progress=False)
     a_sha = sha256_file(Path(engine.zoo.directions_path))   # the matrix loaded now (the file may change later)

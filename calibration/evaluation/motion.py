@@ -35,10 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibration.evaluation.media_variants import (
+    CLIP_VARIANTS,
+    PORTRAIT_VARIANTS,
+    clip_variant_frames,
+    portrait_variant,
+    split_name,
+    write_portrait,
+)
 from engines.core.errors import UserError, main_guard
-
-from calibration.evaluation.media_variants import (CLIP_VARIANTS, PORTRAIT_VARIANTS, clip_variant_frames, portrait_variant,
-                             split_name, write_portrait)
 
 YAW_STD_MIN, JAW_STD_MIN = 3.0, 0.08
 GOALS = {"yaw_corr": 0.8, "jaw_corr": 0.6, "sface_mean": 0.5, "sface_p10": 0.3, "face_rate": 0.95}
@@ -48,6 +53,7 @@ DRIFT_FLOOR, DRIFT_MARGIN = 10.0, 5.0
 def output_view(img: np.ndarray, resolution: int) -> torch.Tensor:
     """A published face frame (the generator's crop, upscaled) framed like calibration's Net3D view."""
     from PIL import Image
+
     from engines.core.views import net3d_view
     small = np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BICUBIC))
     t = torch.from_numpy(np.array(small, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1

@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
+from engines.core.views import image_uint8
 from engines.method import default_zoo, vox256
-from engines.models.deca import ANGLE_SCALES, N_EXP, SHIFT_SCALE, axis_angle_to_euler, range_coefficients, split_params
-from engines.models.facelandmarker import LANDMARK_SIZE, crop, roi_from_landmarks, uncrop_landmarks
 from engines.method.pose import EXPRESSION_INDEX, euler_from_rotation
 from engines.method.reenact_latent import OFFICIAL_PSI
-from engines.core.views import image_uint8
+from engines.models.deca import ANGLE_SCALES, N_EXP, SHIFT_SCALE, axis_angle_to_euler, range_coefficients, split_params
+from engines.models.facelandmarker import LANDMARK_SIZE, crop, roi_from_landmarks, uncrop_landmarks
 
 DECA_SIZE = 224
 # MediaPipe points that outline the extent of the 68-point annotation DECA's crop is defined on:
@@ -234,12 +234,12 @@ def build_vox256_random_stage(workdir, size: int = 256, device="cpu", slots: int
 def build_default_stage(device="cpu", slots: int = 8, directions=None, task_path=None) -> DefaultFrameStage:
     """The default zoo's stage; `directions` None -> the committed file, or random ones when it is
     missing (speed measurements only)."""
+    from engines.method.default_zoo import default_directions_path
+    from engines.method.pose import PARAM_NAMES
     from engines.models.dcgan import DCGAN
     from engines.models.directions import Directions
     from engines.models.face_geometry import FaceGeometry
     from engines.models.facelandmarker import FaceLandmarkerTorch
-    from engines.method.pose import PARAM_NAMES
-    from engines.method.default_zoo import default_directions_path
     if directions is None:
         path = default_directions_path()
         if path.is_file():

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.core.errors import UserError
-from engines.models.irse import IRSEBackbone
 from engines.core.statedict import assign_state_dict, build_on_meta
 from engines.core.weights_io import read_checkpoint, strip_prefix
+from engines.models.irse import IRSEBackbone
 
 LAYOUT = ("ArcFace IR-SE-50 (model_ir_se50.pth): state dict input_layer.*, body.0-23.*, output_layer.0 "
           "BatchNorm2d(512), output_layer.3 Linear(25088, 512), output_layer.4 BatchNorm1d(512)")

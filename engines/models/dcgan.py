@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.core.weights_io import read_checkpoint
 from engines.core.errors import UserError
-from engines.models.generator import LatentGenerator
 from engines.core.modelfiles import model_path
+from engines.core.weights_io import read_checkpoint
+from engines.models.generator import LatentGenerator
 
 CHANNELS = (100, 512, 256, 128, 64, 3)
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from engines.core.errors import UserError
-from engines.models.resnet import ResNet50Features
 from engines.core.statedict import assign_state_dict, build_on_meta
 from engines.core.weights_io import read_checkpoint, require_dict, strip_prefix
+from engines.models.resnet import ResNet50Features
 
 P_NAMES = ["yaw", "pitch", "roll", "jaw"] + [f"exp{i:02d}" for i in range(11)]
 SPLIT = (("shape", 100), ("tex", 50), ("exp", 50), ("pose", 6), ("cam", 3), ("light", 27))

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.core.weights_io import read_checkpoint
 from engines.core.errors import UserError
+from engines.core.weights_io import read_checkpoint
 
 FORMAT = "facereenact-directions/1"
 

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.core.errors import UserError
-from engines.models.irse import IRSEBackbone
 from engines.core.statedict import assign_state_dict, build_on_meta
-from engines.models.stylegan2_ops import EqualLinear
 from engines.core.weights_io import read_checkpoint, require_dict, strip_prefix
+from engines.models.irse import IRSEBackbone
+from engines.models.stylegan2_ops import EqualLinear
 
 LAYOUT = ("e4e: {'e': Encoder4Editing(50,'ir_se') state dict} (paper's VoxCeleb encoder) or "
           "{'state_dict': {'encoder.*', 'decoder.*'}, 'latent_avg', 'opts'} (official e4e)")

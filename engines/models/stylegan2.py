@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from engines.core.errors import UserError
-from engines.models.generator import LatentGenerator
 from engines.core.statedict import assign_state_dict, build_on_meta
-from engines.models.stylegan2_ops import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB, make_fir_kernel
 from engines.core.weights_io import read_checkpoint, require_dict
+from engines.models.generator import LatentGenerator
+from engines.models.stylegan2_ops import ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB, make_fir_kernel
 
 LAYOUT = ("rosinality StyleGAN2 .pt: {'g_ema': state dict with style.*, input.input, conv1.*, to_rgb1.*, "
           "convs.N.*, to_rgbs.N.*, noises.noise_N}, optional 'latent_avg' [512]")

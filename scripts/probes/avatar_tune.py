@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from calibration.avatar_directions import avatar_sample  # noqa: E402
-from calibration.identity import IdentityScorer  # noqa: E402
 from calibration.evaluation.motion import Reader, measure_pair  # noqa: E402
+from calibration.identity import IdentityScorer  # noqa: E402
 from calibration.prepare import TrainData  # noqa: E402
 from calibration.train import TrainConfig, Trainer  # noqa: E402
 from engines.models.directions import Directions  # noqa: E402

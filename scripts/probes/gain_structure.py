@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from calibration.evaluation.evaluate import held_out_pairs  # noqa: E402
 from calibration.sampling import Pool, read_images  # noqa: E402
-from engines.models.directions import Directions  # noqa: E402
 from engines.method.net3d import MediaPipeNet3D  # noqa: E402
 from engines.method.zoo import DATA
 from engines.method.zoos import load_zoo  # noqa: E402
+from engines.models.directions import Directions  # noqa: E402
 
 NAMES = {0: "yaw", 1: "pitch", 3: "jawOpen"}
 

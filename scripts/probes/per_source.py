@@ -26,12 +26,12 @@ from calibration.identity import IdentityScorer  # noqa: E402
 from calibration.prepare import TrainData  # noqa: E402
 from calibration.sampling import read_images  # noqa: E402
 from calibration.train import TrainConfig, Trainer  # noqa: E402
-from engines.models.directions import Directions  # noqa: E402
-from engines.models.facelandmarker import FaceLandmarkerTorch  # noqa: E402
-from engines.method.net3d import MediaPipeNet3D  # noqa: E402
 from engines.core.views import net3d_view  # noqa: E402
+from engines.method.net3d import MediaPipeNet3D  # noqa: E402
 from engines.method.zoo import DATA
 from engines.method.zoos import load_zoo  # noqa: E402
+from engines.models.directions import Directions  # noqa: E402
+from engines.models.facelandmarker import FaceLandmarkerTorch  # noqa: E402
 
 
 class PairShifts(torch.nn.Module):

@@ -26,11 +26,11 @@ from calibration.evaluation.evaluate import held_out_pairs, reenact_and_measure 
 from calibration.identity import IdentityScorer  # noqa: E402
 from calibration.prepare import TrainData  # noqa: E402
 from calibration.train import TrainConfig, Trainer  # noqa: E402
+from engines.core.views import net3d_view  # noqa: E402
+from engines.method.net3d import MediaPipeNet3D  # noqa: E402
+from engines.method.zoos import load_zoo  # noqa: E402
 from engines.models.directions import Directions  # noqa: E402
 from engines.models.facelandmarker import FaceLandmarkerTorch  # noqa: E402
-from engines.method.net3d import MediaPipeNet3D  # noqa: E402
-from engines.core.views import net3d_view  # noqa: E402
-from engines.method.zoos import load_zoo  # noqa: E402
 
 SPLIT = 3  # main[:3] = ConvTranspose -> BatchNorm -> ReLU: the 512x4x4 map
 

@@ -28,22 +28,22 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from calibration.avatar_directions import check_supported
+from calibration.avatar_directions import tune_directions as tune_a
 from calibration.identity import points_from_landmarks
 from calibration.inversion import Inverter, net3d_uint8
 from calibration.shape_model import ShapeModel, shape_model_path
 from engines.core.errors import UserError, main_guard
 from engines.core.files import sha256_file
-from engines.models.facelandmarker import roi_from_landmarks
-from engines.method.net3d import MediaPipeNet3D
-from engines.core.views import VIEW_SIZE, net3d_view
-from engines.method.recipes import Tuning
-from engines.method.zoos import RECIPES
-from engines.method.zoos import load_zoo
-
-from engines.method.align import crop_image
-from streamer.avatar.pack import AvatarPack
-from streamer.avatar.framing import DISPLAY_SCALE
 from engines.core.photo import read_photo
+from engines.core.views import VIEW_SIZE, net3d_view
+from engines.method.align import crop_image
+from engines.method.net3d import MediaPipeNet3D
+from engines.method.recipes import Tuning
+from engines.method.zoos import RECIPES, load_zoo
+from engines.models.facelandmarker import roi_from_landmarks
+from streamer.avatar.framing import DISPLAY_SCALE
+from streamer.avatar.pack import AvatarPack
 from streamer.avatar.pose_targets import loss_weights, pose_targets
 
 DISPLAY_SIZE = 256
@@ -195,7 +195,6 @@ class Enroller(Inverter):
                tune_directions: int = 0) -> AvatarPack:
         """tune_directions: steps of tuning A to this avatar (0: the zoo's A is used as it is)."""
         if tune_directions:
-            from calibration.avatar_directions import check_supported
             check_supported(self.zoo.name)   # before minutes of inversion, not after
         caller = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # also pins this OS thread (a worker's own count may differ)
@@ -236,7 +235,6 @@ class Enroller(Inverter):
                 quality["moving"] = self._usable(G_t, z, emb_target, name)
         directions, directions_report = None, None
         if tune_directions:
-            from calibration.avatar_directions import tune_directions as tune_a
             A, directions_report = tune_a(self.zoo, G_t, self.pivot(z).detach(), self.directions, tune_directions,
                                           progress=self.progress, log=self.log)
             directions = {"weight": A.linear.weight.detach().clone(), "bias": A.linear.bias.detach().clone()}

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 from calibration.shape_model import ShapeModel, to_camera
-from engines.method.recipes import TargetRecipe
-from engines.method.pose import rotation_from_euler
 from engines.core.views import PAD, VIEW_SIZE, net3d_view, to_uint8, view_to_image_px
+from engines.method.pose import rotation_from_euler
+from engines.method.recipes import TargetRecipe
 
 # MediaPipe FaceMesh indices
 UPPER_INNER_LIP = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]

@@ -109,9 +109,9 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
     import aiohttp
 
     from streamer.stream.pipeline import Pipeline, run_sink
-    from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
     from streamer.stream.sinks import NullSink
     from streamer.stream.sources import Capture, open_source, parse_source
+    from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
     from streamer.web.webapp import start_server
 
     loop = asyncio.get_running_loop()

@@ -124,8 +124,8 @@ def build_stage(zoo: str, device: torch.device, size: int, workdir: str, slots: 
 
 
 def face_roi(frame: np.ndarray, device: torch.device) -> torch.Tensor:
-    from engines.models.facedetector import FaceDetectorNet
     from engines.method.frame_stage import FaceTracker
+    from engines.models.facedetector import FaceDetectorNet
     tracker = FaceTracker(FaceDetectorNet.from_task().to(device))
     roi = tracker.roi_for(torch.from_numpy(frame).to(device))
     if roi is None:
@@ -154,10 +154,10 @@ def random_tuned(stage, seed: int) -> dict:
 
 # -- per-part timings (eager, batch 1) ---------------------------------------------------------------
 def part_timings(stage, inputs, device, iters, warmup) -> dict:
-    from engines.models.deca import split_params
-    from engines.models.facelandmarker import crop, roi_from_landmarks, uncrop_landmarks
     from engines.core.views import image_uint8
     from engines.method.frame_stage import DECA_SIZE, deca_roi, frame_to_float
+    from engines.models.deca import split_params
+    from engines.models.facelandmarker import crop, roi_from_landmarks, uncrop_landmarks
     frame, roi, source, p_ref, slot = inputs
     host = frame.cpu()
     hgt, wid = frame.shape[1:3]
@@ -301,6 +301,7 @@ def kernel_profile(stage, inputs, device, dtype: str, top: int = 25) -> dict:
     (a guide to what to fuse or re-layout next; eager launches every kernel, so the total is the GPU
     work, not the wall time)."""
     from torch.profiler import ProfilerActivity, profile
+
     from engines.accel.compile import DTYPES
     mod = stage if dtype == "fp32" else stage.with_precision(DTYPES[dtype])
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from engines.core.errors import UserError, main_guard
-
 from streamer.bench.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,8 +63,9 @@ def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bo
     frames, rate = decode(source, max_frames)
     stages: dict[str, list[float]] = {"decode": [], "face": [], "pose": [], "latent": [], "image": []}
     if encode:
-        import av
         import io
+
+        import av
         buf = io.BytesIO()
         out = av.open(buf, "w", format="mp4")
         stream = out.add_stream("libx264", rate=round(rate))

@@ -23,10 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibration.avatar_directions import check_supported
+from engines.core.device import describe, resolve_device
 from engines.core.errors import UserError
 from engines.core.views import image_uint8
 from engines.method.correction import Correction
 from engines.method.zoos import load_zoo
+from streamer.avatar.enroll import load_or_enroll
 from streamer.avatar.framing import Framer
 from streamer.avatar.pack import AvatarPack
 from streamer.reenact.api import Output
@@ -39,16 +42,15 @@ from streamer.reenact.side_by_side import side_by_side
 
 OUT_SIZE = 256
 
+
 class Engine:
     """One zoo's models (generator, directions), shared read-only by all sessions."""
 
     def __init__(self, zoo: str = "default", weights: str | Path | None = None,
                  directions: str | Path | None = None, log=print, progress: bool = True,
                  device: str | torch.device | None = "cpu", tune_directions: int = 0):
-        from engines.core.device import describe, resolve_device
         self.device = resolve_device(device)   # checked before any model loads
         if tune_directions:   # before any model loads
-            from calibration.avatar_directions import check_supported
             check_supported(zoo)
         self.zoo = load_zoo(zoo, weights, directions)
         self.directions = self.zoo.directions()
@@ -67,7 +69,6 @@ class Engine:
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
 
     def pack(self, avatar: str | Path) -> AvatarPack:
-        from streamer.avatar.enroll import load_or_enroll
         with self._enroll_lock:
             return load_or_enroll(avatar, self.zoo, self.progress, self.log, self.tune_directions)
 

@@ -34,7 +34,6 @@ import torch
 
 from streamer.reenact.api import Output
 
-
 IDLE_S = 1.0    # a session silent this long is not waited for
 SLACK_S = 0.002  # how late a predicted frame may be before the batch goes without it
 

@@ -11,7 +11,6 @@ from engines.core.errors import UserError
 from engines.core.files import IMAGE_SUFFIXES
 from streamer.stream.pipeline import Pipeline
 
-
 KEYS_HELP = "keys: r reset reference | s side-by-side | a next avatar | q quit | ? help"
 
 
