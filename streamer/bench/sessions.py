@@ -104,18 +104,19 @@ def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bo
 
 def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: float, fps: float | None,
                  weights=None, threads: int | None = None, device: str = "cpu", max_frames: int = 300) -> dict:
-    """N sessions on one Engine, each driven by `source` from its own thread, for `seconds`."""
+    """N sessions on one Engine, each driven by `source` from its own thread, for `seconds`: the
+    factory run_stream.py builds, with run_stream's defaults (one torch thread unless `threads`)."""
     import threading
 
-    import torch
-    if threads:
-        torch.set_num_threads(threads)
     from engines.core.device import describe
-    from streamer.reenact.engine import Engine
-    engine = Engine(zoo, weights, log=lambda m: print(m, file=sys.stderr), progress=False, device=device)
+    from streamer.reenact.config import ReenactConfig
+    from streamer.reenact.engine import ReenactorFactory
+    factory = ReenactorFactory(ReenactConfig(zoo=zoo, weights=weights, device=device, threads=threads or 1,
+                                             progress=False), log=lambda m: print(m, file=sys.stderr))
+    engine = factory.engine
     frames, rate = decode(source, max_frames)
     rgb = [f.to_ndarray(format="rgb24") for f in frames]
-    sessions = [engine.make_reenactor(avatars[i % len(avatars)]) for i in range(n)]
+    sessions = [factory(avatars[i % len(avatars)]) for i in range(n)]
     for r in sessions:   # warm-up (first-call allocations), then the driver's reference again
         r.process(rgb[0], 0.0)
         r.reset_reference()
