@@ -30,8 +30,9 @@ class GeneratorStage:
         self.batched = self.max_batch > 1
         self._lock = threading.Lock()
         self._copies: dict[int, torch.nn.Module] = {}      # batch 1: slot -> the avatar's own G
-        self._free = list(range(slots - 1, 0, -1))       # slot 0 is the untuned base
+        self._free = list(range(slots - 1, 0, -1))       # the bank's slots; 0 is the untuned base
         self._ids = itertools.count()
+        self._copy_slots = itertools.count(1)            # batch 1: as many avatars as memory holds
         if self.batched:
             self.bank = AvatarBank(generator, tuned_layers, slots).to(device)
             batch_cls = StyleGAN2Batch if hasattr(generator, "n_latent") else DCGANBatch
@@ -42,20 +43,22 @@ class GeneratorStage:
     # -- avatars ----------------------------------------------------------------------------------
     def add_avatar(self, pack) -> int:
         """Load an avatar's tuned layers; -> its slot."""
+        if not self.batched:
+            slot = next(self._copy_slots)
+            self._copies[slot] = pack.generator(self.base).for_streaming().to(self.device)
+            return slot
         with self._lock:
             if not self._free:
-                raise RuntimeError("generator stage: every avatar slot is in use")
+                raise RuntimeError("generator stage: every avatar slot of the bank is in use")
             slot = self._free.pop()
-        if self.batched:
-            self.bank.set(slot, pack.tuned)
-        else:
-            self._copies[slot] = pack.generator(self.base).for_streaming().to(self.device)
+        self.bank.set(slot, pack.tuned)
         return slot
 
     def remove_avatar(self, slot: int) -> None:
-        if self.batched:
-            self.bank.reset(slot)
-        self._copies.pop(slot, None)
+        if not self.batched:
+            self._copies.pop(slot, None)
+            return
+        self.bank.reset(slot)
         with self._lock:
             self._free.append(slot)
 
