@@ -51,7 +51,7 @@ def test_sessions_of_one_engine_share_its_generator_stage(engine, tmp_path):
     pack = quick_astronaut_pack(engine.zoo, tmp_path)
     with av.open(str(CLIP)) as c:
         frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(6), c.decode(video=0))]
-    stats = engine.generator_stage.scheduler.stats
+    stats = engine.generator_stage.stats
     before = dict(stats.per_session)
     sessions = [engine.make_reenactor(pack) for _ in range(3)]
     assert len({s.slot for s in sessions}) == 3             # each its own avatar slot

@@ -120,7 +120,7 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
     for r in sessions:   # warm-up (first-call allocations), then the driver's reference again
         r.process(rgb[0], 0.0)
         r.reset_reference()
-    stats = engine.generator_stage.scheduler.stats
+    stats = engine.generator_stage.stats
     calls0, frames0 = stats.batches, stats.frames
     latency: list[list[float]] = [[] for _ in range(n)]
     start = time.perf_counter() + 0.05

@@ -206,7 +206,7 @@ class ReenactorFactory:
 
     def stage_stats(self) -> dict:
         """The shared generator stage's scheduler statistics (calls, frames, sessions served)."""
-        return self.engine.generator_stage.scheduler.stats.summary()
+        return self.engine.generator_stage.stats.summary()
 
 
 # for tools that take MODULE:FUNCTION (e.g. `python -m streamer.bench.live --factory

@@ -7,7 +7,8 @@ its worker runs the requests it has gathered in one call:
   * batch 1 (the CPU): each request on its avatar's own tuned copy of G, stored channels-last where the
     generator prefers it. On the CPU one frame at a time is fastest, and it renders exactly what an
     eager per-session generator renders.
-Either way the scheduler's statistics count the calls every session shared.
+Either way the scheduler's statistics count the calls every session shared. The scheduler's worker
+thread runs while the stage has avatars: an engine with no session holds no thread.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import threading
 import torch
 
 from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
-from streamer.reenact.scheduler import MicroBatchScheduler
+from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
 
 BUDGET_MS = 15.0     # how long a request may wait for companions (half a 30 fps frame)
 
@@ -37,12 +38,18 @@ class GeneratorStage:
             self.bank = AvatarBank(generator, tuned_layers, slots).to(device)
             batch_cls = StyleGAN2Batch if hasattr(generator, "n_latent") else DCGANBatch
             self.run_batched = batch_cls(generator.to(device), self.bank)
-        self.scheduler = MicroBatchScheduler(self._run, max_batch=self.max_batch, budget_ms=BUDGET_MS,
-                                             name="generator-stage")
+        self.stats = SchedulerStats()                     # over every worker this stage has run
+        self.scheduler: MicroBatchScheduler | None = None
+        self._avatars = 0
 
     # -- avatars ----------------------------------------------------------------------------------
     def add_avatar(self, pack) -> int:
         """Load an avatar's tuned layers; -> its slot."""
+        with self._lock:
+            if self.scheduler is None:
+                self.scheduler = MicroBatchScheduler(self._run, max_batch=self.max_batch, budget_ms=BUDGET_MS,
+                                                     name="generator-stage", stats=self.stats)
+            self._avatars += 1
         if not self.batched:
             slot = next(self._copy_slots)
             self._copies[slot] = pack.generator(self.base).for_streaming().to(self.device)
@@ -55,12 +62,17 @@ class GeneratorStage:
         return slot
 
     def remove_avatar(self, slot: int) -> None:
-        if not self.batched:
+        if self.batched:
+            self.bank.reset(slot)
+        else:
             self._copies.pop(slot, None)
-            return
-        self.bank.reset(slot)
         with self._lock:
-            self._free.append(slot)
+            if self.batched:
+                self._free.append(slot)
+            self._avatars -= 1
+            if self._avatars == 0 and self.scheduler is not None:   # the last session ended
+                self.scheduler.close()
+                self.scheduler = None
 
     def generator(self, slot: int):
         """The module that renders this slot alone (batch 1), for measurements at load time."""
@@ -75,7 +87,9 @@ class GeneratorStage:
         return self.scheduler.submit(session, (latent, slot)).result()
 
     def end_session(self, session: int) -> None:
-        self.scheduler.forget(session)
+        with self._lock:
+            if self.scheduler is not None:
+                self.scheduler.forget(session)
 
     @torch.no_grad()
     def _run(self, items: list) -> list[torch.Tensor]:
@@ -86,7 +100,10 @@ class GeneratorStage:
         return list(self.run_batched(z, slots).cpu().split(1))
 
     def close(self) -> None:
-        self.scheduler.close()
+        with self._lock:
+            if self.scheduler is not None:
+                self.scheduler.close()
+                self.scheduler = None
 
 
 class _SlotView:

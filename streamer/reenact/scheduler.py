@@ -72,7 +72,7 @@ class SchedulerStats:
 class MicroBatchScheduler:
     def __init__(self, run_batch: Callable[[list], list], max_batch: int = 8, budget_ms: float = 33.0,
                  clock: Callable[[], float] = time.perf_counter, name: str = "model-scheduler",
-                 predict: bool = True):
+                 predict: bool = True, stats: SchedulerStats | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.run_batch = run_batch
@@ -80,7 +80,7 @@ class MicroBatchScheduler:
         self.budget = budget_ms / 1000.0
         self.clock = clock
         self.predict = predict  # False: always wait for max_batch frames or the deadline
-        self.stats = SchedulerStats()
+        self.stats = stats or SchedulerStats()   # a caller's own: counts that outlive this worker
         self._queue: deque[_Request] = deque()
         self._by_session: dict[Hashable, _Request] = {}
         self._seen: dict[Hashable, tuple[float, float | None]] = {}  # session -> (last submit, interval)
