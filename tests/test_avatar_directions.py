@@ -13,6 +13,8 @@ from engines.models.facelandmarker import FaceLandmarkerTorch
 from streamer.avatar.pack import AvatarPack
 from tests.media import quick_astronaut_pack
 
+pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

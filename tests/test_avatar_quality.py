@@ -12,6 +12,8 @@ from engines.core.photo import read_photo
 from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP
 
+pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
+
 JAW = PARAM_NAMES.index("jawOpen")
 
 

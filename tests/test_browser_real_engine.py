@@ -12,7 +12,8 @@ from tests.stream_support import served
 from tests.test_stream_browser import CHROMIUM, Chromium, enough, make_y4m
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)"),
+              pytest.mark.slow]   # a real engine behind a real browser: more than ~30 s
 
 
 def test_browser_camera_drives_the_real_avatar(tmp_path):

@@ -180,6 +180,7 @@ def test_single_direction_shifts_span_the_requested_range(G, train_data, stats):
             assert (moved[:400 - n_single] > 1).float().mean() > 0.95
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss_and_resume(G, train_data, stats, tmp_path):
     data, lm, sc = train_data
     torch.manual_seed(0)

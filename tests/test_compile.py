@@ -44,6 +44,7 @@ def _inputs(seed=0):
     return torch.randn(2, 3, 16, 16, generator=g), torch.tensor(1.5)
 
 
+@pytest.mark.slow
 def test_cpu_chain_without_gpu_or_tensorrt(no_tensorrt):
     """The full default chain on CPU: compile is tried for real; eager is the floor."""
     m = Tiny().eval()

@@ -238,6 +238,7 @@ def test_run_stream_bad_avatar_is_one_line(tmp_path):
     assert lines[-1].startswith("error: no face found in blank.png") and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_enrollment_does_not_depend_on_the_callers_thread_count(engine):
     """Enrollment runs its optimisation at a fixed torch thread count (1 unless asked), so a photo gives
     the same pack from every tool — the caller's setting is restored afterwards. (Unpinned, a caller at

@@ -134,6 +134,7 @@ def run(tmp_path_factory):
     return json.loads((out / "r.json").read_text()), out, left, mirror
 
 
+@pytest.mark.slow
 def test_run_covers_self_and_cross_pairs_in_every_mode(run):
     res, out, left, mirror = run
     pairs = {(p["source"], p["driver"], p["mode"]): p for p in res["pairs"]}
@@ -157,6 +158,7 @@ def test_run_covers_self_and_cross_pairs_in_every_mode(run):
     assert res["meta"]["lpips"] is True and res["meta"]["fid"] is True and len(res["meta"]["directions_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_static_cross_error_is_the_drivers_own_motion(run):
     """Holding the avatar still against 'avatar pose + driver motion' errs by exactly the driver's motion
     since its first frame: recomputed here from the runtime's readings of the driver alone."""
@@ -171,6 +173,7 @@ def test_static_cross_error_is_the_drivers_own_motion(run):
     assert p["summary"]["err_jawOpen"] == pytest.approx(motion[:, 3].mean(), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_report_table_and_licence_filtered_figures(run):
     res, out, left, mirror = run
     text = (out / "report.md").read_text()

@@ -96,6 +96,7 @@ def decode(path: Path) -> list[np.ndarray]:
 
 
 # ------------------------------------------------------------------------------- driving-frame faults
+@pytest.mark.slow
 def test_driver_without_face_holds_the_pose_then_eases_to_neutral(engine, pack_path):
     from streamer.avatar.pack import AvatarPack
     from streamer.reenact.engine import AvatarReenactor
@@ -133,6 +134,7 @@ def two_face_frame(shared: Path | None) -> np.ndarray:
     return np.asarray(canvas)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["bundled", "shared"])
 def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, request):
     from engines.method.net3d import MediaPipeNet3D
@@ -157,6 +159,7 @@ def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, r
     assert x0 <= box[0] <= x1 and y0 - (y1 - y0) <= box[1] <= y1   # crop centred on the largest face
 
 
+@pytest.mark.slow
 def test_hand_over_the_face_keeps_a_face_in_the_output(engine, pack_path):
     """assets/pexels_woman.mp4 frames 64-232: her hand covers mouth, nose and eyes in turn."""
     from calibration.evaluation.motion import output_view
@@ -231,6 +234,7 @@ def test_corrupt_avatar_images_are_one_line_errors(engine, tmp_path, capsys):
     assert code == 2 and msg in error_line(err) and not (tmp_path / "o.mp4").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_device_that_is_not_there(pack_path, tmp_path, capsys):
     """--device cuda on a CPU-only torch: one line naming the fix, before any output is opened."""
@@ -250,6 +254,7 @@ def truncated(src: Path, dst: Path, frac: float = 0.6) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_truncated_or_wrong_directions_file(engine, pack_path, tmp_path, capsys):
     from engines.method.default_zoo import default_directions_path
     bad = {"truncated": truncated(default_directions_path(), tmp_path / "A_cut.safetensors"),
@@ -262,6 +267,7 @@ def test_truncated_or_wrong_directions_file(engine, pack_path, tmp_path, capsys)
         assert code == 2 and line.startswith(f"error: {path}: directions file is corrupt"), (what, line)
 
 
+@pytest.mark.slow
 def test_truncated_or_foreign_avatar_pack(engine, pack_path, tmp_path, capsys):
     from streamer.avatar.pack import AvatarPack
     cut = truncated(pack_path, tmp_path / "cut.avatar")
@@ -280,6 +286,7 @@ def test_truncated_or_foreign_avatar_pack(engine, pack_path, tmp_path, capsys):
         engine.make_reenactor(tmp_path / "wrong.avatar")
 
 
+@pytest.mark.slow
 def test_damaged_cached_enrollment_is_rebuilt(engine, pack_path, cache, monkeypatch, tmp_path):
     import streamer.avatar.enroll as enroll
     from streamer.avatar.pack import AvatarPack
@@ -526,6 +533,7 @@ def test_peer_that_vanishes_without_closing_is_dropped(monkeypatch):
 
 
 # --------------------------------------------------------------------- interrupting a recording
+@pytest.mark.slow
 def test_sigterm_during_a_live_recording_leaves_a_playable_file(pack_path, cache, tmp_path):
     out = tmp_path / "rec.mp4"
     env = dict(os.environ, FACEREENACT_CACHE=str(cache), PYTHONUNBUFFERED="1")
@@ -578,6 +586,7 @@ def _bad_packs(pack_path: Path, folder: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_avatar_pack_with_bad_contents_is_refused_with_one_line(engine, pack_path, tmp_path, capsys):
     """A pack whose latent is NaN streamed black frames with exit 0; one whose p is not numeric gave a
     traceback. Any pack whose contents cannot drive the zoo is one error line naming the file."""
@@ -616,6 +625,7 @@ def _stub_enroller(monkeypatch, pack_path, log: list):
     return calls
 
 
+@pytest.mark.slow
 def test_cached_enrollment_that_opens_but_does_not_fit_is_rebuilt(engine, pack_path, monkeypatch, tmp_path):
     import streamer.avatar.enroll as enroll
     from streamer.avatar.pack import AvatarPack
@@ -642,6 +652,7 @@ def test_cached_enrollment_that_opens_but_does_not_fit_is_rebuilt(engine, pack_p
         assert got.zoo == "default" and AvatarPack.load(cached).latent.shape == good.latent.shape, what
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["cache root under a regular file", "cache entry is a folder"])
 def test_unusable_avatar_cache_is_said_before_enrolling_and_the_run_goes_on(how, engine, pack_path, monkeypatch,
                                                                             tmp_path):
@@ -666,6 +677,7 @@ def test_unusable_avatar_cache_is_said_before_enrolling_and_the_run_goes_on(how,
     assert len(notes) == 1 and log.index(notes[0]) < calls[0], log       # said before enrolling started
 
 
+@pytest.mark.slow
 def test_packs_enrolled_from_uploads_are_deleted_at_exit(engine, pack_path, monkeypatch, tmp_path):
     import aiohttp
 

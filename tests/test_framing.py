@@ -41,6 +41,7 @@ def test_generator_view_cuts_the_square_back_out():
     assert generator_view(frame, 1.0) is frame
 
 
+@pytest.mark.slow
 def test_published_avatar_frame_is_the_photo_around_the_render(engine, astronaut_pack):
     """The reenactor's frame: outside the generator's square, the pack's surroundings exactly."""
     from PIL import Image

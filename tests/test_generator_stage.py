@@ -3,6 +3,7 @@
 import threading
 
 import numpy as np
+import pytest
 import torch
 
 from engines.method.default_zoo import RECIPE
@@ -42,6 +43,7 @@ def test_batched_stage_renders_each_avatar_like_its_own_generator():
         many.close()
 
 
+@pytest.mark.slow
 def test_sessions_of_one_engine_share_its_generator_stage(engine, tmp_path):
     """Three sessions (as three WebRTC peers) on one engine, each on its own thread: every frame goes
     through the one stage, and its statistics show the calls of all three."""

@@ -69,6 +69,7 @@ def test_goals_are_judged_as_the_issue_states():
     assert judge({**base, "drift_p95": 14.0, "driver_drift_p95": 9.5})["pass"]   # within driver's + 5
 
 
+@pytest.mark.slow
 def test_one_command_measures_every_pair(tmp_path, monkeypatch):
     """Two portraits (the bundled one and its grey variant) x a short clip: one table row per pair,
     every figure of the issue in the JSON."""

@@ -6,6 +6,8 @@ import pytest
 from tests.media import quick_astronaut_pack
 from tests.same_output import CASES, REFERENCE, make_engine, psnr, run_case
 
+pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
+
 P_TOL = 1e-4
 MIN_PSNR = 40.0
 

@@ -48,6 +48,7 @@ def test_zoo_reads_the_official_a_and_uses_deca(weights):
     assert torch.allclose(zoo.compose_latent(w, shift), official_latent(w, shift, trunc, 0.7))
 
 
+@pytest.mark.slow
 def test_enroll_and_stream_end_to_end(weights, clip, tmp_path):
     pack_path = tmp_path / "astro.avatar"
     r = run("-m", "streamer.avatar.enroll", "--zoo", "vox256", "--weights", str(weights), "--avatar",
