@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
+
+import torch
+
+from streamer.live import LiveConfig, add_live_arguments, run_live
+from streamer.reenact.config import ReenactConfig
+from streamer.reenact.engine import ReenactorFactory
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -40,7 +45,6 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streamer.live import add_live_arguments
     ap = OneLineParser(description="Drive an avatar photo with your face (Bounareli et al., BMVC 2022)",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--version", action="version", version=f"facereenact {version()}")
@@ -81,42 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from streamer.live import run_live
-    import torch
-    torch.set_num_threads(max(1, args.threads))
-    state: dict = {}
-    lock = threading.Lock()
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-
-    def engine():
-        # models load on first use, once, shared by every session (peers call this concurrently)
-        with lock:
-            if "engine" not in state:
-                from streamer.reenact import Engine
-                state["engine"] = Engine(args.zoo, args.weights, args.directions, log=log,
-                                         progress=not args.quiet, device=args.device,
-                                         tune_directions=max(0, args.tune_directions))
-        return state["engine"]
-
-    def make_reenactor(avatar):
-        return engine().make_reenactor(avatar or args.avatar, relative=not args.absolute,
-                                       smooth=not args.no_smooth, correct=not args.no_correction,
-                                       feedback_every=max(0, args.feedback))
-
-    def prepare(avatar, report):
-        # WebRTC: enroll (or load) an avatar before anyone asks for it; sessions then find it in memory.
-        # A photo not enrolled yet enrolls in its own low-priority process, so running calls keep their
-        # frame rate meanwhile.
-        eng = engine()
-        if eng.is_ready(avatar):
-            return eng.pack(avatar, on_progress=report)
-        from streamer.preparing import enroll_in_subprocess
-        pack = enroll_in_subprocess(avatar, report, zoo=args.zoo, weights=args.weights, directions=args.directions,
-                                    tune_directions=max(0, args.tune_directions), log=log)
-        eng.remember(avatar, pack)
-        return pack
-
-    return run_live(args, make_reenactor, prepare)
+    reenact, live = ReenactConfig.from_args(args), LiveConfig.from_args(args)
+    torch.set_num_threads(reenact.threads)
+    # models load on first use, once, shared by every session; the WebRTC server prepares avatars
+    # ahead of sessions through factory.prepare (a new photo enrolls in its own low-priority process)
+    factory = ReenactorFactory(reenact, default_avatar=live.stream.avatar,
+                               log=lambda m: print(m, file=sys.stderr))
+    return run_live(live, factory, factory.prepare)
 
 
 if __name__ == "__main__":

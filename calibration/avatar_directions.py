@@ -1,4 +1,4 @@
-"""Tune A to one enrolled avatar (opt-in: `streamer.enroll --tune-directions`, `run_stream --tune-directions`).
+"""Tune A to one enrolled avatar (opt-in: `streamer.avatar.enroll --tune-directions`, `run_stream --tune-directions`).
 
 A is one linear map for every face, and how far a direction moves a given face varies (calibration
 probes: a matrix tuned per face is 60% below least squares on yaw/pitch where the shared one is 7-21%).
@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.directions import Directions
-from engines.errors import UserError
-from engines.facelandmarker import FaceLandmarkerTorch
-
-from .identity import IdentityScorer
-from .prepare import TrainData, prepare
-from .sampling import Pool, render_and_read
-from .shape_model import ShapeModel, shape_model_path
-from .train import WEIGHTS, Trainer
+from calibration.identity import IdentityScorer
+from calibration.prepare import TrainData, prepare
+from calibration.sampling import Pool, render_and_read
+from calibration.shape_model import ShapeModel, shape_model_path
+from calibration.train import TrainConfig, Trainer
+from engines.core.errors import UserError
+from engines.method.correction import GATE_MIN
+from engines.models.directions import Directions
+from engines.models.facelandmarker import FaceLandmarkerTorch
 
 STEPS, LR, BATCH, EXPR_RANGE = 200, 3e-3, 8, 2.0
 
@@ -37,7 +37,7 @@ def avatar_sample(G, z: torch.Tensor, shape_model: ShapeModel, landmarker: FaceL
                   scorer: IdentityScorer) -> TrainData:
     """The avatar's render as a one-row training set, measured exactly as calibration.prepare measures
     the statistics samples (against the calibration's shape model)."""
-    from engines.net3d import MediaPipeNet3D
+    from engines.method.net3d import MediaPipeNet3D
     with MediaPipeNet3D("image") as net3d:
         p, lms, bss = render_and_read(G, z, net3d)
     if np.isnan(p).any():
@@ -65,8 +65,9 @@ def tune_directions(zoo, G, z: torch.Tensor, base: Directions, steps: int = STEP
     z = z.float()
     data = avatar_sample(G, z, ShapeModel.load(path), landmarker, scorer)
     A = copy.deepcopy(base).requires_grad_(True)
-    tr = Trainer(G, data, A, landmarker, scorer, dict(WEIGHTS), lr, batch, seed, total_steps=steps)
-    tr.single_fraction, tr.expr_range = 1.0, EXPR_RANGE   # every row: one direction from the avatar's pose
+    # every row: one direction from the avatar's pose
+    tr = Trainer(G, data, A, landmarker, scorer, TrainConfig(lr=lr, batch=batch, seed=seed, steps=steps,
+                                                             expr_range=EXPR_RANGE, single_fraction=1.0))
     losses = []
     for _ in tqdm(range(steps), desc="tune directions", unit="step", disable=not progress):
         losses.append(tr.train_step()["total"])
@@ -88,7 +89,7 @@ def tune_directions(zoo, G, z: torch.Tensor, base: Directions, steps: int = STEP
 def expression_response(G, z: torch.Tensor, A: Directions, probe: float = 4.0) -> np.ndarray | None:
     """[2, E]: how far a step of -/+probe along each expression direction moves its own parameter on
     this avatar (normalised units, read by the Net3D runtime) -- what the reenactor's gates measure."""
-    from engines.net3d import MediaPipeNet3D
+    from engines.method.net3d import MediaPipeNet3D
     k = A.k
     e = torch.eye(k)[3:]
     dps = torch.cat([torch.zeros(1, k), -probe * e, probe * e])
@@ -108,7 +109,6 @@ def keep_working_expressions(G, z, base: Directions, A: Directions) -> list[str]
     expression direction below the reenactor's gate (Mona Lisa: the jaw opened too little and the
     mouth stopped moving). Where the zoo's column opens its parameter past the gate in a sense and the
     tuned one does not, the zoo's column comes back. Returns the names restored."""
-    from streamer.reenact import GATE_MIN
     rb, ra = expression_response(G, z, base), expression_response(G, z, A)
     if rb is None or ra is None:
         return []

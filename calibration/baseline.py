@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engines.directions import Directions
-
-from .sampling import Pool
+from calibration.sampling import Pool
+from engines.models.directions import Directions
 
 
 def fit_least_squares(pool: Pool, lo: np.ndarray, hi: np.ndarray, names: list[str], zoo: str,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engines.face_align import align_112, five_points_from_mediapipe
-from engines.sface import SFace
-from engines.views import to_uint8
+from engines.core.views import to_uint8
+from engines.method.face_align import align_112, five_points_from_mediapipe
+from engines.models.sface import SFace
 
 
 def points_from_landmarks(landmarks):

@@ -12,14 +12,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engines.face_geometry import FaceGeometry
-from engines.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
-from engines.pose import EXPRESSION_INDEX, euler_from_rotation
-from engines.views import VIEW_SIZE, net3d_view
-
-from .identity import IdentityScorer, points_from_landmarks
-from .sampling import Pool
-from .shape_model import ShapeModel, fit_shape_model, to_camera
+from calibration.identity import IdentityScorer, points_from_landmarks
+from calibration.sampling import Pool
+from calibration.shape_model import ShapeModel, fit_shape_model, to_camera
+from engines.core.views import VIEW_SIZE, net3d_view
+from engines.method.pose import EXPRESSION_INDEX, euler_from_rotation
+from engines.models.face_geometry import FaceGeometry
+from engines.models.facelandmarker import FaceLandmarkerTorch, roi_from_landmarks
 
 
 @dataclass

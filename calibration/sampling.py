@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.net3d import MediaPipeNet3D
-from engines.views import net3d_view, to_uint8
+from engines.core.views import net3d_view, to_uint8
+from engines.method.net3d import MediaPipeNet3D
 
 
 @dataclass

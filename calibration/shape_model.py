@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATA = Path(__file__).resolve().parent / "data"
+from engines.method.zoo import DATA  # the default zoo's committed data files
 
 
 def shape_model_path(zoo_name: str) -> Path:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import UserError, main_guard
-from engines.zoo import load_zoo
-
-from .baseline import fit_least_squares
-from .sampling import Pool, sample_pool
+from calibration.baseline import fit_least_squares
+from calibration.sampling import Pool, sample_pool
+from engines.core.errors import UserError, main_guard
+from engines.method.zoos import load_zoo
 
 LO_Q, HI_Q = 1.0, 99.0
 
@@ -37,7 +36,7 @@ def compute_stats(pool: Pool, names: list[str]) -> dict:
 def crop_recipe(pool: Pool, resolution: int) -> dict:
     """The official crop recipe's constants that reproduce the generator's own framing (medians over
     the samples): box side = factor * landmark extent, centre = landmark-box centre moved up/right."""
-    from engines.views import view_to_image_px
+    from engines.core.views import view_to_image_px
     xy = view_to_image_px(pool.landmarks[pool.detected][..., :2], resolution)
     lo, hi = xy.min(1), xy.max(1)
     centre = (lo + hi) / 2

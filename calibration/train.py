@@ -13,28 +13,30 @@ Adam, weight decay 5e-4 (paper); resumable checkpoints; a loss-curve plot and a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from engines.directions import Directions
-from engines.errors import UserError, main_guard
-from engines.face_geometry import FaceGeometry
-from engines.facelandmarker import FaceLandmarkerTorch, crop, roi_from_landmarks, uncrop_landmarks
-from engines.pose import EXPRESSION_INDEX, euler_from_rotation, rotation_from_euler
-from engines.views import VIEW_SIZE, net3d_view
-from engines.zoo import load_zoo
-
-from .identity import IdentityScorer, points_from_landmarks
-from .losses import identity_loss, landmark_losses, lowpass_l1
-from .prepare import TrainData, prepare
-from .sampling import Pool
-from .shape_model import to_camera
+from calibration.identity import IdentityScorer, points_from_landmarks
+from calibration.losses import identity_loss, landmark_losses, lowpass_l1
+from calibration.mixed import concat_pools, inverted_pool
+from calibration.prepare import TrainData, prepare
+from calibration.sampling import Pool
+from calibration.shape_model import to_camera
+from engines.core.errors import UserError, main_guard
+from engines.core.views import VIEW_SIZE, image_uint8, net3d_view
+from engines.method.pose import EXPRESSION_INDEX, euler_from_rotation, rotation_from_euler
+from engines.method.zoos import ZOOS, load_zoo
+from engines.models.directions import Directions
+from engines.models.face_geometry import FaceGeometry
+from engines.models.facelandmarker import FaceLandmarkerTorch, crop, roi_from_landmarks, uncrop_landmarks
 
 WEIGHTS = {"shape": 1.0, "eye": 1.0, "mouth": 4.0, "pose": 4.0, "exp": 4.0, "id": 0.1, "pix": 0.05}
 
@@ -43,27 +45,64 @@ def rotation_torch(angles_deg: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(rotation_from_euler(angles_deg.detach().double().numpy()), dtype=torch.float32)
 
 
-class Trainer:
-    expr_range = 1.0    # single-direction expression shifts: eps ~ U[-r a, r a] (angles: U[-a, a])
-    single_fraction = 0.5  # share of each batch that shifts one direction (the paper: half)
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop's settings (`python -m calibration.train` builds one from its flags)."""
+    lr: float = 3e-3                 # peak learning rate
+    batch: int = 16
+    seed: int = 0
+    steps: int | None = None         # cosine decay of the lr over this many steps (None: constant lr)
+    weights: dict = field(default_factory=lambda: dict(WEIGHTS))   # loss weights
+    expr_range: float = 1.0          # single-direction expression shifts: eps ~ U[-r a, r a] (angles: U[-a, a])
+    single_fraction: float = 0.5     # share of each batch that shifts one direction (the paper: half)
+    real_from: int | None = None     # mixed mode: pool rows from here on are inverted real frames
 
+
+@dataclass(frozen=True)
+class TrainRun:
+    """`python -m calibration.train`: where the run lives and what it starts from, with its TrainConfig."""
+    zoo: str
+    weights_dir: str | None
+    run: Path
+    init: str
+    ckpt_every: int
+    resume: bool
+    threads: int
+    mixed: str | None
+    mixed_frames: int
+    mixed_steps: int
+    progress: bool
+    train: TrainConfig
+
+    @classmethod
+    def from_args(cls, args) -> "TrainRun":
+        train = TrainConfig(lr=args.lr, batch=args.batch, seed=args.seed, steps=args.steps,
+                            weights={k: vars(args)[f"w_{k}"] for k in WEIGHTS},   # one flag per loss
+                            expr_range=args.expr_range, single_fraction=args.single_fraction)
+        return cls(args.zoo, args.weights, args.run or Path("runs") / args.zoo, args.init, args.ckpt_every,
+                   args.resume, args.threads, args.mixed, args.mixed_frames, args.mixed_steps,
+                   not args.no_progress, train)
+
+
+class Trainer:
     def __init__(self, generator, data: TrainData, directions: Directions, landmarker: FaceLandmarkerTorch,
-                 scorer: IdentityScorer, weights: dict, lr: float, batch: int, seed: int,
-                 total_steps: int | None = None):
+                 scorer: IdentityScorer, config: TrainConfig):
         self.G, self.data, self.A = generator, data, directions
         self.landmarker, self.scorer = landmarker, scorer
-        self.w = weights
-        self.batch = batch
-        self.lr, self.total_steps = lr, total_steps
-        self.opt = torch.optim.Adam(self.A.linear.parameters(), lr=lr, weight_decay=5e-4)
+        self.config = config
+        self.w = config.weights
+        self.batch = config.batch
+        self.lr, self.total_steps = config.lr, config.steps
+        self.expr_range, self.single_fraction = config.expr_range, config.single_fraction
+        self.opt = torch.optim.Adam(self.A.linear.parameters(), lr=config.lr, weight_decay=5e-4)
         self.geometry = FaceGeometry()
         # jawOpen (talking) counts as much as the other nine expressions together
         self.exp_w = torch.ones(len(EXPRESSION_INDEX))
         self.exp_w[0] = float(len(EXPRESSION_INDEX) - 1)
         self.exp_w = self.exp_w * (len(self.exp_w) / self.exp_w.sum())
-        self.rng = torch.Generator().manual_seed(seed)
+        self.rng = torch.Generator().manual_seed(config.seed)
         self.step = 0
-        self.real_from: int | None = None   # mixed mode: rows from here on are inverted real frames
+        self.real_from = config.real_from
         self.history: list[dict] = []
 
     # -- batches -------------------------------------------------------------------------------
@@ -189,7 +228,7 @@ def sweep_grid(generator, directions: Directions, z: torch.Tensor, path: Path, s
         dp[:, i] = eps
         img = generator.synthesize(generator.apply_shift(z.expand(steps, *z.shape[1:]), directions(dp)))
         rows.append(torch.cat(list(img), dim=2))
-    grid = ((torch.cat(rows, dim=1) + 1) * 127.5).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    grid = image_uint8(torch.cat(rows, dim=1)[None])[0].numpy()
     Image.fromarray(grid).save(path)
 
 
@@ -208,7 +247,6 @@ def init_directions(zoo, stats: dict, init: str, ls_path: Path | None) -> Direct
 
 @main_guard
 def main(argv=None) -> int:
-    from engines.zoo import ZOOS
     ap = argparse.ArgumentParser(prog="python -m calibration.train",
                                  description="Train the direction matrix A (the paper's loop; docs/calibration.md)")
     ap.add_argument("--zoo", default="default", choices=ZOOS,
@@ -238,54 +276,50 @@ def main(argv=None) -> int:
                     help="share of each batch that shifts a single direction (default 0.5, the paper's)")
     ap.add_argument("--quiet", dest="no_progress", action="store_true", help="no progress bars (default: show them)")
     ap.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)   # older name
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run = args.run or Path("runs") / args.zoo
+    cfg = TrainRun.from_args(ap.parse_args(argv))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = cfg.run
     for f in ("stats.json", "pool.npz", "least_squares.safetensors"):
         if not (run / f).is_file():
-            raise UserError(f"{run/f} missing; run first: python -m calibration.stats --zoo {args.zoo} --out {run}")
+            raise UserError(f"{run/f} missing; run first: python -m calibration.stats --zoo {cfg.zoo} --out {run}")
     stats = json.loads((run / "stats.json").read_text())
-    zoo = load_zoo(args.zoo, args.weights)
+    zoo = load_zoo(cfg.zoo, cfg.weights_dir)
     landmarker = FaceLandmarkerTorch.from_task().requires_grad_(False)
     scorer = IdentityScorer(zoo.param_names)
     pool, n_real = Pool.load(run / "pool.npz"), 0
-    if args.mixed:
-        from .mixed import concat_pools, inverted_pool
-        real = inverted_pool(zoo, args.mixed, run, args.mixed_frames, args.mixed_steps, not args.no_progress)
+    if cfg.mixed:
+        real = inverted_pool(zoo, cfg.mixed, run, cfg.mixed_frames, cfg.mixed_steps, cfg.progress)
         pool, n_real = concat_pools(pool, real), len(real.p)
-    cache = run / ("train_cache_mixed.pt" if args.mixed else "train_cache.pt")
+    cache = run / ("train_cache_mixed.pt" if cfg.mixed else "train_cache.pt")
     t0 = time.time()
     if cache.is_file():
         data = TrainData.load(cache)
     else:
         data = prepare(zoo.generator, pool, landmarker, scorer,
-                       progress=not args.no_progress)
+                       progress=cfg.progress)
         data.save(cache)
-    weights = {k: getattr(args, f"w_{k}") for k in WEIGHTS}
-    A = init_directions(zoo, stats, args.init, run / "least_squares.safetensors")
-    trainer = Trainer(zoo.generator, data, A, landmarker, scorer, weights, args.lr, args.batch, args.seed,
-                      total_steps=args.steps)
-    trainer.expr_range = args.expr_range
-    trainer.single_fraction = args.single_fraction
-    if n_real:
-        trainer.real_from = len(data.z) - n_real   # prepare() keeps the pool's order: real rows last
+    tc = cfg.train
+    if n_real:   # prepare() keeps the pool's order: real rows last
+        tc = dataclasses.replace(tc, real_from=len(data.z) - n_real)
+    A = init_directions(zoo, stats, cfg.init, run / "least_squares.safetensors")
+    trainer = Trainer(zoo.generator, data, A, landmarker, scorer, tc)
     ckpt = run / "train_ckpt.pt"
-    if args.resume and ckpt.is_file():
+    if cfg.resume and ckpt.is_file():
         trainer.load_state(torch.load(ckpt, map_location="cpu", weights_only=True))
         print(f"resumed at step {trainer.step}")
-    bar = tqdm(total=args.steps, initial=trainer.step, desc="train", disable=args.no_progress)
-    while trainer.step < args.steps:
+    bar = tqdm(total=tc.steps, initial=trainer.step, desc="train", disable=not cfg.progress)
+    while trainer.step < tc.steps:
         rec = trainer.train_step()
         bar.update(1)
         bar.set_postfix(loss=f"{rec['total']:.4f}", shape=f"{rec['shape']:.4f}", id=f"{rec['id']:.3f}")
-        if trainer.step % args.ckpt_every == 0 or trainer.step == args.steps:
+        if trainer.step % cfg.ckpt_every == 0 or trainer.step == tc.steps:
             torch.save(trainer.state(), ckpt)
     bar.close()
-    A.save(run / "directions.safetensors", {"steps": trainer.step, "batch": args.batch, "lr": args.lr,
-                                            "init": args.init, "loss_weights": weights,
-                                            "expr_range": args.expr_range,
-                                            "single_fraction": args.single_fraction})
+    A.save(run / "directions.safetensors", {"steps": trainer.step, "batch": tc.batch, "lr": tc.lr,
+                                            "init": cfg.init, "loss_weights": tc.weights,
+                                            "expr_range": tc.expr_range,
+                                            "single_fraction": tc.single_fraction})
     # the face model of the reference shapes, for tuning A to one avatar later (calibration.avatar_directions)
     data.shape_model.save(run / "shape_model.npz")
     (run / "train_history.json").write_text(json.dumps(trainer.history))

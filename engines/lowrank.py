@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
-from .errors import UserError
+from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
+from engines.core.errors import UserError
 
 
 def matrix_shape(weight_shape) -> tuple[int, int]:

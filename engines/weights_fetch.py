@@ -32,7 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from engines.core.errors import UserError
 
 REPO = "https://github.com/StelaBou/stylegan_directions_face_reenactment"
 REPO_COMMIT = "98abb3b053e8ff1637c28ce6ba025e04d516efb9"
@@ -315,7 +315,7 @@ def fetch(weights_dir: Path, roles=("inference", "training"), base_overrides=Non
           releases: list[Release] | None = None, only=None) -> bool:
     """Download every missing release of `roles` into weights_dir. True when all of them (DECA
     included) are in place; FetchError on the first failure."""
-    from .weights import VOX256
+    from engines.weights.files import VOX256
     base = bases(base_overrides)
     weights_dir.mkdir(parents=True, exist_ok=True)
     complete = True

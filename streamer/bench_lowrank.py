@@ -15,11 +15,12 @@ import time
 
 import torch
 
-from engines.avatar_batch import TUNED_PREFIXES, AvatarBank, DCGANBatch, StyleGAN2Batch
-from engines.dcgan import DCGAN
+from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
 from engines.lowrank import DCGANLowRank, LowRankBank, StyleGAN2LowRank, matrix_shape
-from engines.random_weights import random_stylegan2
-from engines.stylegan2 import StyleGAN2
+from engines.method.zoos import RECIPES
+from engines.models.dcgan import DCGAN
+from engines.models.stylegan2 import StyleGAN2
+from engines.weights.random_weights import random_stylegan2
 
 
 def low_rank_avatar(g, prefixes, rank: int, seed: int) -> dict:
@@ -95,9 +96,9 @@ def main(argv=None) -> int:
     sg.to(dev), dc.to(dev)
     result = {"device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu",
               "threads": torch.get_num_threads(),
-              "vox256_stylegan2": side_by_side(sg, TUNED_PREFIXES["vox256"], StyleGAN2Batch, StyleGAN2LowRank,
+              "vox256_stylegan2": side_by_side(sg, RECIPES["vox256"].tuning.layers, StyleGAN2Batch, StyleGAN2LowRank,
                                                lat, args.batch, args.rank, args.repeats, dev),
-              "default_dcgan": side_by_side(dc, TUNED_PREFIXES["default"], DCGANBatch, DCGANLowRank,
+              "default_dcgan": side_by_side(dc, RECIPES["default"].tuning.layers, DCGANBatch, DCGANLowRank,
                                             z, args.batch, args.rank, args.repeats, dev)}
     for name in ("vox256_stylegan2", "default_dcgan"):
         r = result[name]

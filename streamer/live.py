@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engines.errors import UserError
-from streamer.controls import Controller, StatusPrinter, TerminalKeys, list_avatars
-from streamer.pipeline import Pipeline, run_sink
-from streamer.sinks import FileSink, NullSink, open_sink
-from streamer.sources import AVSource, Capture, open_source, parse_size, parse_source
+from engines.core.errors import UserError
+from engines.core.files import VIDEO_SUFFIXES
+from streamer.stream.controls import Controller, StatusPrinter, TerminalKeys, list_avatars
+from streamer.stream.pipeline import Pipeline, run_sink
+from streamer.stream.sinks import FileSink, NullSink, open_sink
+from streamer.stream.config import StreamConfig
+from streamer.stream.sources import AVSource, Capture, open_source, parse_size, parse_source
+from streamer.web.config import ServeConfig
+from streamer.web.webapp import check_bind, is_loopback, normalize_token, start_server
+from streamer.web.webrtc import allow_loopback_candidates
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".y4m"}
 
 
 def port_number(text: str) -> int:
@@ -77,30 +83,43 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--duration", type=positive(float), default=None, help="stop after this many seconds")
 
 
-def is_offline(args) -> bool:
+@dataclass(frozen=True)
+class LiveConfig:
+    """What one run streams (StreamConfig) and serves (ServeConfig)."""
+    stream: StreamConfig
+    serve: ServeConfig
+
+    @classmethod
+    def from_args(cls, args) -> "LiveConfig":
+        """From the flags add_live_arguments declares (plus --avatar and --side-by-side)."""
+        return cls(StreamConfig.from_args(args), ServeConfig.from_args(args))
+
+
+def is_offline(cfg: LiveConfig) -> bool:
     """file -> file(s) with no WebRTC: the offline mode (every frame, no drops, not paced)."""
-    src, sinks = getattr(args, "source", None), getattr(args, "sink", None) or []
-    if args.webrtc or args.control or args.realtime or src is None or not sinks:
+    src, sinks = cfg.stream.source, cfg.stream.sinks or []
+    if cfg.serve.serving or cfg.stream.realtime or src is None or not sinks:
         return False
     return Path(src).suffix.lower() in VIDEO_SUFFIXES and all(s != "vcam" and not s.startswith("vcam:") for s in sinks)
 
 
-def run_live(args, make_reenactor: Callable, prepare: Callable | None = None) -> int:
-    """Run what the flags ask for (offline when is_offline(args)). User errors -> one line, exit 2.
-    prepare(path, report): loads or enrolls an avatar ahead of any session (streamer.preparing), so a
-    WebRTC server prepares --avatar as it starts and the page shows the progress."""
+def run_live(cfg: LiveConfig, make_reenactor: Callable, prepare: Callable | None = None) -> int:
+    """Run what the config asks for (offline when is_offline(cfg)). User errors -> one line, exit 2.
+    prepare(path, report): loads or enrolls an avatar ahead of any session (streamer.preparing),
+    so a WebRTC server prepares --avatar as it starts and the page shows the progress."""
+    st = cfg.stream
     try:
-        check_outputs(args.source, args.sink or [])
-        if is_offline(args):
-            sinks = [s for s in args.sink if s != "none"]
+        check_outputs(st.source, st.sinks or [])
+        if is_offline(cfg):
+            sinks = [s for s in st.sinks if s != "none"]
             if len(sinks) > 1:
                 raise UserError("offline mode writes one file: give one --sink FILE.mp4")
-            parse_source(str(args.source), live=False)       # a bad source or output path fails before
+            parse_source(str(st.source), live=False)       # a bad source or output path fails before
             sink = FileSink(sinks[0], None, live=False) if sinks else None   # any model loads
             try:
-                reenactor = make_reenactor(getattr(args, "avatar", None))
-                _apply_side_by_side(args, reenactor)
-                summary = run_offline(args.source, sink, reenactor, progress=_progress())
+                reenactor = make_reenactor(st.avatar)
+                _apply_side_by_side(st, reenactor)
+                summary = run_offline(st.source, sink, reenactor, progress=_progress())
             finally:
                 if sink is not None:
                     sink.close()     # idempotent; removes a file it created but never wrote
@@ -114,7 +133,7 @@ def run_live(args, make_reenactor: Callable, prepare: Callable | None = None) ->
                   f"{summary['fps']:.1f} fps -> {summary['output']}"
                   + (" (source ended early)" if summary["ended_early"] else ""), file=sys.stderr)
             return 0
-        return asyncio.run(_live(args, make_reenactor, prepare))
+        return asyncio.run(_live(cfg, make_reenactor, prepare))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -136,9 +155,9 @@ def check_outputs(source, sinks) -> None:
         seen.append(f)
 
 
-def _apply_side_by_side(args, reenactor) -> None:
-    if getattr(args, "side_by_side", None) is not None:
-        reenactor.side_by_side = bool(args.side_by_side)
+def _apply_side_by_side(st: StreamConfig, reenactor) -> None:
+    if st.side_by_side is not None:
+        reenactor.side_by_side = bool(st.side_by_side)
 
 
 def _progress():
@@ -287,24 +306,25 @@ def peers_line(sessions) -> str:
     return f"peers {len(sessions)}: " + ", ".join(shown)
 
 
-async def _live(args, make_reenactor, prepare=None) -> int:
+async def _live(cfg: LiveConfig, make_reenactor, prepare=None) -> int:
     loop = asyncio.get_running_loop()
-    size = parse_size(args.size)
-    serve = args.webrtc or args.control
-    source_text = args.source if args.source is not None else (None if args.webrtc else "0")
-    sink_specs = args.sink if args.sink is not None else ([] if args.webrtc else ["vcam"])
+    st, srv = cfg.stream, cfg.serve
+    size = parse_size(st.size)
+    serve = srv.serving
+    source_text = st.source if st.source is not None else (None if srv.webrtc else "0")
+    sink_specs = list(st.sinks) if st.sinks is not None else ([] if srv.webrtc else ["vcam"])
     if serve:
-        from streamer.webapp import check_bind, normalize_token
-        args.token = normalize_token(args.token)    # an empty --token / REENACT_TOKEN: no token
-        check_bind(args.host, args.token)
+        # an empty --token / REENACT_TOKEN: no token
+        srv = dataclasses.replace(srv, token=normalize_token(srv.token))
+        check_bind(srv.host, srv.token)
     if source_text is None and sink_specs:
         raise UserError("--sink needs a --source (with --webrtc alone, browsers bring the camera)")
-    if args.control and source_text is None:
+    if srv.control and source_text is None:
         raise UserError("--control needs a --source to control")
-    spec = parse_source(source_text, size=size, fps=args.fps, mjpeg=args.mjpeg, live=True,
-                        loop=not args.no_loop) if source_text is not None else None
-    avatars = list_avatars(args.avatar_dir)
-    avatar = getattr(args, "avatar", None)
+    spec = parse_source(source_text, size=size, fps=st.fps, mjpeg=st.mjpeg, live=True,
+                        loop=st.loop) if source_text is not None else None
+    avatars = list_avatars(st.avatar_dir)
+    avatar = st.avatar
 
     sess = LiveSession()
     sess.printer = StatusPrinter(sess.status_line)
@@ -315,8 +335,8 @@ async def _live(args, make_reenactor, prepare=None) -> int:
     try:
         out_size = size or (640, 480)
         for s in sink_specs:   # open devices/files first: a missing virtual camera fails before model loading
-            sess.sinks.append(open_sink(s, size=out_size, fps=args.fps, live=True,
-                                        vcam_device=args.vcam_device, vcam_backend=args.vcam_backend))
+            sess.sinks.append(open_sink(s, size=out_size, fps=st.fps, live=True,
+                                        vcam_device=st.vcam_device, vcam_backend=st.vcam_backend))
         if spec is not None:
             sess.capture = Capture(lambda: open_source(spec), label=spec.label,
                                    on_status=lambda m: loop.call_soon_threadsafe(say, m))
@@ -326,7 +346,7 @@ async def _live(args, make_reenactor, prepare=None) -> int:
             except BaseException:
                 first.close()
                 raise
-            _apply_side_by_side(args, reenactor)
+            _apply_side_by_side(st, reenactor)
             cap = sess.capture
             sess.pipeline = Pipeline(reenactor, idle_size=out_size,
                                      status_text=cap.problem)
@@ -346,7 +366,7 @@ async def _live(args, make_reenactor, prepare=None) -> int:
         controller = Controller(sess.pipeline, make_reenactor, avatars=avatars, current=avatar) \
             if sess.pipeline is not None else None
         if serve:
-            await _serve(sess, args, make_reenactor, controller, avatar, say, prepare)
+            await _serve(sess, srv, st.side_by_side, make_reenactor, controller, avatar, say, prepare)
         if controller is not None:
             sess.keys = TerminalKeys(controller, stop.set, say)
             sess.keys.start(loop)
@@ -359,8 +379,8 @@ async def _live(args, make_reenactor, prepare=None) -> int:
         waits = [asyncio.ensure_future(stop.wait())]
         if sess.pipeline is not None:
             waits.append(sess.tasks[-1])          # pipeline.run ends when a --no-loop file ends
-        if args.duration is not None:
-            waits.append(asyncio.ensure_future(asyncio.sleep(args.duration)))
+        if st.duration is not None:
+            waits.append(asyncio.ensure_future(asyncio.sleep(st.duration)))
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
             if w not in sess.tasks:
@@ -389,21 +409,19 @@ async def _watch_sinks(tasks, pipeline: Pipeline, say, failed: list, stop: async
         stop.set()
 
 
-async def _serve(sess: LiveSession, args, make_reenactor, controller, avatar, say, prepare=None) -> None:
-    from streamer.webapp import is_loopback, start_server
-    from streamer.webrtc import allow_loopback_candidates
-
-    if is_loopback(args.host):
+async def _serve(sess: LiveSession, srv: ServeConfig, side_by_side: bool | None, make_reenactor, controller,
+                 avatar, say, prepare=None) -> None:
+    if is_loopback(srv.host):
         allow_loopback_candidates()   # so peers on this machine connect even without a network
-    sess.server = await start_server(make_reenactor, host=args.host, port=args.port, token=args.token,
-                                     webrtc=args.webrtc, server_pipeline=sess.pipeline, controller=controller,
-                                     default_avatar=avatar, max_peers=args.max_peers,
-                                     side_by_side=getattr(args, "side_by_side", None), status=sess.status,
-                                     prepare=prepare if args.webrtc else None)
+    sess.server = await start_server(make_reenactor, host=srv.host, port=srv.port, token=srv.token,
+                                     webrtc=srv.webrtc, server_pipeline=sess.pipeline, controller=controller,
+                                     default_avatar=avatar, max_peers=srv.max_peers,
+                                     side_by_side=side_by_side, status=sess.status,
+                                     prepare=prepare if srv.webrtc else None)
     sess.peers = sess.server.peers
-    url = sess.server.url + "/" + (f"?token={args.token}" if args.token else "")
-    print(f"{'open' if args.webrtc else 'controls at'} {url}", flush=True)
-    p = sess.server.preps.get("default") if args.webrtc else None
+    url = sess.server.url + "/" + (f"?token={srv.token}" if srv.token else "")
+    print(f"{'open' if srv.webrtc else 'controls at'} {url}", flush=True)
+    p = sess.server.preps.get("default") if srv.webrtc else None
     if p is not None and p.state != "ready":
         say(f"preparing avatar {p.name} (a new photo takes about a minute to enroll); the page shows "
             f"its progress and connects when it is ready")

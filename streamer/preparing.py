@@ -4,7 +4,7 @@ worker thread at low CPU priority (a live session on the same cores keeps its fr
 its progress: /status reports it, the page shows it, and an offer or avatar switch waits for it.
 
 `prepare(path, report)` does the work (load or enroll, warm caches; blocking) and calls
-report(stage, done, total) as it goes (streamer.enroll.Enroller's on_progress); it may return the
+report(stage, done, total) as it goes (streamer.avatar.enroll.Enroller's on_progress); it may return the
 avatar pack, whose display crop then becomes the avatar's thumbnail. No `prepare`: every avatar is
 ready at once (test engines, fakes).
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from engines.errors import UserError
+from engines.core.errors import UserError
 
 # What each stage is called on the page, where it starts and ends on the progress bar (its share of
 # a default-zoo enrollment's time, measured on this project's loaded 2-core machine: making the pose
@@ -67,7 +67,7 @@ def thumbnail_jpeg(image, size: int = THUMB_SIZE) -> bytes:
     from PIL import Image, ImageOps
 
     if isinstance(image, (str, Path)):
-        from streamer.photo import read_photo
+        from engines.core.photo import read_photo
         image = read_photo(image)
     im = ImageOps.fit(Image.fromarray(image), (size, size), Image.BICUBIC)
     buf = io.BytesIO()
@@ -249,8 +249,8 @@ def enroll_in_subprocess(avatar, report=None, *, zoo: str = "default", weights=N
     import multiprocessing as mp
     import tempfile
 
-    from streamer.avatar import AvatarPack
-    from streamer.enroll import _PRIVATE_CACHES
+    from streamer.avatar.enroll import _PRIVATE_CACHES
+    from streamer.avatar.pack import AvatarPack
 
     ctx = mp.get_context("spawn")      # a fresh interpreter: no copy of the server's threads and locks
     name = Path(avatar).name
@@ -298,8 +298,8 @@ def _enroll_child(conn, avatar, zoo, weights, directions, tune_directions, priva
     try:
         import torch
 
-        from engines.zoo import load_zoo
-        from streamer import enroll
+        from engines.method.zoos import load_zoo
+        from streamer.avatar import enroll
 
         torch.set_num_threads(1)
         for folder, cache in private.items():
@@ -313,7 +313,7 @@ def _enroll_child(conn, avatar, zoo, weights, directions, tune_directions, priva
             pack = enroll.load_or_enroll(avatar, z, False, lambda m: conn.send(("log", m)), tune_directions,
                                          on_progress=report)
         else:
-            from streamer.photo import read_photo
+            from engines.core.photo import read_photo
             pack = enroll.Enroller(z, False, lambda m: conn.send(("log", m)), on_progress=report).enroll(
                 read_photo(avatar), Path(avatar).name, **enroll_kw)
         pack.save(out)

@@ -18,7 +18,7 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="module")
 def engine():
     """The default zoo's engine, quiet (modules that need another set-up define their own)."""
-    from streamer.reenact import Engine
+    from streamer.reenact.engine import Engine
     return Engine("default", log=lambda m: None, progress=False)
 
 
@@ -26,9 +26,9 @@ def engine():
 def astronaut_pack(tmp_path_factory) -> Path:
     """The bundled portrait enrolled exactly as the product enrolls it (~50 s), once per test session:
     for tests of how the avatar moves and looks (quick packs with fewer steps barely move)."""
-    from engines.zoo import load_zoo
-    from streamer.enroll import Enroller
-    from streamer.photo import read_photo
+    from engines.core.photo import read_photo
+    from engines.method.zoos import load_zoo
+    from streamer.avatar.enroll import Enroller
     from tests.media import ASTRONAUT
     pack = Enroller(load_zoo("default"), progress=False, log=lambda m: None).enroll(read_photo(ASTRONAUT), ASTRONAUT.name)
     path = tmp_path_factory.mktemp("astronaut") / "astronaut.avatar"

@@ -13,8 +13,8 @@ def quick_astronaut_pack(zoo, folder: Path, **enroll_kw) -> Path:
     """The bundled portrait enrolled with fewer steps than the default (the same code path; about the
     fewest tuning steps whose avatar passes enrollment's usability check), saved in `folder`;
     enroll_kw go to Enroller.enroll (e.g. tune_directions)."""
-    from streamer.enroll import Enroller
-    from streamer.photo import read_photo
+    from engines.core.photo import read_photo
+    from streamer.avatar.enroll import Enroller
     pack = Enroller(zoo, progress=False, log=lambda m: None).enroll(
         read_photo(ASTRONAUT), ASTRONAUT.name, invert_steps=40, tune_steps=60, **enroll_kw)
     path = folder / "astro.avatar"

@@ -16,7 +16,7 @@ def detect_landmarks(images: list[np.ndarray], num_faces: int = 1) -> list[list[
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
-    from engines.modelfiles import model_path
+    from engines.core.modelfiles import model_path
     from engines.quiet import native_quiet
 
     opts = vision.FaceLandmarkerOptions(

@@ -60,16 +60,21 @@ class Recorder:
 
 def make_engine():
     """The default zoo's engine as run_stream builds it (CPU, quiet)."""
-    from streamer.reenact import Engine
+    from streamer.reenact.engine import Engine
     return Engine("default", log=lambda m: None, progress=False)
 
 
 def run_case(engine, pack: Path, case: Case, work: Path) -> tuple[np.ndarray, np.ndarray]:
-    """-> (p [N, K] float64 with NaN rows for frames without a face, images [N, H, W, 3] uint8)."""
+    """-> (p [N, K] float64 with NaN rows for frames without a face, images [N, H, W, 3] uint8).
+    The session is configured from run_stream's own flags, as `run_stream.py --avatar PACK --source
+    CLIP --sink OUT.mp4 [--feedback N]` configures it."""
+    from run_stream import build_parser
     from streamer.live import run_offline
+    from streamer.reenact.config import ReenactConfig
     clip = short_clip(work / f"{case.name}.mp4", case.frames, case.clip)
-    reenactor = engine.make_reenactor(str(pack), relative=True, smooth=True, correct=True,
-                                      feedback_every=case.feedback_every)
+    args = build_parser().parse_args(["--avatar", str(pack), "--source", str(clip), "--sink", str(work / "o.mp4"),
+                                      "--feedback", str(case.feedback_every)])
+    reenactor = engine.make_reenactor(str(pack), **ReenactConfig.from_args(args).session())
     rec = Recorder(reenactor)
     try:
         run_offline(clip, None, rec)

@@ -18,7 +18,7 @@ def loopback_ice(monkeypatch):
 
 @contextlib.asynccontextmanager
 async def served(make_reenactor, **kw):
-    from streamer.webapp import start_server
+    from streamer.web.webapp import start_server
 
     server = await start_server(make_reenactor, **kw)
     try:

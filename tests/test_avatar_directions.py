@@ -7,11 +7,13 @@ import torch
 from calibration.avatar_directions import avatar_sample, check_supported, shape_model_path, tune_directions
 from calibration.identity import IdentityScorer
 from calibration.shape_model import ShapeModel
-from calibration.train import WEIGHTS, Trainer
-from engines.errors import UserError
-from engines.facelandmarker import FaceLandmarkerTorch
-from streamer.avatar import AvatarPack
+from calibration.train import TrainConfig, Trainer
+from engines.core.errors import UserError
+from engines.models.facelandmarker import FaceLandmarkerTorch
+from streamer.avatar.pack import AvatarPack
 from tests.media import quick_astronaut_pack
+
+pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,8 +34,8 @@ def test_tuning_lowers_the_training_loss_on_held_out_requests(engine, astronaut_
     lm = FaceLandmarkerTorch.from_task().requires_grad_(False)
     scorer = IdentityScorer(engine.zoo.param_names)
     data = avatar_sample(G, z, ShapeModel.load(shape_model_path("default")), lm, scorer)
-    probe = Trainer(G, data, A0, lm, scorer, dict(WEIGHTS), 0.0, 16, seed=123)
-    probe.single_fraction, probe.expr_range = 1.0, 2.0
+    probe = Trainer(G, data, A0, lm, scorer, TrainConfig(lr=0.0, batch=16, seed=123, single_fraction=1.0,
+                                                         expr_range=2.0))
     s, dp, p_ref = probe.sample()
     with torch.no_grad():
         before = probe.losses(s, dp, p_ref)[0].item()

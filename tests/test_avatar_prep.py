@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from engines.errors import UserError
-from streamer.fakes import FakeReenactor
+from engines.core.errors import UserError
+from streamer.testing.fakes import FakeReenactor
 from streamer.live import LiveSession, peers_line
 from streamer.preparing import Preparer, display_name
-from streamer.rtc_client import ClientPeer, StampedCameraTrack, clip_frames
+from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack, clip_frames
 from tests.stream_support import loopback_ice, png_bytes, served  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

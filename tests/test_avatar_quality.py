@@ -1,16 +1,18 @@
 """The avatar holds together while it moves (issue 14): colour drift, the output guard, the mouth's
 response curve, and requests past the calibrated range. Measured by the MediaPipe runtime and SFace
-on the published frames, as calibration.motion measures them."""
+on the published frames, as calibration.evaluation.motion measures them."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from calibration.media_variants import open_mouth
-from calibration.motion import Reader, colour_drift_p95
-from engines.pose import PARAM_NAMES
-from streamer.photo import read_photo
+from calibration.evaluation.media_variants import open_mouth
+from calibration.evaluation.motion import Reader, colour_drift_p95
+from engines.core.photo import read_photo
+from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP
+
+pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
 
 JAW = PARAM_NAMES.index("jawOpen")
 
@@ -74,7 +76,7 @@ def test_the_avatars_mouth_follows_an_opening_mouth(engine, astronaut_pack, read
     photo = read_photo(ASTRONAUT)
     face, _ = reader.read(photo)
     r = engine.make_reenactor(astronaut_pack, smooth=False)
-    assert JAW in r.correction[0]        # the per-avatar curve of the jaw was measured
+    assert JAW in r.correction.curves        # the per-avatar curve of the jaw was measured
     asked, shown = [], []
     for k, amount in enumerate(np.linspace(0.0, 0.25, 8)):
         driver = photo if amount == 0 else open_mouth(photo, face.landmarks, amount)
@@ -113,7 +115,7 @@ def test_an_enrollment_that_reaches_no_usable_avatar_is_refused_in_one_line(tmp_
     import subprocess
     import sys
     out = tmp_path / "x.avatar"
-    r = subprocess.run([sys.executable, "-m", "streamer.enroll", "--avatar", str(ASTRONAUT), "--invert-steps", "5",
+    r = subprocess.run([sys.executable, "-m", "streamer.avatar.enroll", "--avatar", str(ASTRONAUT), "--invert-steps", "5",
                         "--tune-steps", "1", "--out", str(out), "--no-progress"],
                        capture_output=True, text=True, timeout=300, cwd=ASTRONAUT.parents[1])
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("W0000", "I0000", "INFO", "WARNING"))]
@@ -126,7 +128,7 @@ def test_response_curve_stops_at_the_peak_where_a_direction_undoes_itself():
     """A mouth that opens to t = 6 and closes again beyond: requests past the peak go to t = 6, not
     to the far end of the sweep (where this avatar's mouth had closed: jawOpen r -0.4)."""
     import numpy as np
-    from streamer.reenact import response_curve
+    from engines.method.correction import response_curve
     t = np.arange(-4.0, 11.0)
     r = np.array([-0.4, -0.3, -0.2, -0.1, 0.0, 0.05, 0.1, 0.4, 0.6, 0.7, 1.1, 0.2, 0.1, 0.3, 1.0])
     steps, resp = response_curve(t, r)

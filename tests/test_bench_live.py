@@ -1,13 +1,13 @@
-"""streamer/bench_live.py, the WebRTC benchmark harness (behaviour, not speed): its clients in the
+"""streamer/bench/live.py, the WebRTC benchmark harness (behaviour, not speed): its clients in the
 server's process and in a second process both receive the reenacted stream, and the server-side
 statistics cover the clients' measured window."""
 import asyncio
 
 import pytest
 
-from streamer import bench_live
-from streamer.rtc_client import clip_frames
-from streamer.webrtc import allow_loopback_candidates
+from streamer.bench import live as bench_live
+from streamer.testing.rtc_client import clip_frames
+from streamer.web.webrtc import allow_loopback_candidates
 
 
 @pytest.fixture(scope="module")

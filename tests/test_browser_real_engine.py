@@ -5,14 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from streamer.enroll import Enroller
-from streamer.photo import read_photo
-from streamer.reenact import Engine
+from engines.core.photo import read_photo
+from streamer.avatar.enroll import Enroller
+from streamer.reenact.engine import Engine
 from tests.stream_support import served
 from tests.test_stream_browser import CHROMIUM, Chromium, enough, make_y4m
 
 ASTRONAUT = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)"),
+              pytest.mark.slow]   # a real engine behind a real browser: more than ~30 s
 
 
 def test_browser_camera_drives_the_real_avatar(tmp_path):
@@ -30,7 +31,7 @@ def test_browser_camera_drives_the_real_avatar(tmp_path):
     y4m = make_y4m(tmp_path / "camera.y4m")
 
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()
         async with served(factory) as srv:
             async with Chromium(tmp_path, f"{srv.url}/?autostart=send", y4m) as browser:
@@ -55,7 +56,7 @@ def test_first_click_with_an_unenrolled_photo_yields_avatar_frames(tmp_path):
     import shutil
 
     from streamer.preparing import enroll_in_subprocess
-    from streamer.reenact import AvatarReenactor
+    from streamer.reenact.engine import AvatarReenactor
 
     engine = Engine("default", log=lambda m: None, progress=False)
     photo = tmp_path / "me.png"
@@ -77,7 +78,7 @@ def test_first_click_with_an_unenrolled_photo_yields_avatar_frames(tmp_path):
     y4m = make_y4m(tmp_path / "camera.y4m")
 
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()
         async with served(factory, default_avatar=photo, prepare=prepare) as srv:
             async with Chromium(tmp_path, f"{srv.url}/", y4m) as browser:

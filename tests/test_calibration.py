@@ -6,17 +6,18 @@ import pytest
 import torch
 
 from calibration.baseline import fit_least_squares
-from calibration.evaluate import evaluate
+from calibration.evaluation.evaluate import evaluate
 from calibration.prepare import TrainData, prepare
 from calibration.sampling import sample_pool
 from calibration.shape_model import fit_shape_model, similarity_align
 from calibration.stats import compute_stats, crop_recipe
-from calibration.train import WEIGHTS, Trainer, init_directions
-from engines.dcgan import DCGAN
-from engines.directions import Directions
-from engines.errors import UserError
-from engines.pose import PARAM_NAMES, rotation_from_euler
-from engines.zoo import Zoo
+from calibration.train import TrainConfig, Trainer, init_directions
+from engines.core.errors import UserError
+from engines.method.default_zoo import RECIPE
+from engines.method.pose import PARAM_NAMES, rotation_from_euler
+from engines.method.zoo import Zoo
+from engines.models.dcgan import DCGAN
+from engines.models.directions import Directions
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_least_squares_baseline_moves_p_as_asked(pool, stats):
 @pytest.fixture(scope="module")
 def train_data(G, pool):
     from calibration.identity import IdentityScorer
-    from engines.facelandmarker import FaceLandmarkerTorch
+    from engines.models.facelandmarker import FaceLandmarkerTorch
     lm = FaceLandmarkerTorch.from_task().requires_grad_(False)
     sc = IdentityScorer(PARAM_NAMES)
     return prepare(G, pool, lm, sc, progress=False), lm, sc
@@ -141,12 +142,12 @@ def test_prepare_cache_round_trip(train_data, tmp_path):
 def test_reference_of_a_zero_shift_is_the_source_itself(G, train_data, stats):
     data, lm, sc = train_data
     A = init_directions(_zoo(G), stats, "random", None)
-    tr = Trainer(G, data, A, lm, sc, WEIGHTS, 1e-3, 4, seed=0)
+    tr = Trainer(G, data, A, lm, sc, TrainConfig(lr=1e-3, batch=4, seed=0))
     s = torch.arange(4)
     ref, expr, _ = tr.reference(s, data.p[s])
     from calibration.shape_model import to_camera
     with torch.no_grad():
-        from engines.views import net3d_view
+        from engines.core.views import net3d_view
         out = lm(net3d_view(G.synthesize(data.z[s])), data.roi[s])
     got = to_camera(out["landmarks"])
     from calibration.losses import centred
@@ -161,8 +162,7 @@ def test_single_direction_shifts_span_the_requested_range(G, train_data, stats):
     A = init_directions(_zoo(G), stats, "random", None)
     a = A.shift_scale
     for r in (1.0, 2.0):
-        tr = Trainer(G, data, A, lm, sc, WEIGHTS, 1e-3, 400, seed=3)
-        tr.expr_range = r
+        tr = Trainer(G, data, A, lm, sc, TrainConfig(lr=1e-3, batch=400, seed=3, expr_range=r))
         _, dp, _ = tr.sample()
         single = dp[200:]
         assert ((single != 0).sum(1) <= 1).all()
@@ -172,8 +172,7 @@ def test_single_direction_shifts_span_the_requested_range(G, train_data, stats):
         assert expr <= r * a and 0.8 * r * a < expr
     # --single-fraction: the share of such rows (0: every row a random pair)
     for frac, n_single in ((0.0, 0), (0.25, 100), (1.0, 400)):
-        tr = Trainer(G, data, A, lm, sc, WEIGHTS, 1e-3, 400, seed=3)
-        tr.single_fraction = frac
+        tr = Trainer(G, data, A, lm, sc, TrainConfig(lr=1e-3, batch=400, seed=3, single_fraction=frac))
         _, dp, _ = tr.sample()
         moved = (dp != 0).sum(1)
         assert int((moved[400 - n_single:] <= 1).sum()) == n_single
@@ -181,11 +180,12 @@ def test_single_direction_shifts_span_the_requested_range(G, train_data, stats):
             assert (moved[:400 - n_single] > 1).float().mean() > 0.95
 
 
+@pytest.mark.slow
 def test_training_steps_lower_the_loss_and_resume(G, train_data, stats, tmp_path):
     data, lm, sc = train_data
     torch.manual_seed(0)
     A = init_directions(_zoo(G), stats, "random", None)
-    tr = Trainer(G, data, A, lm, sc, WEIGHTS, 3e-3, 8, seed=1)
+    tr = Trainer(G, data, A, lm, sc, TrainConfig(lr=3e-3, batch=8, seed=1))
     batch = tr.sample()
     with torch.no_grad():
         before = tr.losses(*batch)[0].item()
@@ -202,14 +202,14 @@ def test_training_steps_lower_the_loss_and_resume(G, train_data, stats, tmp_path
     torch.save(tr.state(), tmp_path / "ck.pt")
     nxt = tr.train_step()
     A2 = init_directions(_zoo(G), stats, "random", None)
-    tr2 = Trainer(G, data, A2, lm, sc, WEIGHTS, 3e-3, 8, seed=99)
+    tr2 = Trainer(G, data, A2, lm, sc, TrainConfig(lr=3e-3, batch=8, seed=99))
     tr2.load_state(torch.load(tmp_path / "ck.pt", weights_only=True))
     nxt2 = tr2.train_step()
     assert nxt2["step"] == nxt["step"] and nxt2["total"] == pytest.approx(nxt["total"], rel=1e-5)
 
 
 def _zoo(G):
-    return Zoo("default", G, list(PARAM_NAMES), None)
+    return Zoo("default", G, list(PARAM_NAMES), None, RECIPE)
 
 
 def test_small_evaluate_run(G, pool, stats, tmp_path):

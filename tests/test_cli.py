@@ -1,5 +1,5 @@
 """The command lines: --avatar required with one clear line, --version, keys in --help, help and a
-default on every flag of run_stream, streamer.enroll and calibration.train, one name for quiet."""
+default on every flag of run_stream, streamer.avatar.enroll and calibration.train, one name for quiet."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +40,7 @@ def flags(parser) -> list[argparse.Action]:
             and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
 
 
-@pytest.mark.parametrize("module", ["streamer.enroll", "calibration.train"])
+@pytest.mark.parametrize("module", ["streamer.avatar.enroll", "calibration.train"])
 def test_every_flag_has_help_and_a_default(module):
     for a in flags(parser_of(module)):
         name = a.option_strings[0]
@@ -55,7 +55,7 @@ def test_run_stream_flags_have_help():
 
 
 def test_enroll_zoo_has_choices_and_quiet_is_one_name():
-    p = parser_of("streamer.enroll")
+    p = parser_of("streamer.avatar.enroll")
     zoo = next(a for a in p._actions if "--zoo" in a.option_strings)
     assert list(zoo.choices) == ["default", "vox256"]
     shown = [s for a in flags(p) for s in a.option_strings]
@@ -88,7 +88,7 @@ def test_version_and_keys_in_help():
     keys = r.stdout[r.stdout.index("Keys"):]
     for key in ("r  re-take", "s  side-by-side", "a  next avatar", "q  quit", "?  show the keys"):
         assert key in keys
-    from streamer.controls import KEYS_HELP
+    from streamer.stream.controls import KEYS_HELP
     for k in ("r reset", "s side-by-side", "a next avatar", "q quit", "? help"):   # the keys the code knows
         assert k in KEYS_HELP
 

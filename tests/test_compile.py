@@ -1,4 +1,4 @@
-"""engines/compile.py: the backend fallback chain, output verification, precision probe, TensorRT cache.
+"""engines/accel/compile.py: the backend fallback chain, output verification, precision probe, TensorRT cache.
 
 Runs on a machine with no GPU and no TensorRT: the chain must skip tensorrt ('torch_tensorrt not
 installed') and cuda-graph ('no CUDA device'), use torch.compile if it builds, else eager, and say so
@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-import engines.compile as ec
-from engines.compile import BACKENDS, build_engine, engine_key, flatten, relative_error
+import engines.accel.compile as ec
+from engines.accel.compile import BACKENDS, build_engine, engine_key, flatten, relative_error
 
 CPU = torch.device("cpu")
 
@@ -44,6 +44,7 @@ def _inputs(seed=0):
     return torch.randn(2, 3, 16, 16, generator=g), torch.tensor(1.5)
 
 
+@pytest.mark.slow
 def test_cpu_chain_without_gpu_or_tensorrt(no_tensorrt):
     """The full default chain on CPU: compile is tried for real; eager is the floor."""
     m = Tiny().eval()

@@ -48,7 +48,7 @@ print("after", file=sys.stderr)
 def test_mediapipe_landmarker_starts_without_native_log_lines():
     code = """
 import numpy as np
-from engines.net3d import MediaPipeNet3D
+from engines.method.net3d import MediaPipeNet3D
 for mode in ("image", "video"):
     with MediaPipeNet3D(mode, num_faces=2) as n:
         n.read(np.zeros((96, 96, 3), np.uint8)); n.read(np.zeros((96, 96, 3), np.uint8))
@@ -63,8 +63,8 @@ print("ok")
 
 
 def test_enrollment_stages_are_labelled_and_end_with_one_summary_line(engine, capsys):
-    from streamer.enroll import Enroller
-    from streamer.photo import read_photo
+    from engines.core.photo import read_photo
+    from streamer.avatar.enroll import Enroller
     said: list[str] = []
     pack = Enroller(engine.zoo, progress=True, log=said.append).enroll(read_photo(ASTRONAUT), "astronaut.png",
                                                                      tune=False, invert_steps=3)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.device import resolve_device
-from engines.errors import UserError
+from engines.core.device import resolve_device
+from engines.core.errors import UserError
 
 pytest.importorskip("PIL")
 
@@ -59,23 +59,23 @@ class ScriptedReader:
 
 
 def run_reenactor(device: str, ps, pack, engine_cache: dict):
-    from streamer.reenact import AvatarReenactor, Engine
+    from streamer.reenact.engine import AvatarReenactor, Engine
     if device not in engine_cache:
         engine_cache[device] = Engine("default", log=lambda m: None, progress=False, device=device)
     engine = engine_cache[device]
-    engine.zoo.extra["pose_reader"] = lambda: ScriptedReader(ps)
+    engine.zoo.reader_factory = lambda: ScriptedReader(ps)
     try:
         r = AvatarReenactor(engine, pack, smooth=False, correct=False, out_size=64)
         frame = np.zeros((48, 64, 3), np.uint8)
         return [r.process(frame, t=i / 30).image for i in range(len(ps))], engine
     finally:
-        engine.zoo.extra.pop("pose_reader")
+        engine.zoo.reader_factory = None
 
 
 @pytest.fixture(scope="module")
 def scripted():
-    from engines.dcgan import DCGAN
-    from streamer.avatar import AvatarPack
+    from engines.models.dcgan import DCGAN
+    from streamer.avatar.pack import AvatarPack
     g = torch.Generator().manual_seed(3)
     z = torch.randn(1, 100, generator=g)
     names = 13

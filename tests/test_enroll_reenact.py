@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engines.errors import UserError
-from streamer.avatar import AvatarPack
-from streamer.enroll import Enroller, load_or_enroll
-from streamer.photo import read_photo
+from engines.core.errors import UserError
+from engines.core.photo import read_photo
+from streamer.avatar.enroll import Enroller, load_or_enroll
+from streamer.avatar.pack import AvatarPack
 from tests.media import short_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_pack_contents_and_round_trip(pack):
     assert q["tuned"]["pixel_mae"] < q["inverted"]["pixel_mae"]
     assert q["tuned"]["sface_cosine"] > 0.6
     # the tuned generator reproduces the crop (what the quality numbers claim)
-    from engines.dcgan import DCGAN
+    from engines.models.dcgan import DCGAN
     g = p.generator(DCGAN.from_checkpoint())
     with torch.no_grad():
         img = ((g.synthesize(p.latent)[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
@@ -80,7 +80,7 @@ def test_two_faces_use_the_largest_and_say_so(engine):
 
 def test_photo_is_enrolled_once_and_cached(engine, tmp_path, monkeypatch, pack):
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
-    import streamer.enroll as enroll
+    import streamer.avatar.enroll as enroll
     calls = []
     real = enroll.Enroller.enroll
 
@@ -122,9 +122,9 @@ def test_driver_head_turn_turns_the_avatar(engine, pack):
     """Frame 0 of the bundled clip is the reference; frame 350 has the driver's head turned ~15 deg
     (read by the MediaPipe runtime on the driver). The avatar's yaw, read the same way on the output,
     must turn the same way by a clear margin, and stay put when the driver returns."""
-    from calibration.motion import output_view
-    from engines.net3d import MediaPipeNet3D
-    from engines.views import to_uint8
+    from calibration.evaluation.motion import output_view
+    from engines.core.views import to_uint8
+    from engines.method.net3d import MediaPipeNet3D
     with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as c:
         frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in (0, 350)}
     r = engine.make_reenactor(pack, smooth=False, feedback_every=0)   # A itself (feedback: next test)
@@ -148,9 +148,9 @@ def test_feedback_brings_the_avatars_yaw_to_the_drivers(engine, pack):
     feedback (read every 3rd frame). Read by the MediaPipe runtime on the published frames, feedback
     must take at least a quarter off the open-loop error of the avatar's turn, and the avatar come back
     when the driver does."""
-    from calibration.motion import output_view
-    from engines.net3d import MediaPipeNet3D
-    from engines.views import to_uint8
+    from calibration.evaluation.motion import output_view
+    from engines.core.views import to_uint8
+    from engines.method.net3d import MediaPipeNet3D
     with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as c:
         frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in (0, 80)}
     with MediaPipeNet3D("image") as reader:
@@ -165,7 +165,7 @@ def test_feedback_brings_the_avatars_yaw_to_the_drivers(engine, pack):
                 yaws.append(reader.read(to_uint8(output_view(out.image, 64))[0]).p[0])
             assert (r.feedback is None) == (every == 0)
             if every:
-                assert "feedback" in out.stage_ms and r.fb_integral.abs().max() > 0
+                assert "feedback" in out.stage_ms and r.feedback.integral.abs().max() > 0
             r.close()
             shown[every] = yaws
     assert turn > 6
@@ -176,20 +176,19 @@ def test_feedback_brings_the_avatars_yaw_to_the_drivers(engine, pack):
 
 
 def test_correction_gates_senses_and_cancels_one_sided_drift():
-    """`_corrected` in closed form: angles left linear (no curves), two expression directions. The
+    """The per-avatar correction in closed form: angles left linear (no curves), two expression directions. The
     first moves its parameter only upward (the - sense is gated off), the second only downward; each
     sense's head drift is cancelled by the opposite angle request."""
-    from types import SimpleNamespace
-    from streamer.reenact import AvatarReenactor
+    from engines.method.correction import Correction
     k = 5
     drift = torch.zeros(2, 3, k - 3)
     drift[1, 0, 0] = -0.5      # + sense of expression 0 turns the head +0.5 per unit: ask -0.5
     drift[0, 1, 1] = 0.25      # - sense of expression 1 tilts it: per unit step (negative), ask +0.25
     gates = torch.tensor([[False, True], [True, False]])   # [- sense, + sense] per expression
-    fake = SimpleNamespace(correction=({}, drift, gates))
-    out = AvatarReenactor._corrected(fake, torch.tensor([1.0, 0.0, 0.0, 2.0, -4.0]))
+    correct = Correction({}, drift, gates)
+    out = correct(torch.tensor([1.0, 0.0, 0.0, 2.0, -4.0]))
     assert torch.allclose(out, torch.tensor([1.0 - 1.0, -1.0, 0.0, 2.0, -4.0]))
-    out = AvatarReenactor._corrected(fake, torch.tensor([0.0, 0.0, 0.0, -2.0, 3.0]))
+    out = correct(torch.tensor([0.0, 0.0, 0.0, -2.0, 3.0]))
     assert torch.allclose(out, torch.zeros(5))   # both requests are in senses that are off
 
 
@@ -239,6 +238,7 @@ def test_run_stream_bad_avatar_is_one_line(tmp_path):
     assert lines[-1].startswith("error: no face found in blank.png") and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_enrollment_does_not_depend_on_the_callers_thread_count(engine):
     """Enrollment runs its optimisation at a fixed torch thread count (1 unless asked), so a photo gives
     the same pack from every tool — the caller's setting is restored afterwards. (Unpinned, a caller at

@@ -1,4 +1,4 @@
-"""calibration.evaluate_video (the paper's video protocol) and calibration.fid: the metrics against
+"""calibration.evaluation.evaluate_video (the paper's video protocol) and calibration.evaluation.fid: the metrics against
 closed forms and independent readings, and a short end-to-end run on the bundled clip."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from calibration import evaluate_video as ev
-from calibration.fid import fid_from_features, frechet_distance, gaussian_stats, load_extractor
-from engines.errors import UserError
+from calibration.evaluation import evaluate_video as ev
+from calibration.evaluation.fid import fid_from_features, frechet_distance, gaussian_stats, load_extractor
+from engines.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "assets" / "pexels_woman.mp4"
@@ -82,7 +82,7 @@ def test_nme_closed_form():
 
 
 def test_mp68_points_follow_the_68_point_layout():
-    from engines.net3d import MediaPipeNet3D
+    from engines.method.net3d import MediaPipeNet3D
     assert len(ev.MP68) == 68 and len(set(ev.MP68)) == 68
     with MediaPipeNet3D("image") as r:
         xy = r.read(np.asarray(Image.open(ASTRO).convert("RGB"))).landmarks[ev.MP68, :2]
@@ -122,7 +122,7 @@ def run(tmp_path_factory):
     out = tmp / "out"
     weights = tmp / "weights"          # random LPIPS weights in the documented files: exercises the path
     weights.mkdir()
-    from engines.random_weights import random_lpips
+    from engines.weights.random_weights import random_lpips
     alex, lin = random_lpips(seed=3)
     torch.save(lin, weights / "alex.pth")
     torch.save(alex, weights / "alexnet-owt-7be5be79.pth")
@@ -134,6 +134,7 @@ def run(tmp_path_factory):
     return json.loads((out / "r.json").read_text()), out, left, mirror
 
 
+@pytest.mark.slow
 def test_run_covers_self_and_cross_pairs_in_every_mode(run):
     res, out, left, mirror = run
     pairs = {(p["source"], p["driver"], p["mode"]): p for p in res["pairs"]}
@@ -157,10 +158,11 @@ def test_run_covers_self_and_cross_pairs_in_every_mode(run):
     assert res["meta"]["lpips"] is True and res["meta"]["fid"] is True and len(res["meta"]["directions_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_static_cross_error_is_the_drivers_own_motion(run):
     """Holding the avatar still against 'avatar pose + driver motion' errs by exactly the driver's motion
     since its first frame: recomputed here from the runtime's readings of the driver alone."""
-    from engines.net3d import MediaPipeNet3D
+    from engines.method.net3d import MediaPipeNet3D
     res, out, left, mirror = run
     p = [pp for pp in res["pairs"] if (pp["source"], pp["driver"], pp["mode"]) == ("drv_left", "drv_mirror", "static")][0]
     with MediaPipeNet3D("image") as r, av.open(str(mirror)) as c:
@@ -171,12 +173,13 @@ def test_static_cross_error_is_the_drivers_own_motion(run):
     assert p["summary"]["err_jawOpen"] == pytest.approx(motion[:, 3].mean(), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_report_table_and_licence_filtered_figures(run):
     res, out, left, mirror = run
     text = (out / "report.md").read_text()
     assert "| self | paper, vox256 (VoxCeleb1, Table 1) | 0.66 | – | 0.11 | 35.0 | 14.1 |" in text
     assert "| cross | default zoo, relative motion (product default) |" in text
-    assert "LPIPS: no LPIPS weights" not in text and "python -m calibration.evaluate_video --clips" in text
+    assert "LPIPS: no LPIPS weights" not in text and "python -m calibration.evaluation.evaluate_video --clips" in text
     figs = sorted(p.name for p in (out / "evaluation").iterdir())
     # only clips matching --figure-clips get images (source and driver both)
     assert figs == ["drv_left__drv_left_curves.png", "drv_left__drv_left_strip.png"]

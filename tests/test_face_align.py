@@ -1,4 +1,4 @@
-"""5-point alignment (engines/face_align.py): Umeyama against an SVD reference, the warp against a
+"""5-point alignment (engines/method/face_align.py): Umeyama against an SVD reference, the warp against a
 closed form, torch vs numpy paths, and the MediaPipe index choice against MediaPipe's own runtime."""
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from engines.face_align import (TEMPLATE_112, align_112, align_112_np, five_points_from_mediapipe,
-                                similarity_transform, to_tensor)
+from engines.method.face_align import (
+    TEMPLATE_112,
+    align_112,
+    align_112_np,
+    five_points_from_mediapipe,
+    similarity_transform,
+    to_tensor,
+)
 from tests.mediapipe_faces import ASSETS, detect_landmarks, load_rgb
 
 

@@ -1,5 +1,5 @@
-"""The PyTorch port of MediaPipe FaceLandmarker (engines/facelandmarker.py, engines/facedetector.py,
-engines/tflite_torch.py) against two independent references:
+"""The PyTorch port of MediaPipe FaceLandmarker (engines/models/facelandmarker.py, engines/models/facedetector.py,
+engines/models/tflite_torch.py) against two independent references:
 
 1. the LiteRT interpreter running the very same .tflite files on the very same input tensors
    (raw-network equivalence: only float summation order differs);
@@ -23,9 +23,18 @@ import pytest
 import torch
 from PIL import Image
 
-from engines.facedetector import FaceDetectorNet
-from engines.facelandmarker import (BLENDSHAPE_LANDMARKS, BLENDSHAPE_NAMES, BlendshapeNet, FaceLandmarkerTorch,
-                                    LandmarkNet, crop, read_task_file, roi_from_landmarks, uncrop_landmarks)
+from engines.models.facedetector import FaceDetectorNet
+from engines.models.facelandmarker import (
+    BLENDSHAPE_LANDMARKS,
+    BLENDSHAPE_NAMES,
+    BlendshapeNet,
+    FaceLandmarkerTorch,
+    LandmarkNet,
+    crop,
+    read_task_file,
+    roi_from_landmarks,
+    uncrop_landmarks,
+)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PEXELS_FRAMES = (100, 260, 403)  # frontal smile, turned, rolled (-26 degrees: exercises rotation and z)
@@ -99,7 +108,7 @@ def _mp_image(img):
 def _landmarker(video: bool, num_faces: int = 1):
     from mediapipe.tasks.python import BaseOptions, vision
 
-    from engines.modelfiles import model_path
+    from engines.core.modelfiles import model_path
 
     mode = vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE
     opts = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(model_path("face_landmarker"))),

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engines.errors import UserError
+from engines.core.errors import UserError
 from tests.media import short_clip
 from tests.stream_support import stop_stream
 
@@ -43,15 +43,15 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(cache):
-    from streamer.reenact import Engine
+    from streamer.reenact.engine import Engine
     torch.set_num_threads(1)
     return Engine(progress=False, log=QUIET)
 
 
 @pytest.fixture(scope="module")
 def pack_path(engine, tmp_path_factory):
-    from streamer.enroll import Enroller
-    from streamer.photo import read_photo
+    from engines.core.photo import read_photo
+    from streamer.avatar.enroll import Enroller
     pack = Enroller(engine.zoo, progress=False, log=QUIET).enroll(read_photo(ASTRO), ASTRO.name,
                                                                  invert_steps=40, tune_steps=60)
     path = tmp_path_factory.mktemp("pack") / "astronaut.avatar"
@@ -96,9 +96,10 @@ def decode(path: Path) -> list[np.ndarray]:
 
 
 # ------------------------------------------------------------------------------- driving-frame faults
+@pytest.mark.slow
 def test_driver_without_face_holds_the_pose_then_eases_to_neutral(engine, pack_path):
-    from streamer.avatar import AvatarPack
-    from streamer.reenact import AvatarReenactor
+    from streamer.avatar.pack import AvatarPack
+    from streamer.reenact.engine import AvatarReenactor
     reen = AvatarReenactor(engine, AvatarPack.load(pack_path), smooth=False)
     photo = Image.open(ASTRO).convert("RGB")
     face = np.asarray(photo)
@@ -133,12 +134,13 @@ def two_face_frame(shared: Path | None) -> np.ndarray:
     return np.asarray(canvas)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["bundled", "shared"])
 def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, request):
-    from engines.net3d import MediaPipeNet3D
-    from streamer.avatar import AvatarPack
-    from streamer.enroll import Enroller
-    from streamer.reenact import AvatarReenactor
+    from engines.method.net3d import MediaPipeNet3D
+    from streamer.avatar.enroll import Enroller
+    from streamer.avatar.pack import AvatarPack
+    from streamer.reenact.engine import AvatarReenactor
     img = two_face_frame(request.getfixturevalue("shared_dir") if which == "shared" else None)
     with MediaPipeNet3D("image", num_faces=4) as r:
         faces = r.read_all(img)
@@ -157,13 +159,14 @@ def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, r
     assert x0 <= box[0] <= x1 and y0 - (y1 - y0) <= box[1] <= y1   # crop centred on the largest face
 
 
+@pytest.mark.slow
 def test_hand_over_the_face_keeps_a_face_in_the_output(engine, pack_path):
     """assets/pexels_woman.mp4 frames 64-232: her hand covers mouth, nose and eyes in turn."""
-    from engines.net3d import MediaPipeNet3D
-    from engines.views import to_uint8
-    from calibration.motion import output_view
-    from streamer.avatar import AvatarPack
-    from streamer.reenact import AvatarReenactor
+    from calibration.evaluation.motion import output_view
+    from engines.core.views import to_uint8
+    from engines.method.net3d import MediaPipeNet3D
+    from streamer.avatar.pack import AvatarPack
+    from streamer.reenact.engine import AvatarReenactor
     reen = AvatarReenactor(engine, AvatarPack.load(pack_path))
     outs = []
     with av.open(str(CLIP)) as c:
@@ -219,7 +222,7 @@ def corrupt_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_corrupt_avatar_images_are_one_line_errors(engine, tmp_path, capsys):
-    from streamer import enroll
+    from streamer.avatar import enroll
     for what, (path, msg) in corrupt_files(tmp_path).items():
         code, err = run_cli(enroll.main, ["--avatar", str(path), "--out", str(tmp_path / "x.avatar")], capsys)
         line = error_line(err)
@@ -231,6 +234,7 @@ def test_corrupt_avatar_images_are_one_line_errors(engine, tmp_path, capsys):
     assert code == 2 and msg in error_line(err) and not (tmp_path / "o.mp4").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_device_that_is_not_there(pack_path, tmp_path, capsys):
     """--device cuda on a CPU-only torch: one line naming the fix, before any output is opened."""
@@ -250,8 +254,9 @@ def truncated(src: Path, dst: Path, frac: float = 0.6) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_truncated_or_wrong_directions_file(engine, pack_path, tmp_path, capsys):
-    from engines.zoo import default_directions_path
+    from engines.method.default_zoo import default_directions_path
     bad = {"truncated": truncated(default_directions_path(), tmp_path / "A_cut.safetensors"),
            "a photo renamed": tmp_path / "photo.safetensors"}
     bad["a photo renamed"].write_bytes(ASTRO.read_bytes())
@@ -262,8 +267,9 @@ def test_truncated_or_wrong_directions_file(engine, pack_path, tmp_path, capsys)
         assert code == 2 and line.startswith(f"error: {path}: directions file is corrupt"), (what, line)
 
 
+@pytest.mark.slow
 def test_truncated_or_foreign_avatar_pack(engine, pack_path, tmp_path, capsys):
-    from streamer.avatar import AvatarPack
+    from streamer.avatar.pack import AvatarPack
     cut = truncated(pack_path, tmp_path / "cut.avatar")
     code, err = run_cli(stream_main, ["--avatar", str(cut), "--source", str(CLIP), "--sink",
                                       str(tmp_path / "o.mp4"), "--quiet"], capsys)
@@ -280,9 +286,10 @@ def test_truncated_or_foreign_avatar_pack(engine, pack_path, tmp_path, capsys):
         engine.make_reenactor(tmp_path / "wrong.avatar")
 
 
+@pytest.mark.slow
 def test_damaged_cached_enrollment_is_rebuilt(engine, pack_path, cache, monkeypatch, tmp_path):
-    import streamer.enroll as enroll
-    from streamer.avatar import AvatarPack
+    import streamer.avatar.enroll as enroll
+    from streamer.avatar.pack import AvatarPack
     photo = tmp_path / "me.png"
     photo.write_bytes(ASTRO.read_bytes())
     calls = []
@@ -297,7 +304,7 @@ def test_damaged_cached_enrollment_is_rebuilt(engine, pack_path, cache, monkeypa
 
     monkeypatch.setattr(enroll, "Enroller", StubEnroller)
     enroll.load_or_enroll(photo, engine.zoo, False, QUIET)
-    cached = list((cache / "avatars").glob(f"{enroll.file_sha256(photo)[:24]}-*.avatar"))
+    cached = list((cache / "avatars").glob(f"{enroll.sha256_file(photo)[:24]}-*.avatar"))
     assert len(calls) == 1 and len(cached) == 1
     truncated(cached[0], cached[0], 0.5)                # a crash while the cache was written elsewhere
     pack = enroll.load_or_enroll(photo, engine.zoo, False, QUIET)
@@ -306,8 +313,8 @@ def test_damaged_cached_enrollment_is_rebuilt(engine, pack_path, cache, monkeypa
 
 # ----------------------------------------------------------------------- sources that fail or lie
 def test_driving_file_that_is_not_a_video_or_is_truncated(tmp_path, capsys):
-    from streamer.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     text = tmp_path / "clip.mp4"
     text.write_text("not a video\n")
@@ -322,7 +329,7 @@ class FailingSource:
     """Delivers `good` frames of the clip, then raises like a camera unplugged / a disk read error."""
 
     def __init__(self, spec, good: int):
-        from streamer.sources import AVSource
+        from streamer.stream.sources import AVSource
         self._src, self.good = AVSource(spec), good
         self.fps, self.rate = self._src.fps, self._src.rate
 
@@ -338,7 +345,7 @@ class FailingSource:
 
 def test_offline_source_failure_keeps_what_was_written(tmp_path, monkeypatch):
     import streamer.live as live
-    from streamer.fakes import FakeReenactor, expected_output
+    from streamer.testing.fakes import FakeReenactor, expected_output
     monkeypatch.setattr(live, "AVSource", lambda spec: FailingSource(spec, good=20))
     out = tmp_path / "out.mp4"
     with pytest.raises(UserError) as e:
@@ -354,8 +361,8 @@ def test_offline_source_failure_keeps_what_was_written(tmp_path, monkeypatch):
 
 
 def test_offline_engine_failure_keeps_what_was_written(tmp_path):
-    from streamer.fakes import FakeReenactor
     from streamer.live import run_offline
+    from streamer.testing.fakes import FakeReenactor
     out = tmp_path / "out.mp4"
     with pytest.raises(UserError, match="reenactor error: RuntimeError: fake failure on frame 30 .at frame 29."):
         run_offline(CLIP, out, FakeReenactor(fail_every=30))
@@ -380,8 +387,8 @@ class BrokenSink:
 
 def test_offline_sink_failure_stops_early_with_one_line(tmp_path, monkeypatch):
     import streamer.live as live
-    from streamer.fakes import FakeReenactor
-    from streamer.sinks import FileSink
+    from streamer.stream.sinks import FileSink
+    from streamer.testing.fakes import FakeReenactor
     write = FileSink.write
     calls = {"n": 0}
 
@@ -402,8 +409,8 @@ def test_offline_sink_failure_stops_early_with_one_line(tmp_path, monkeypatch):
 
 def test_live_sink_failure_is_reported_and_the_others_go_on(monkeypatch, capsys):
     import streamer.live as live
-    from streamer.fakes import make_fake_reenactor
-    from streamer.sinks import NullSink
+    from streamer.stream.sinks import NullSink
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     sinks = {"broken": BrokenSink("vcam", good=5), "file": NullSink("file:ok.mp4")}
     monkeypatch.setattr(live, "open_sink", lambda spec, **kw: sinks[spec])
@@ -417,7 +424,7 @@ def test_live_sink_failure_is_reported_and_the_others_go_on(monkeypatch, capsys)
 
 def test_live_run_whose_only_output_fails_exits_2(monkeypatch, capsys):
     import streamer.live as live
-    from streamer.fakes import make_fake_reenactor
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     monkeypatch.setattr(live, "open_sink", lambda spec, **kw: BrokenSink("vcam:/dev/video10", good=3))
     t0 = time.perf_counter()
@@ -429,8 +436,8 @@ def test_live_run_whose_only_output_fails_exits_2(monkeypatch, capsys):
 
 
 def test_unwritable_output_path_is_one_line(tmp_path, capsys):
-    from streamer.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -449,10 +456,10 @@ def test_slow_sink_drops_frames_without_slowing_the_others():
     sink would stop at frame 1 and the wait below would fail; a queued sink would resume at frame 1
     instead of the newest."""
     import threading
-    from streamer.fakes import FakeReenactor
-    from streamer.pipeline import Pipeline, run_sink
-    from streamer.sinks import NullSink
-    from streamer.sources import Capture
+    from streamer.stream.pipeline import Pipeline, run_sink
+    from streamer.stream.sinks import NullSink
+    from streamer.stream.sources import Capture
+    from streamer.testing.fakes import FakeReenactor
     from tests.test_stream_pipeline import CountingSource
 
     n_frames, blocked_for = 60, 30
@@ -528,8 +535,9 @@ def test_peer_that_vanishes_without_closing_is_dropped(monkeypatch):
     frees the session and its engine. Consent timing is shortened here (aioice: 6 x 5 s by default)."""
     import aiohttp
     import aioice.ice
-    from streamer.fakes import FakeReenactor
-    from streamer.rtc_client import ClientPeer, StampedCameraTrack
+
+    from streamer.testing.fakes import FakeReenactor
+    from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
     from tests.stream_support import served
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
@@ -565,6 +573,7 @@ def test_peer_that_vanishes_without_closing_is_dropped(monkeypatch):
 
 
 # --------------------------------------------------------------------- interrupting a recording
+@pytest.mark.slow
 def test_sigterm_during_a_live_recording_leaves_a_playable_file(pack_path, cache, tmp_path):
     out = tmp_path / "rec.mp4"
     env = dict(os.environ, FACEREENACT_CACHE=str(cache), PYTHONUNBUFFERED="1")
@@ -592,7 +601,7 @@ def test_sigterm_during_a_live_recording_leaves_a_playable_file(pack_path, cache
 # ------------------------------------------------------------- damaged packs and unusable caches
 def _bad_packs(pack_path: Path, folder: Path) -> dict[str, tuple[Path, str]]:
     """Packs that open but must not stream: (file, what the error line says)."""
-    from streamer.avatar import AvatarPack
+    from streamer.avatar.pack import AvatarPack
     good = AvatarPack.load(pack_path)
     name = next(iter(good.tuned))
     k = len(good.meta["p"])
@@ -617,6 +626,7 @@ def _bad_packs(pack_path: Path, folder: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_avatar_pack_with_bad_contents_is_refused_with_one_line(engine, pack_path, tmp_path, capsys):
     """A pack whose latent is NaN streamed black frames with exit 0; one whose p is not numeric gave a
     traceback. Any pack whose contents cannot drive the zoo is one error line naming the file."""
@@ -639,8 +649,8 @@ def test_avatar_pack_with_bad_contents_is_refused_with_one_line(engine, pack_pat
 def _stub_enroller(monkeypatch, pack_path, log: list):
     """Enrollment itself is tested elsewhere; here only what happens around it. Records when it ran
     (as the position in `log`)."""
-    import streamer.enroll as enroll
-    from streamer.avatar import AvatarPack
+    import streamer.avatar.enroll as enroll
+    from streamer.avatar.pack import AvatarPack
     calls = []
 
     class StubEnroller:
@@ -655,9 +665,10 @@ def _stub_enroller(monkeypatch, pack_path, log: list):
     return calls
 
 
+@pytest.mark.slow
 def test_cached_enrollment_that_opens_but_does_not_fit_is_rebuilt(engine, pack_path, monkeypatch, tmp_path):
-    import streamer.enroll as enroll
-    from streamer.avatar import AvatarPack
+    import streamer.avatar.enroll as enroll
+    from streamer.avatar.pack import AvatarPack
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
     photo = tmp_path / "me.png"
     photo.write_bytes(ASTRO.read_bytes())
@@ -681,10 +692,11 @@ def test_cached_enrollment_that_opens_but_does_not_fit_is_rebuilt(engine, pack_p
         assert got.zoo == "default" and AvatarPack.load(cached).latent.shape == good.latent.shape, what
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["cache root under a regular file", "cache entry is a folder"])
 def test_unusable_avatar_cache_is_said_before_enrolling_and_the_run_goes_on(how, engine, pack_path, monkeypatch,
                                                                             tmp_path):
-    import streamer.enroll as enroll
+    import streamer.avatar.enroll as enroll
     photo = tmp_path / "me.png"
     photo.write_bytes(ASTRO.read_bytes())
     log: list[str] = []
@@ -705,13 +717,14 @@ def test_unusable_avatar_cache_is_said_before_enrolling_and_the_run_goes_on(how,
     assert len(notes) == 1 and log.index(notes[0]) < calls[0], log       # said before enrolling started
 
 
+@pytest.mark.slow
 def test_packs_enrolled_from_uploads_are_deleted_at_exit(engine, pack_path, monkeypatch, tmp_path):
     import aiohttp
 
-    import streamer.enroll as enroll
-    from streamer.controls import Controller
-    from streamer.fakes import FakeReenactor
-    from streamer.pipeline import Pipeline
+    import streamer.avatar.enroll as enroll
+    from streamer.stream.controls import Controller
+    from streamer.stream.pipeline import Pipeline
+    from streamer.testing.fakes import FakeReenactor
     from tests.stream_support import png_bytes, served
     user_cache = tmp_path / "user-cache"
     monkeypatch.setenv("FACEREENACT_CACHE", str(user_cache))
@@ -775,7 +788,7 @@ def test_sink_linked_to_dev_full_is_one_line_not_a_segfault(tmp_path):
     """PyAV crashed (SIGSEGV) writing the MP4 header a second time after /dev/full refused the first."""
     out = tmp_path / "out.mp4"
     out.symlink_to("/dev/full")
-    code = ("import sys; from streamer.live import run_live; from streamer.fakes import make_fake_reenactor; "
+    code = ("import sys; from streamer.live import run_live; from streamer.testing.fakes import make_fake_reenactor; "
             "from tests.test_stream_live import args_of; "
             f"sys.exit(run_live(args_of('--source', 'lavfi:testsrc2=size=160x96:rate=15', '--sink', {str(out)!r}, "
             "'--duration', '2'), make_fake_reenactor))")
@@ -787,7 +800,7 @@ def test_sink_linked_to_dev_full_is_one_line_not_a_segfault(tmp_path):
 def test_full_disk_before_the_run_is_one_line_before_models_load(tmp_path, monkeypatch, capsys):
     import errno
 
-    import streamer.sinks as sinks
+    import streamer.stream.sinks as sinks
     from streamer.live import run_live
     from tests.test_stream_live import args_of
 
@@ -807,7 +820,7 @@ class FakeDisk:
     space reserve, when released, gives its bytes back, as the file system does."""
 
     def __init__(self, monkeypatch, free: int):
-        from streamer.sinks import OutputFile
+        from streamer.stream.sinks import OutputFile
         self.free = free
         real_write, real_release = OutputFile._os_write, OutputFile._release_reserve
 
@@ -828,8 +841,8 @@ class FakeDisk:
 
 
 def test_disk_full_offline_is_one_line_and_the_partial_file_plays(tmp_path, monkeypatch, capsys):
-    from streamer.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     FakeDisk(monkeypatch, free=400_000)
     out = tmp_path / "out.mp4"
@@ -841,8 +854,8 @@ def test_disk_full_offline_is_one_line_and_the_partial_file_plays(tmp_path, monk
 
 
 def test_disk_full_live_is_one_line_exit_2_and_the_partial_file_plays(tmp_path, monkeypatch, capsys):
-    from streamer.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     FakeDisk(monkeypatch, free=150_000)
     out = tmp_path / "out.mp4"
@@ -859,8 +872,8 @@ def test_disk_full_live_is_one_line_exit_2_and_the_partial_file_plays(tmp_path, 
 def test_file_sink_after_a_failed_write_never_touches_the_encoder_and_closes_once(tmp_path, monkeypatch):
     """No reserve left (the disk was full all along): the write fails, close() does not raise a second
     time or crash, and later calls are refused without reaching PyAV."""
-    from streamer.pipeline import Published
-    from streamer.sinks import FileSink
+    from streamer.stream.pipeline import Published
+    from streamer.stream.sinks import FileSink
     FakeDisk(monkeypatch, free=50_000)
     sink = FileSink(tmp_path / "out.mp4", 30, live=False)
     sink.out._reserve.close()                     # no reserve to fall back on
@@ -887,8 +900,8 @@ def test_out_of_range_numbers_on_the_command_line_are_one_line(argv, capsys):
 
 
 def test_empty_token_on_loopback_starts_the_server(monkeypatch, capsys):
-    from streamer.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of, free_port
     assert run_live(args_of("--webrtc", "--token", "", "--port", str(free_port()), "--duration", "0.5"),
                     make_fake_reenactor) == 0
@@ -916,8 +929,8 @@ def faststart_clip(out: Path, frames: int) -> Path:
 
 
 def test_truncated_clip_whose_index_survived_says_it_ended_early(tmp_path, capsys):
-    from streamer.fakes import make_fake_reenactor
     from streamer.live import run_live
+    from streamer.testing.fakes import make_fake_reenactor
     from tests.test_stream_live import args_of
     full = faststart_clip(tmp_path / "full.mp4", 48)
     cut = truncated(full, tmp_path / "cut.mp4", 0.5)

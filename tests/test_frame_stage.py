@@ -1,13 +1,13 @@
-"""The batched per-frame model stage (engines/frame_stage.py) and its parts.
+"""The batched per-frame model stage (engines/method/frame_stage.py) and its parts.
 
 References and tolerances:
   * vox256 stage == the same steps composed from the project's reference functions (LandmarkNet,
-    crop/uncrop, DecaEncoder + engines.deca.deca_p with the ranges array, Directions,
-    engines.reenact_latent.official_latent, StyleGAN2.synthesize): p/ROI to 1e-4 relative-ish,
+    crop/uncrop, DecaEncoder + engines.models.deca.deca_p with the ranges array, Directions,
+    engines.method.reenact_latent.official_latent, StyleGAN2.synthesize): p/ROI to 1e-4 relative-ish,
     uint8 image to 1 level (float32 reordering can flip a rounding);
   * StyleGAN2Batch (the stage's generator, per-sample weights) == the official rosinality code's
     fixture images to 1e-3 (as tests/test_vox256_stylegan2.py); fp16 top blocks within the fp16
-    engine tolerance (relative L2 2e-2, engines.compile.TOLERANCE; checked where CUDA is present),
+    engine tolerance (relative L2 2e-2, engines.accel.compile.TOLERANCE; checked where CUDA is present),
     bf16 within 5e-2;
   * a batch whose samples use different avatars' tuned weights == each sample alone through a copy
     of G with that avatar's weights loaded: 1e-4 absolute (outputs |x| <= ~10; only summation
@@ -25,14 +25,21 @@ import numpy as np
 import pytest
 import torch
 
-from engines.avatar_batch import TUNED_PREFIXES, AvatarBank, DCGANBatch, StyleGAN2Batch
-from engines.deca import deca_p
-from engines.facelandmarker import crop, roi_from_landmarks, uncrop_landmarks
-from engines.frame_stage import (DECA_BOX_LANDMARKS, DECA_BOX_SCALE, FaceTracker, build_vox256_random_stage,
-                                 deca_roi, frame_to_float)
-from engines.random_weights import random_ranges, random_stylegan2
-from engines.reenact_latent import official_latent
-from engines.stylegan2 import StyleGAN2
+from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
+from engines.method.frame_stage import (
+    DECA_BOX_LANDMARKS,
+    DECA_BOX_SCALE,
+    FaceTracker,
+    build_vox256_random_stage,
+    deca_roi,
+    frame_to_float,
+)
+from engines.method.reenact_latent import official_latent
+from engines.method.zoos import RECIPES
+from engines.models.deca import deca_p
+from engines.models.facelandmarker import crop, roi_from_landmarks, uncrop_landmarks
+from engines.models.stylegan2 import StyleGAN2
+from engines.weights.random_weights import random_ranges, random_stylegan2
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -112,7 +119,7 @@ def test_generator_batch_matches_official_fixture(shared_dir):
     g = StyleGAN2.from_state_dict(recipe_state_dict(name))
     w = torch.from_numpy(load_npy(name, "inputs/w_plus.npy"))
     want = load_npy(name, "outputs/images_from_w_plus.npy")
-    runner = StyleGAN2Batch(g, AvatarBank(g, TUNED_PREFIXES["vox256"], 2), half_blocks=4)
+    runner = StyleGAN2Batch(g, AvatarBank(g, RECIPES["vox256"].tuning.layers, 2), half_blocks=4)
     with torch.no_grad():
         for mode in ("grouped", "shared"):
             g.set_conv_mode(mode)
@@ -135,7 +142,7 @@ def test_generator_batch_matches_official_fixture(shared_dir):
 def test_stylegan2_avatar_batch_equals_each_alone(mode):
     sd, _ = random_stylegan2(64, 1, seed=5)
     g = StyleGAN2.from_state_dict(sd).set_conv_mode(mode)
-    prefixes = TUNED_PREFIXES["vox256"]
+    prefixes = RECIPES["vox256"].tuning.layers
     bank = AvatarBank(g, prefixes, slots=4)
     tuned = {s: _tuned(g, prefixes, seed=s, scale=0.2) for s in (1, 2, 3)}
     for s, t in tuned.items():
@@ -153,9 +160,9 @@ def test_stylegan2_avatar_batch_equals_each_alone(mode):
 
 
 def test_dcgan_avatar_batch_equals_each_alone():
-    from engines.dcgan import DCGAN
+    from engines.models.dcgan import DCGAN
     g = DCGAN.from_checkpoint()
-    prefixes = TUNED_PREFIXES["default"]
+    prefixes = RECIPES["default"].tuning.layers
     bank = AvatarBank(g, prefixes, slots=3)
     tuned = {s: _tuned(g, prefixes, seed=10 + s, scale=0.1) for s in (1, 2)}
     for s, t in tuned.items():
@@ -171,10 +178,10 @@ def test_dcgan_avatar_batch_equals_each_alone():
 
 
 def test_bank_rejects_foreign_weights_and_keeps_slot0():
-    from engines.errors import UserError
+    from engines.core.errors import UserError
     sd, _ = random_stylegan2(64, 1, seed=1)
     g = StyleGAN2.from_state_dict(sd)
-    bank = AvatarBank(g, TUNED_PREFIXES["vox256"], slots=2)
+    bank = AvatarBank(g, RECIPES["vox256"].tuning.layers, slots=2)
     with pytest.raises(UserError):
         bank.set(1, {"conv1.conv.weight": g.conv1.conv.weight})
     with pytest.raises(UserError):
@@ -222,9 +229,9 @@ def test_tracker_detects_only_when_lost():
 def test_face_geometry_matches_mediapipe_matrix():
     av = pytest.importorskip("av")
     pytest.importorskip("mediapipe")
-    from engines.face_geometry import FaceGeometry
-    from engines.net3d import MediaPipeNet3D
-    from engines.pose import euler_from_rotation
+    from engines.method.net3d import MediaPipeNet3D
+    from engines.method.pose import euler_from_rotation
+    from engines.models.face_geometry import FaceGeometry
     geo = FaceGeometry()
     worst, n = 0.0, 0
     with MediaPipeNet3D("video") as net, av.open("assets/pexels_woman.mp4") as clip:
@@ -246,9 +253,9 @@ def test_face_geometry_matches_mediapipe_matrix():
 
 def test_default_stage_p_close_to_runtime(portrait):
     pytest.importorskip("mediapipe")
-    from engines.facedetector import FaceDetectorNet
-    from engines.frame_stage import build_default_stage
-    from engines.net3d import MediaPipeNet3D
+    from engines.method.frame_stage import build_default_stage
+    from engines.method.net3d import MediaPipeNet3D
+    from engines.models.facedetector import FaceDetectorNet
     st = build_default_stage()
     tracker = FaceTracker(FaceDetectorNet.from_task())
     frame = torch.from_numpy(portrait)

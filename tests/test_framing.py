@@ -1,8 +1,8 @@
-"""The published frame (streamer.framing): the render pasted into the photo's own surroundings."""
+"""The published frame (streamer.avatar.framing): the render pasted into the photo's own surroundings."""
 import numpy as np
 import pytest
 
-from streamer.framing import Framer, face_square, generator_view, square_mask
+from streamer.avatar.framing import Framer, face_square, generator_view, square_mask
 
 
 def test_the_render_sits_in_the_photos_surroundings():
@@ -41,11 +41,12 @@ def test_generator_view_cuts_the_square_back_out():
     assert generator_view(frame, 1.0) is frame
 
 
+@pytest.mark.slow
 def test_published_avatar_frame_is_the_photo_around_the_render(engine, astronaut_pack):
     """The reenactor's frame: outside the generator's square, the pack's surroundings exactly."""
     from PIL import Image
 
-    from streamer.avatar import AvatarPack
+    from streamer.avatar.pack import AvatarPack
     pack = AvatarPack.load(astronaut_pack)
     assert pack.display_scale == pytest.approx(1.6)
     r = engine.make_reenactor(astronaut_pack)

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from engines.lowrank import LowRankDelta, conv_transpose_low_rank, factors, matrix_shape, modconv_low_rank
-from engines.stylegan2_ops import ModulatedConv2d
+from engines.method.zoos import RECIPES
+from engines.models.stylegan2_ops import ModulatedConv2d
 
 
 def _random_factors(rows, cols, b, r, g, scale):
@@ -129,13 +130,13 @@ def _low_rank_tuned(g, prefixes, rank, seed, scale):
 @pytest.mark.parametrize("batch", [1, 8])
 def test_stylegan2_low_rank_batch_equals_grouped_full_weights(batch):
     """Official-size StyleGAN2-256 (random weights), vox256's tuned layers, each sample its own avatar."""
-    from engines.avatar_batch import TUNED_PREFIXES, AvatarBank, StyleGAN2Batch
+    from engines.accel.avatar_batch import AvatarBank, StyleGAN2Batch
     from engines.lowrank import LowRankBank, StyleGAN2LowRank
-    from engines.random_weights import random_stylegan2
-    from engines.stylegan2 import StyleGAN2
+    from engines.weights.random_weights import random_stylegan2
+    from engines.models.stylegan2 import StyleGAN2
     sd, _ = random_stylegan2(256, 1, seed=3)
     g = StyleGAN2.from_state_dict(sd)
-    prefixes = TUNED_PREFIXES["vox256"]
+    prefixes = RECIPES["vox256"].tuning.layers
     slots = min(batch, 4) + 1
     full, low = AvatarBank(g, prefixes, slots), LowRankBank(g, prefixes, 8, slots)
     for s in range(1, slots):
@@ -155,11 +156,11 @@ def test_stylegan2_low_rank_batch_equals_grouped_full_weights(batch):
 
 @pytest.mark.parametrize("batch", [1, 8])
 def test_dcgan_low_rank_batch_equals_grouped_full_weights(batch):
-    from engines.avatar_batch import TUNED_PREFIXES, AvatarBank, DCGANBatch
-    from engines.dcgan import DCGAN
+    from engines.accel.avatar_batch import AvatarBank, DCGANBatch
+    from engines.models.dcgan import DCGAN
     from engines.lowrank import DCGANLowRank, LowRankBank
     g = DCGAN.from_checkpoint()
-    prefixes = TUNED_PREFIXES["default"]
+    prefixes = RECIPES["default"].tuning.layers
     full, low = AvatarBank(g, prefixes, 4), LowRankBank(g, prefixes, 16, 4)
     for s in (1, 2, 3):
         t = _low_rank_tuned(g, prefixes, 16, seed=20 + s, scale=0.1)
@@ -172,11 +173,11 @@ def test_dcgan_low_rank_batch_equals_grouped_full_weights(batch):
 
 
 def test_low_rank_bank_factors_only_conv_weights_and_is_smaller():
-    from engines.avatar_batch import TUNED_PREFIXES, AvatarBank
-    from engines.dcgan import DCGAN
+    from engines.accel.avatar_batch import AvatarBank
+    from engines.models.dcgan import DCGAN
     from engines.lowrank import LowRankBank
     g = DCGAN.from_checkpoint()
-    full, low = AvatarBank(g, TUNED_PREFIXES["default"], 9), LowRankBank(g, TUNED_PREFIXES["default"], 16, 9)
+    full, low = AvatarBank(g, RECIPES["default"].tuning.layers, 9), LowRankBank(g, RECIPES["default"].tuning.layers, 16, 9)
     # rank 16 halves main.3, main.6, main.9; main.12 (64 -> 3) stays whole
     assert low.factored == ["main.3.weight", "main.6.weight", "main.9.weight"]
     assert low.has("main.4.weight") and not low.has("main.3.weight")

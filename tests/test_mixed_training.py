@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from calibration.mixed import concat_pools, inverted_pool, real_frames
-from calibration.train import Trainer
-from engines.directions import Directions
-from engines.errors import UserError
+from calibration.train import TrainConfig, Trainer
+from engines.core.errors import UserError
+from engines.models.directions import Directions
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "assets" / "pexels_woman.mp4"
@@ -31,9 +31,9 @@ def test_real_frames_from_a_clip_and_a_folder(tmp_path):
 
 
 def test_inverted_pool_is_read_like_the_statistics_pool_and_cached(tmp_path):
-    from engines.net3d import MediaPipeNet3D
-    from engines.views import net3d_view, to_uint8
-    from engines.zoo import load_zoo
+    from engines.core.views import net3d_view, to_uint8
+    from engines.method.net3d import MediaPipeNet3D
+    from engines.method.zoos import load_zoo
     torch.set_num_threads(1)
     zoo = load_zoo("default")
     (tmp_path / "train_cache_mixed.pt").write_bytes(b"stale")
@@ -57,8 +57,10 @@ def test_mixed_batches_take_every_other_source_from_the_real_rows():
         z = torch.zeros(n, 100)
         p = torch.rand(n, k)
 
-    t = Trainer.__new__(Trainer)       # sample() needs only the data, A's ranges and the RNG
-    t.data, t.batch, t.rng = Data, 12, torch.Generator().manual_seed(0)
+    t = Trainer.__new__(Trainer)       # sample() needs only the data, A's ranges, the RNG and the sampling settings
+    cfg = TrainConfig(batch=12)
+    t.data, t.batch, t.rng = Data, cfg.batch, torch.Generator().manual_seed(0)
+    t.single_fraction, t.expr_range = cfg.single_fraction, cfg.expr_range
     t.A = Directions(k, (100,), 6.0, [f"p{i}" for i in range(k)], "default", [0.0] * k, [1.0] * k)
     t.real_from = n - n_real
     seen = []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engines import modelfiles
-from engines.errors import UserError
+from engines.core import modelfiles
+from engines.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,8 @@ def test_streaming_layout_keeps_the_generators_maths():
 
     import torch
 
-    from engines.dcgan import DCGAN
-    from engines.generator import LatentGenerator
+    from engines.models.dcgan import DCGAN
+    from engines.models.generator import LatentGenerator
     g = DCGAN.from_checkpoint()
     z = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -1,13 +1,13 @@
-"""The motion tool (calibration.motion) and its widened media (calibration.media_variants)."""
+"""The motion tool (calibration.evaluation.motion) and its widened media (calibration.evaluation.media_variants)."""
 import json
 
 import numpy as np
 import pytest
 
-from calibration.media_variants import clip_variant_frames, portrait_variant, split_name
-from calibration.motion import Reader, chroma_hf, judge, main
-from engines.pose import PARAM_NAMES
-from streamer.photo import read_photo
+from calibration.evaluation.media_variants import clip_variant_frames, portrait_variant, split_name
+from calibration.evaluation.motion import Reader, chroma_hf, judge, main
+from engines.core.photo import read_photo
+from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP, short_clip
 
 JAW = PARAM_NAMES.index("jawOpen")
@@ -69,11 +69,12 @@ def test_goals_are_judged_as_the_issue_states():
     assert judge({**base, "drift_p95": 14.0, "driver_drift_p95": 9.5})["pass"]   # within driver's + 5
 
 
+@pytest.mark.slow
 def test_one_command_measures_every_pair(tmp_path, monkeypatch):
     """Two portraits (the bundled one and its grey variant) x a short clip: one table row per pair,
     every figure of the issue in the JSON."""
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
-    import streamer.enroll as enroll
+    import streamer.avatar.enroll as enroll
     real = enroll.Enroller.enroll
     monkeypatch.setattr(enroll.Enroller, "enroll",
                         lambda self, photo, name="photo", **kw: real(self, photo, name, True, 40, 60))

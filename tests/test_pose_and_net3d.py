@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.net3d import MediaPipeNet3D
-from engines.pose import PARAM_NAMES, euler_from_rotation, pose_vector, rotation_from_euler
+from engines.method.net3d import MediaPipeNet3D
+from engines.method.pose import PARAM_NAMES, euler_from_rotation, pose_vector, rotation_from_euler
 from tests.mediapipe_faces import ASSETS, load_rgb
 
 

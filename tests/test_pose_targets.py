@@ -1,16 +1,22 @@
-"""Pose targets for pivotal tuning (streamer.pose_targets): the avatar photo warped to other poses and
+"""Pose targets for pivotal tuning (streamer.avatar.pose_targets): the avatar photo warped to other poses and
 expressions. Checked against the MediaPipe runtime reading the targets, and against closed forms."""
 import numpy as np
 import pytest
 import torch
 
 from calibration.shape_model import ShapeModel, shape_model_path
-from engines.net3d import MediaPipeNet3D
-from engines.pose import PARAM_NAMES
-from streamer.enroll import Enroller, net3d_uint8
-from streamer.photo import read_photo
-from streamer.pose_targets import (AvatarShape, Painter, TargetRecipe, expression_gains, loss_weights,
-                                   request_bank)
+from engines.core.photo import read_photo
+from engines.method.net3d import MediaPipeNet3D
+from engines.method.pose import PARAM_NAMES
+from streamer.avatar.enroll import Enroller, net3d_uint8
+from streamer.avatar.pose_targets import (
+    AvatarShape,
+    Painter,
+    TargetRecipe,
+    expression_gains,
+    loss_weights,
+    request_bank,
+)
 from tests.media import ASTRONAUT
 
 YAW, ROLL, JAW = (PARAM_NAMES.index(n) for n in ("yaw", "roll", "jawOpen"))

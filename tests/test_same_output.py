@@ -1,10 +1,15 @@
 """The product reproduces the output recorded before the one-engine refactor (tests/same_output.py):
-per-frame p within 1e-4, images at >= 40 dB PSNR (it was bit-exact when recorded)."""
+per-frame p within 1e-4, images at >= 40 dB PSNR (bit-exact after the refactor on the machine that
+recorded it). The --feedback 3 case is a closed loop through MediaPipe reading the avatar's own output:
+once, in a fresh clone under a load average of ~16 on 2 cores, one of its frames came out at 37.6 dB
+(a rerun there passed); if it fails alone, rerun it before suspecting the engine."""
 import numpy as np
 import pytest
 
-from tests.same_output import CASES, REFERENCE, make_engine, psnr, run_case
 from tests.media import quick_astronaut_pack
+from tests.same_output import CASES, REFERENCE, make_engine, psnr, run_case
+
+pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
 
 P_TOL = 1e-4
 MIN_PSNR = 40.0

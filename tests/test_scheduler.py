@@ -1,7 +1,7 @@
-"""streamer/scheduler.py: micro-batching across sessions, newest-wins, failures, and the numerical
+"""streamer/reenact/scheduler.py: micro-batching across sessions, newest-wins, failures, and the numerical
 contract: frames of several sessions with different avatars (pivotal-tuned weights) batched into one
 stage call give each session what running it alone (on a copy of G with its avatar's weights, the way
-streamer.avatar.AvatarPack.generator builds it) gives. Images are uint8, so the tolerance is one
+streamer.avatar.pack.AvatarPack.generator builds it) gives. Images are uint8, so the tolerance is one
 level (float32 summation order can flip a rounding); p and the tracking ROI to 1e-4.
 No timing assertions: behaviour only (batch composition, routing, drops).
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.avatar_batch import TUNED_PREFIXES
-from streamer.scheduler import Dropped, MicroBatchScheduler, ModelSession, StageRequest, StageRunner
+from engines.method.zoos import RECIPES
+from streamer.reenact.scheduler import Dropped, MicroBatchScheduler, ModelSession, StageRequest, StageRunner
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -132,14 +132,14 @@ def test_expected_run_time_by_batch_size():
 # -- the real stage through the scheduler ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vox_stage(tmp_path_factory):
-    from engines.frame_stage import build_vox256_random_stage
+    from engines.method.frame_stage import build_vox256_random_stage
     return build_vox256_random_stage(tmp_path_factory.mktemp("vox64s"), size=64, slots=4)
 
 
 def _tuned(g, seed):
     gen = torch.Generator().manual_seed(seed)
     return {n: p + 0.2 * p.abs().mean() * torch.randn(p.shape, generator=gen)
-            for n, p in g.named_parameters() if n.startswith(TUNED_PREFIXES["vox256"])}
+            for n, p in g.named_parameters() if n.startswith(RECIPES["vox256"].tuning.layers)}
 
 
 def test_batched_sessions_equal_each_session_alone(vox_stage):
@@ -211,8 +211,8 @@ def test_static_engines_are_verified_on_the_streams_faces(vox_stage):
     """A reduced precision is judged on the first real batch (and its mirror), not on noise frames:
     on noise the landmark net's presence flips under bf16 rounding (error ~0.7), which rejected every
     candidate and left 8 GPU sessions on eager fp32 (H100 run, 2026-11-27)."""
-    from streamer.bench_model import face_roi, portrait_frame
-    from streamer.scheduler import mirrored
+    from streamer.bench.model import face_roi, portrait_frame
+    from streamer.reenact.scheduler import mirrored
     frame = portrait_frame()
     roi = face_roi(frame, "cpu")
     gen = torch.Generator().manual_seed(0)
@@ -239,7 +239,7 @@ def test_static_engines_are_verified_on_the_streams_faces(vox_stage):
 def test_channels_last_stage_keeps_its_outputs(tmp_path):
     """bench_model --channels-last (for the GPU profile's layout conversions): the stage's 4-D weights
     become channels-last in place and its outputs stay the plain layout's (same maths)."""
-    from streamer.bench_model import build_stage, face_roi, portrait_frame, stage_inputs, to_channels_last
+    from streamer.bench.model import build_stage, face_roi, portrait_frame, stage_inputs, to_channels_last
     st = build_stage("vox256-random", torch.device("cpu"), 64, str(tmp_path), 2, "grouped")
     frame = portrait_frame()
     errors = to_channels_last(st, stage_inputs(st, frame, face_roi(frame, "cpu"), 2, "cpu"))

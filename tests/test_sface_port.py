@@ -1,4 +1,4 @@
-"""SFace torch port (engines/sface.py) against onnxruntime running the original ONNX file, on real
+"""SFace torch port (engines/models/sface.py) against onnxruntime running the original ONNX file, on real
 faces aligned with MediaPipe landmarks; plus identity sanity checks and gradients.
 
 Tolerances (measured on this CPU on the bundled and shared faces):
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines.face_align import align_112, align_112_np, five_points_from_mediapipe, to_tensor
-from engines.modelfiles import model_path
-from engines.sface import SFace, cosine, dequantize_linear
+from engines.core.modelfiles import model_path
+from engines.method.face_align import align_112, align_112_np, five_points_from_mediapipe, to_tensor
+from engines.models.sface import SFace, cosine, dequantize_linear
 from tests.mediapipe_faces import ASSETS, detect_landmarks, load_rgb, video_frames
 
 MAX_ABS_TOL = 2e-4
@@ -185,7 +185,7 @@ def test_gradients_reach_the_input_image(sface, core_faces):
 
 
 def test_bad_model_file_is_a_user_error(tmp_path):
-    from engines.errors import UserError
+    from engines.core.errors import UserError
 
     with pytest.raises(UserError, match="not found"):
         SFace.from_onnx(tmp_path / "missing.onnx")

@@ -1,10 +1,10 @@
-"""streamer.soak: per-interval rows (RSS, latency, frames) and the pass/fail verdict, on a fake engine
+"""streamer.bench.soak: per-interval rows (RSS, latency, frames) and the pass/fail verdict, on a fake engine
 and a lavfi source (the 10-minute run with the real engine is in docs/faults.md)."""
 import asyncio
 import threading
 
-from streamer.fakes import FakeReenactor
-from streamer.soak import soak, verdict
+from streamer.bench.soak import soak, verdict
+from streamer.testing.fakes import FakeReenactor
 
 SOURCE = "lavfi:testsrc2=size=160x120:rate=30"
 

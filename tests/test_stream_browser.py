@@ -13,9 +13,9 @@ import aiohttp
 import av
 import pytest
 
-from streamer.fakes import FakeReenactor
-from streamer.pipeline import Pipeline
-from streamer.sources import Capture, open_source, parse_source
+from streamer.stream.pipeline import Pipeline
+from streamer.stream.sources import Capture, open_source, parse_source
+from streamer.testing.fakes import FakeReenactor
 from tests.stream_support import served
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
@@ -151,7 +151,7 @@ def test_browser_camera_gets_reenacted_video(tmp_path):
         return made[-1]
 
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()        # as run_live does for a loopback server
         async with served(factory) as srv:
             async with Chromium(tmp_path, f"{srv.url}/?autostart=send", y4m) as browser:
@@ -172,7 +172,7 @@ def test_browser_camera_gets_reenacted_video(tmp_path):
 
 def test_browser_watches_server_stream(tmp_path):
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()
         loop = asyncio.get_running_loop()
         spec = parse_source(str(CLIP), size=(640, 360))
@@ -202,7 +202,7 @@ def test_page_controls_and_an_upload_during_a_call(tmp_path):
     chosen during a call shows its file name and its preparation's progress, then replaces the avatar."""
     import threading
 
-    from streamer.fakes import avatar_color
+    from streamer.testing.fakes import avatar_color
     from tests.stream_support import png_bytes
 
     astronaut = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
@@ -226,7 +226,7 @@ def test_page_controls_and_an_upload_during_a_call(tmp_path):
         log: $('log').textContent})""".replace("$(", "document.getElementById(")
 
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()
         async with served(FakeReenactor, default_avatar=astronaut, prepare=prepare) as srv:
             async with Chromium(tmp_path, f"{srv.url}/", y4m) as b:
@@ -270,7 +270,7 @@ def test_page_controls_and_an_upload_during_a_call(tmp_path):
 def test_a_photo_that_cannot_be_used_says_why_and_the_page_keeps_the_default(tmp_path):
     """Chosen before a call, a photo whose preparation fails (no face) shows one line on the page, and
     the next click on Send my camera uses the server's avatar, not the failed one."""
-    from engines.errors import UserError
+    from engines.core.errors import UserError
     from tests.stream_support import png_bytes
 
     astronaut = Path(__file__).resolve().parents[1] / "assets" / "astronaut.png"
@@ -288,7 +288,7 @@ def test_a_photo_that_cannot_be_used_says_why_and_the_page_keeps_the_default(tmp
         return made[-1]
 
     async def main():
-        from streamer.webrtc import allow_loopback_candidates
+        from streamer.web.webrtc import allow_loopback_candidates
         allow_loopback_candidates()
         async with served(factory, default_avatar=astronaut, prepare=prepare) as srv:
             async with Chromium(tmp_path, f"{srv.url}/", make_y4m(tmp_path / "camera.y4m")) as b:

@@ -9,10 +9,10 @@ import numpy as np
 import psutil
 from aiortc import RTCPeerConnection
 
-from streamer.fakes import make_fake_reenactor
-from streamer.pipeline import Pipeline
-from streamer.rtc_client import ClientPeer, StampedCameraTrack
-from streamer.webrtc import PeerSession, PipelineTrack
+from streamer.stream.pipeline import Pipeline
+from streamer.testing.fakes import make_fake_reenactor
+from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
+from streamer.web.webrtc import PeerSession, PipelineTrack
 from tests.stream_support import loopback_ice, served  # noqa: F401 (fixture)
 
 ROUNDS, WARMUP = 50, 10

@@ -13,10 +13,10 @@ import av
 import numpy as np
 import pytest
 
-from streamer.controls import Controller, TerminalKeys
-from streamer.fakes import FakeReenactor, make_fake_reenactor
-from streamer.live import add_live_arguments, is_offline, run_live
-from streamer.pipeline import Pipeline
+from streamer.live import LiveConfig, add_live_arguments, is_offline, run_live
+from streamer.stream.controls import Controller, TerminalKeys
+from streamer.stream.pipeline import Pipeline
+from streamer.testing.fakes import FakeReenactor, make_fake_reenactor
 from tests.media import short_clip
 
 
@@ -25,7 +25,7 @@ def args_of(*argv):
     p.add_argument("--avatar")
     p.add_argument("--side-by-side", action="store_true", default=None)
     add_live_arguments(p)
-    return p.parse_args(list(argv))
+    return LiveConfig.from_args(p.parse_args(list(argv)))
 
 
 def free_port() -> int:
@@ -36,7 +36,8 @@ def free_port() -> int:
 
 def test_defaults_and_mode_choice():
     a = args_of()
-    assert (a.source, a.sink, a.host, a.port, a.fps, a.webrtc) == (None, None, "127.0.0.1", 8080, 30.0, False)
+    assert (a.stream.source, a.stream.sinks, a.serve.host, a.serve.port, a.stream.fps, a.serve.webrtc) == \
+        (None, None, "127.0.0.1", 8080, 30.0, False)
     assert is_offline(args_of("--source", "clip.mp4", "--sink", "out.mp4"))
     assert not is_offline(args_of("--source", "clip.mp4", "--sink", "vcam"))
     assert not is_offline(args_of("--source", "clip.mp4", "--sink", "out.mp4", "--realtime"))
@@ -53,7 +54,7 @@ def test_defaults_and_mode_choice():
     (("--size", "huge",), "error: --size must look like 640x480"),
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
-    import streamer.sources as sources
+    import streamer.stream.sources as sources
 
     monkeypatch.setattr(sources.os.path, "exists", lambda p: False)    # as on a machine with no camera
     built = []
@@ -184,7 +185,7 @@ def test_next_avatar_cycles_through_folder(tmp_path):
             Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / name)
 
     async def main():
-        from streamer.controls import list_avatars
+        from streamer.stream.controls import list_avatars
         pipe = Pipeline(FakeReenactor())
         c = Controller(pipe, FakeReenactor, avatars=list_avatars(tmp_path))
         msgs = [await c.next_avatar() for _ in range(4)]

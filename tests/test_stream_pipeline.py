@@ -9,11 +9,11 @@ import av
 import numpy as np
 import pytest
 
-from streamer.fakes import FakeReenactor, expected_output
 from streamer.live import run_offline
-from streamer.pipeline import Channel, ChannelClosed, Pipeline, run_sink
-from streamer.sinks import NullSink
-from streamer.sources import Capture
+from streamer.stream.pipeline import Channel, ChannelClosed, Pipeline, run_sink
+from streamer.stream.sinks import NullSink
+from streamer.stream.sources import Capture
+from streamer.testing.fakes import FakeReenactor, expected_output
 from tests.stream_support import stop_stream
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
@@ -185,7 +185,7 @@ def test_offline_processes_every_frame_with_source_timing(tmp_path):
 
 
 def test_offline_side_by_side_and_failure_is_a_user_error(tmp_path):
-    from engines.errors import UserError
+    from engines.core.errors import UserError
 
     r = FakeReenactor()
     r.side_by_side = True
@@ -200,7 +200,7 @@ def test_offline_side_by_side_and_failure_is_a_user_error(tmp_path):
 def test_close_with_a_frame_queued_behind_a_control_call_ends_cleanly():
     """close() shuts the worker down with cancel_futures: a frame waiting behind a slow control call
     (here reset_reference) is cancelled, and run() must end as a stop, not raise CancelledError."""
-    from streamer.pipeline import Frame
+    from streamer.stream.pipeline import Frame
 
     class SlowReset(FakeReenactor):
         def reset_reference(self):

@@ -11,11 +11,11 @@ import pytest
 import pyvirtualcam
 from pyvirtualcam.util import encode_fourcc
 
-from engines.errors import UserError
-from streamer.fakes import make_fake_reenactor
-from streamer.live import add_live_arguments, run_live
-from streamer.pipeline import Published
-from streamer.sinks import FileSink, VirtualCameraSink, letterbox
+from engines.core.errors import UserError
+from streamer.live import LiveConfig, add_live_arguments, run_live
+from streamer.stream.pipeline import Published
+from streamer.stream.sinks import FileSink, VirtualCameraSink, letterbox
+from streamer.testing.fakes import make_fake_reenactor
 
 
 class RecordingBackend:
@@ -74,7 +74,7 @@ def test_vcam_sink_sends_rgb_letterboxed_frames(test_backends):
 
 
 def test_two_vcam_sinks_by_device(test_backends):
-    from streamer.sinks import open_sink
+    from streamer.stream.sinks import open_sink
 
     a = open_sink("vcam:/dev/video10", size=(64, 48), fps=30, vcam_backend="recording")
     b = open_sink("vcam:/dev/video11", size=(64, 48), fps=30, vcam_backend="recording")
@@ -118,8 +118,9 @@ def test_real_backend_without_v4l2loopback_says_how_to_fix(capsys):
 def _args(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--avatar")
+    p.add_argument("--side-by-side", action="store_true", default=None)
     add_live_arguments(p)
-    return p.parse_args(argv)
+    return LiveConfig.from_args(p.parse_args(argv))
 
 
 def test_live_run_to_registered_vcam(test_backends, capsys):

@@ -7,11 +7,11 @@ import av
 import numpy as np
 import pytest
 
-from engines.errors import UserError
-from streamer.fakes import FakeReenactor
-from streamer.pipeline import Pipeline, run_sink
-from streamer.sinks import NullSink
-from streamer.sources import AVSource, Capture, LoopingSource, parse_size, parse_source
+from engines.core.errors import UserError
+from streamer.stream.pipeline import Pipeline, run_sink
+from streamer.stream.sinks import NullSink
+from streamer.stream.sources import AVSource, Capture, LoopingSource, parse_size, parse_source
+from streamer.testing.fakes import FakeReenactor
 from tests.stream_support import stop_stream
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
@@ -41,7 +41,7 @@ def test_missing_camera_is_one_clear_line():
 
 
 def test_webcam_spec_options(monkeypatch):
-    import streamer.sources as sources
+    import streamer.stream.sources as sources
 
     monkeypatch.setattr(sources.os.path, "exists", lambda p: True)
     monkeypatch.setattr(sources.platform, "system", lambda: "Linux")
@@ -105,7 +105,7 @@ class FakeClock:
 
 
 def test_paced_file_source_releases_frames_at_their_timestamps(monkeypatch):
-    import streamer.sources as sources
+    import streamer.stream.sources as sources
 
     clock = FakeClock()
     monkeypatch.setattr(sources, "time", clock)

@@ -8,11 +8,11 @@ import aiohttp
 import numpy as np
 import pytest
 
-from engines.errors import UserError
-from streamer.fakes import FakeReenactor, avatar_color, expected_output, make_fake_reenactor
-from streamer.pipeline import Pipeline
-from streamer.rtc_client import ClientPeer, StampedCameraTrack, clip_frames, read_stamp, stamp
-from streamer.sources import Capture, open_source, parse_source
+from engines.core.errors import UserError
+from streamer.stream.pipeline import Pipeline
+from streamer.stream.sources import Capture, open_source, parse_source
+from streamer.testing.fakes import FakeReenactor, avatar_color, expected_output, make_fake_reenactor
+from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack, clip_frames, read_stamp, stamp
 from tests.stream_support import loopback_ice, png_bytes, psnr, served  # noqa: F401 (fixture)
 
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "pexels_woman.mp4"
@@ -221,7 +221,7 @@ def test_loopback_server_refuses_foreign_host_origin_and_non_json():
 
 
 def test_avatar_uploads_are_type_and_size_checked():
-    from streamer.webapp import MAX_UPLOAD_BYTES
+    from streamer.web.webapp import MAX_UPLOAD_BYTES
 
     async def main():
         async with served(make_fake_reenactor) as srv, aiohttp.ClientSession() as http:
@@ -265,7 +265,7 @@ def test_peer_limit(loopback_ice, clip):
 def test_peer_that_never_connects_is_dropped(clip):
     from aiortc import RTCPeerConnection
 
-    from streamer.webrtc import rtc_configuration
+    from streamer.web.webrtc import rtc_configuration
 
     async def main():
         async with served(make_fake_reenactor) as srv, aiohttp.ClientSession() as http:
@@ -347,7 +347,7 @@ def test_malformed_json_bodies_get_a_short_400(caplog):
 def test_control_values_must_be_of_the_right_type():
     """'value' must be a JSON boolean: the string "false" must not turn side-by-side on; wrong types of
     every field get a 400, and the pipeline's state is untouched by them."""
-    from streamer.controls import Controller
+    from streamer.stream.controls import Controller
 
     async def main():
         pipe = Pipeline(FakeReenactor())
@@ -373,7 +373,7 @@ def test_control_values_must_be_of_the_right_type():
 def test_unknown_action_is_echoed_short():
     async def main():
         pipe = Pipeline(FakeReenactor())
-        from streamer.controls import Controller
+        from streamer.stream.controls import Controller
         async with served(make_fake_reenactor, controller=Controller(pipe, make_fake_reenactor)) as srv, \
                 aiohttp.ClientSession() as http:
             big = await _req(http, "POST", srv.url + "/control", json={"action": "x" * (5 * 1024 * 1024)})
@@ -419,7 +419,7 @@ def test_client_disconnecting_mid_body_is_not_a_server_error(caplog):
 def test_body_read_timeout_and_connection_cap(monkeypatch):
     """A body that never finishes gets 408 after the body timeout; past the connection cap a new
     connection gets 503 and is closed; once one is freed, requests are served again."""
-    import streamer.webapp as webapp
+    import streamer.web.webapp as webapp
     monkeypatch.setattr(webapp, "BODY_TIMEOUT_S", 0.5)
 
     async def main():
@@ -477,7 +477,7 @@ def test_uploads_are_decoded_off_the_event_loop():
     requests: the decode runs on a worker thread, not on the event loop."""
     import threading
 
-    from streamer.webapp import AvatarStore
+    from streamer.web.webapp import AvatarStore
     original = AvatarStore.add
     release, inside = threading.Event(), threading.Event()
     seen = {}
@@ -510,7 +510,7 @@ def test_uploads_are_decoded_off_the_event_loop():
 def test_uploads_beyond_the_cap_get_503():
     import threading
 
-    from streamer.webapp import MAX_UPLOADS, AvatarStore
+    from streamer.web.webapp import MAX_UPLOADS, AvatarStore
     original = AvatarStore.add
     release = threading.Event()
     entered = []
@@ -566,7 +566,7 @@ def test_engine_built_for_a_session_that_closed_meanwhile_is_closed(clip):
 
     from aiortc import RTCPeerConnection
 
-    from streamer.webrtc import rtc_configuration
+    from streamer.web.webrtc import rtc_configuration
     release = threading.Event()
     built = []
 
@@ -618,7 +618,7 @@ def test_empty_token_on_loopback_means_no_token():
 
 
 def test_server_releases_freed_memory_after_sessions_close(loopback_ice, clip, monkeypatch):
-    import streamer.webrtc as webrtc
+    import streamer.web.webrtc as webrtc
     trims = []
     monkeypatch.setattr(webrtc, "release_free_memory", lambda: trims.append(1))
 

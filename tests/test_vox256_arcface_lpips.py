@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engines.arcface import ArcFace
-from engines.errors import UserError
-from engines.lpips import LPIPS
-from engines.random_weights import random_arcface, random_lpips
+from engines.core.errors import UserError
+from engines.models.arcface import ArcFace
+from engines.models.lpips import LPIPS
+from engines.weights.random_weights import random_arcface, random_lpips
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from engines.deca import (P_NAMES, DecaEncoder, axis_angle_to_euler, deca_p, load_ranges, normalise_p,
-                          range_coefficients)
-from engines.errors import UserError
+from engines.core.errors import UserError
+from engines.models.deca import (
+    P_NAMES,
+    DecaEncoder,
+    axis_angle_to_euler,
+    deca_p,
+    load_ranges,
+    normalise_p,
+    range_coefficients,
+)
 from tests.fixture_weights import FIXTURES, load_npy, manifest, max_abs_diff, recipe_state_dict
 
 NAME = "deca_eflame"

@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines.deca import P_NAMES
-from engines.directions import Directions
-from engines.errors import UserError
-from engines.reenact_latent import OFFICIAL_PSI, official_latent
-from engines.stylegan2 import StyleGAN2
+from engines.core.errors import UserError
+from engines.method.reenact_latent import OFFICIAL_PSI, official_latent
+from engines.models.deca import P_NAMES
+from engines.models.directions import Directions
+from engines.models.stylegan2 import StyleGAN2
 from tests.fixture_weights import FIXTURES, load_npy, max_abs_diff, recipe_state_dict
 
 NAME = "a_matrix"

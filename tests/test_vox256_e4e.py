@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines.e4e import E4E
-from engines.errors import UserError
-from engines.random_weights import random_stylegan2
+from engines.core.errors import UserError
+from engines.models.e4e import E4E
+from engines.weights.random_weights import random_stylegan2
 from tests.fixture_weights import load_npy, max_abs_diff, recipe_state_dict
 
 NAME = "e4e"

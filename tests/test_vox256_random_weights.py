@@ -8,16 +8,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engines import weights
-from engines.arcface import ArcFace
-from engines.deca import DecaEncoder, deca_p, load_ranges
-from engines.directions import Directions
-from engines.e4e import E4E
-from engines.lpips import LPIPS
-from engines.random_weights import write_random_vox256
-from engines.reenact_latent import official_latent
-from engines.statedict import build_on_meta
-from engines.stylegan2 import StyleGAN2
+from engines.core.statedict import build_on_meta
+from engines.method.reenact_latent import official_latent
+from engines.models.arcface import ArcFace
+from engines.models.deca import DecaEncoder, deca_p, load_ranges
+from engines.models.directions import Directions
+from engines.models.e4e import E4E
+from engines.models.lpips import LPIPS
+from engines.models.stylegan2 import StyleGAN2
+from engines.weights import files as weights
+from engines.weights.random_weights import write_random_vox256
 from tests.fixture_weights import manifest
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines.random_weights import write_random_vox256
-from engines.zoo import load_zoo
-from streamer.avatar import AvatarPack
+from engines.method.zoos import load_zoo
+from engines.weights.random_weights import write_random_vox256
+from streamer.avatar.pack import AvatarPack
 from tests.media import short_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +43,15 @@ def test_zoo_reads_the_official_a_and_uses_deca(weights):
     w = zoo.generator.sample_latents(1, torch.Generator().manual_seed(0))
     shift = A(torch.zeros(1, 15))
     # the official formula: trunc + 0.7 ((w + shift) - trunc) on the first 8 layers
-    from engines.reenact_latent import official_latent
+    from engines.method.reenact_latent import official_latent
     trunc = zoo.generator.mean_latent(4096, torch.Generator().manual_seed(0))
     assert torch.allclose(zoo.compose_latent(w, shift), official_latent(w, shift, trunc, 0.7))
 
 
+@pytest.mark.slow
 def test_enroll_and_stream_end_to_end(weights, clip, tmp_path):
     pack_path = tmp_path / "astro.avatar"
-    r = run("-m", "streamer.enroll", "--zoo", "vox256", "--weights", str(weights), "--avatar",
+    r = run("-m", "streamer.avatar.enroll", "--zoo", "vox256", "--weights", str(weights), "--avatar",
             str(ROOT / "assets" / "astronaut.png"), "--out", str(pack_path), "--invert-steps", "2",
             "--tune-steps", "3", "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.generator import LatentGenerator
-from engines.stylegan2 import StyleGAN2
+from engines.models.generator import LatentGenerator
+from engines.models.stylegan2 import StyleGAN2
 from tests.fixture_weights import load_npy, manifest, max_abs_diff, recipe_state_dict
 
 FIXTURES = ["stylegan2_rosinality_64_cm1", "stylegan2_rosinality_256_cm1"]

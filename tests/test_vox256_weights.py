@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines import weights
-from engines.errors import UserError
-from engines.random_weights import random_stylegan2, write_random_vox256
-from engines.stylegan2 import StyleGAN2
+from engines.core.errors import UserError
+from engines.models.stylegan2 import StyleGAN2
+from engines.weights import files as weights
+from engines.weights.random_weights import random_stylegan2, write_random_vox256
 
 REPO = Path(__file__).resolve().parents[1]
 

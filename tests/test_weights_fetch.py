@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from engines import weights_fetch as wf
-from engines.errors import UserError
-from engines.weights import VOX256, require
+from engines.core.errors import UserError
+from engines.weights.files import VOX256, require
 
 ROOT = Path(__file__).resolve().parents[1]
 RANGES = ROOT.parent / "shared" / "fixtures" / "deca_eflame" / "data" / "ranges_voxceleb.npy"
@@ -282,7 +282,7 @@ def test_every_missing_file_is_listed_at_once(tmp_path):
     for f in ("stylegan-voxceleb.pt", "e4e-voxceleb.pt", "deca_model.tar", "ranges_voxceleb.npy"):
         assert f in msg
     assert "A_matrix.pt" not in msg and "engines.weights fetch --dir" in msg
-    from engines.vox256 import load_vox256
+    from engines.method.vox256 import load_vox256
     (tmp_path / "A_matrix.pt").unlink()
     with pytest.raises(UserError, match="missing 5 vox256 files"):
         load_vox256(tmp_path)

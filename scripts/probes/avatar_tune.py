@@ -5,7 +5,7 @@
 
 The avatar (its pivotal-tuned generator and inverted latent) becomes the only source of the training
 loop of calibration.train; targets are random statistics-pool poses; the committed A is the start.
-Then calibration.motion's measurement runs with the tuned A, with and without the per-avatar
+Then calibration.evaluation.motion's measurement runs with the tuned A, with and without the per-avatar
 correction. docs/calibration.md.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from calibration.avatar_directions import avatar_sample  # noqa: E402
+from calibration.evaluation.motion import Reader, measure_pair  # noqa: E402
 from calibration.identity import IdentityScorer  # noqa: E402
-from calibration.motion import Reader, measure_pair  # noqa: E402
 from calibration.prepare import TrainData  # noqa: E402
-from calibration.train import WEIGHTS, Trainer  # noqa: E402
-from engines.directions import Directions  # noqa: E402
-from engines.facelandmarker import FaceLandmarkerTorch  # noqa: E402
-from streamer.reenact import Engine  # noqa: E402
+from calibration.train import TrainConfig, Trainer  # noqa: E402
+from engines.models.directions import Directions  # noqa: E402
+from engines.models.facelandmarker import FaceLandmarkerTorch  # noqa: E402
+from streamer.reenact.engine import Engine  # noqa: E402
 
 
 def with_row(data: TrainData, row: TrainData) -> TrainData:
@@ -72,8 +72,9 @@ def main() -> int:
     me = len(data.z) - 1
     A0 = engine.directions
     A = copy.deepcopy(A0).requires_grad_(True)
-    tr = Trainer(G, data, A, lm_net, scorer, dict(WEIGHTS), args.lr, args.batch, args.seed)
-    tr.single_fraction, tr.expr_range = args.single_fraction, args.expr_range
+    tr = Trainer(G, data, A, lm_net, scorer, TrainConfig(lr=args.lr, batch=args.batch, seed=args.seed,
+                                                         single_fraction=args.single_fraction,
+                                                         expr_range=args.expr_range))
     pairs = args.batch - round(args.batch * args.single_fraction)
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.time()

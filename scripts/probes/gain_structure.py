@@ -2,7 +2,7 @@
 
     python scripts/probes/gain_structure.py --run runs/default
 
-On calibration.evaluate's held-out pairs, for the committed learned A and the least-squares baseline:
+On calibration.evaluation.evaluate's held-out pairs, for the committed learned A and the least-squares baseline:
   * a regression of the achieved parameter on the source's and the target's (ideal: 0 x source +
     1 x target), and how the achieved/requested gain varies with where the move goes;
   * how repeatable MediaPipe's reading of a generated face is (the same image shifted by one pixel);
@@ -21,11 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from calibration.evaluate import held_out_pairs  # noqa: E402
+from calibration.evaluation.evaluate import held_out_pairs  # noqa: E402
 from calibration.sampling import Pool, read_images  # noqa: E402
-from engines.directions import Directions  # noqa: E402
-from engines.net3d import MediaPipeNet3D  # noqa: E402
-from engines.zoo import DATA, load_zoo  # noqa: E402
+from engines.method.net3d import MediaPipeNet3D  # noqa: E402
+from engines.method.zoo import DATA
+from engines.method.zoos import load_zoo  # noqa: E402
+from engines.models.directions import Directions  # noqa: E402
 
 NAMES = {0: "yaw", 1: "pitch", 3: "jawOpen"}
 

@@ -8,7 +8,7 @@
 lr 0.05): a bound on what any shift-based method can reach with these losses and this generator.
 `source`: the committed A is fine-tuned for one source at a time (random training targets, cosine lr),
 then measured on --targets other targets (default 3) against least squares on the same pairs: what a per-avatar A (like the generator's pivotal tuning) buys.
-Both read the results with the MediaPipe runtime, as calibration.evaluate does. docs/calibration.md.
+Both read the results with the MediaPipe runtime, as calibration.evaluation.evaluate does. docs/calibration.md.
 """
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from calibration.identity import IdentityScorer  # noqa: E402
 from calibration.prepare import TrainData  # noqa: E402
 from calibration.sampling import read_images  # noqa: E402
-from calibration.train import WEIGHTS, Trainer  # noqa: E402
-from engines.directions import Directions  # noqa: E402
-from engines.facelandmarker import FaceLandmarkerTorch  # noqa: E402
-from engines.net3d import MediaPipeNet3D  # noqa: E402
-from engines.views import net3d_view  # noqa: E402
-from engines.zoo import DATA, load_zoo  # noqa: E402
+from calibration.train import TrainConfig, Trainer  # noqa: E402
+from engines.core.views import net3d_view  # noqa: E402
+from engines.method.net3d import MediaPipeNet3D  # noqa: E402
+from engines.method.zoo import DATA
+from engines.method.zoos import load_zoo  # noqa: E402
+from engines.models.directions import Directions  # noqa: E402
+from engines.models.facelandmarker import FaceLandmarkerTorch  # noqa: E402
 
 
 class PairShifts(torch.nn.Module):
@@ -104,7 +105,7 @@ def main() -> int:
                 with torch.no_grad():
                     P = PairShifts(A0, A0(dp))
                 meter.add("committed", s, t, P.delta)
-                tr = Trainer(G, data, P, lm, scorer, dict(WEIGHTS), 0.0, 16, 0)
+                tr = Trainer(G, data, P, lm, scorer, TrainConfig(lr=0.0, batch=16, seed=0))
                 opt = torch.optim.Adam([P.delta], lr=0.05)
                 for _ in range(args.steps or 100):
                     loss, _ = tr.losses(s, dp, data.p[t])
@@ -120,7 +121,7 @@ def main() -> int:
             targets, train_t = perm[n_src:(m + 1) * n_src].view(n_src, m), perm[(m + 1) * n_src:]
             for n, i in enumerate(sources):
                 A = copy.deepcopy(A0).requires_grad_(True)
-                tr = Trainer(G, data, A, lm, scorer, dict(WEIGHTS), lr, bs, 0)
+                tr = Trainer(G, data, A, lm, scorer, TrainConfig(lr=lr, batch=bs, seed=0))
                 s_ev, t_ev = i.repeat(m), targets[n]
                 with torch.no_grad():
                     meter.add("lstsq", s_ev, t_ev, LS(LS.normalise(data.p[t_ev]) - LS.normalise(data.p[s_ev])))

@@ -8,7 +8,7 @@ the first BatchNorm+ReLU (512x4x4) and rectified again (a shift there that ignor
 negative activations the generator never sees: 42% of its outputs lost their face). `features` learns
 delta only (z fixed), `both` learns z and delta together, like the paper's shift of several W+ layers.
 Training is calibration.train's Trainer unchanged (same losses, weights, schedule, seed); evaluation
-is calibration.evaluate's measurement on the same held-out pairs. Results: docs/calibration.md.
+is calibration.evaluation.evaluate's measurement on the same held-out pairs. Results: docs/calibration.md.
 """
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from calibration.evaluate import held_out_pairs, reenact_and_measure  # noqa: E402
+from calibration.evaluation.evaluate import held_out_pairs, reenact_and_measure  # noqa: E402
 from calibration.identity import IdentityScorer  # noqa: E402
 from calibration.prepare import TrainData  # noqa: E402
-from calibration.train import WEIGHTS, Trainer  # noqa: E402
-from engines.directions import Directions  # noqa: E402
-from engines.facelandmarker import FaceLandmarkerTorch  # noqa: E402
-from engines.net3d import MediaPipeNet3D  # noqa: E402
-from engines.views import net3d_view  # noqa: E402
-from engines.zoo import load_zoo  # noqa: E402
+from calibration.train import TrainConfig, Trainer  # noqa: E402
+from engines.core.views import net3d_view  # noqa: E402
+from engines.method.net3d import MediaPipeNet3D  # noqa: E402
+from engines.method.zoos import load_zoo  # noqa: E402
+from engines.models.directions import Directions  # noqa: E402
+from engines.models.facelandmarker import FaceLandmarkerTorch  # noqa: E402
 
 SPLIT = 3  # main[:3] = ConvTranspose -> BatchNorm -> ReLU: the 512x4x4 map
 
@@ -81,7 +81,7 @@ def main() -> int:
                    init_std=args.init_std, meta={"method": "probe", "space": args.space})
     scorer = IdentityScorer(zoo.param_names)
     trainer = Trainer(fg, data, A, FaceLandmarkerTorch.from_task().requires_grad_(False), scorer,
-                      dict(WEIGHTS), args.lr, 16, 0, total_steps=args.steps)
+                      TrainConfig(lr=args.lr, batch=16, seed=0, steps=args.steps))
     t0 = time.time()
     while trainer.step < args.steps:
         rec = trainer.train_step()

@@ -1,0 +1,1 @@
+"""Acceleration: the verified compile chain and the batched per-avatar generators."""

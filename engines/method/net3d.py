@@ -1,0 +1,121 @@
+"""Net3D for the default zoo: MediaPipe FaceLandmarker through mediapipe's own runtime.
+
+Reads 478 3D landmarks, 52 blendshapes and the facial transformation matrix per face, and turns them
+into the pose vector p of engines.method.pose. This is the reference reader: calibration statistics,
+evaluation and streaming use it; training backpropagates through the PyTorch port instead
+(engines.models.facelandmarker), which is tested against this runtime.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.core.modelfiles import model_path
+from engines.quiet import native_quiet
+from engines.method.pose import PARAM_NAMES, pose_vector
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: warnings and up only
+
+# A mediapipe landmarker must be closed explicitly, never by the garbage collector: its close()
+# hands work to a one-thread executor, and when the landmarker sits in a reference cycle the cycle
+# collector may already have retired that executor's thread, so close() from __del__ waits forever
+# (seen as a hung test). Every open landmarker is therefore held here until close(); whatever is
+# still open at exit is closed while the runtime still exists.
+_OPEN: set = set()
+
+
+@atexit.register
+def _close_all() -> None:
+    for landmarker in list(_OPEN):
+        landmarker.close()
+    _OPEN.clear()
+
+
+@dataclass
+class FaceReading:
+    landmarks: np.ndarray    # [478, 3] float32: x, y in input pixels, z in the same pixel scale
+    blendshapes: np.ndarray  # [52] float32 scores, mediapipe order (engines.method.pose.BLENDSHAPE_NAMES)
+    matrix: np.ndarray       # [4, 4] float32 canonical face -> camera transform
+
+    @property
+    def p(self) -> np.ndarray:
+        return pose_vector(self.matrix, self.blendshapes)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """x0, y0, x1, y1 of the landmarks, in pixels."""
+        (x0, y0), (x1, y1) = self.landmarks[:, :2].min(0), self.landmarks[:, :2].max(0)
+        return float(x0), float(y0), float(x1), float(y1)
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) * (y1 - y0)
+
+
+class MediaPipeNet3D:
+    """mode 'image' detects on every call; 'video' tracks (timestamps must increase)."""
+
+    param_names = PARAM_NAMES
+
+    def __init__(self, mode: str = "image", num_faces: int = 1, min_confidence: float = 0.5):
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+        self._mp = mp
+        running = {"image": vision.RunningMode.IMAGE, "video": vision.RunningMode.VIDEO}[mode]
+        opts = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(model_path("face_landmarker"))),
+            running_mode=running, num_faces=num_faces,
+            min_face_detection_confidence=min_confidence, min_face_presence_confidence=min_confidence,
+            min_tracking_confidence=min_confidence,
+            output_face_blendshapes=True, output_facial_transformation_matrixes=True)
+        with native_quiet():   # MediaPipe's start-up log lines (engines/quiet.py)
+            self._landmarker = vision.FaceLandmarker.create_from_options(opts)
+        self._warm = False     # the graph's calculators finish starting (and log) on the first frame
+        self.mode = mode
+        self._last_ts = -1
+        _OPEN.add(self._landmarker)
+
+    def read_all(self, image: np.ndarray, timestamp_ms: int | None = None) -> list[FaceReading]:
+        """All faces in an RGB uint8 image, largest first."""
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        h, w = image.shape[:2]
+        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=image)
+        with native_quiet() if not self._warm else contextlib.nullcontext():
+            if self.mode == "video":
+                ts = self._last_ts + 1 if timestamp_ms is None else max(int(timestamp_ms), self._last_ts + 1)
+                self._last_ts = ts
+                result = self._landmarker.detect_for_video(mp_image, ts)
+            else:
+                result = self._landmarker.detect(mp_image)
+        self._warm = True
+        faces = []
+        for lms, shapes, mat in zip(result.face_landmarks, result.face_blendshapes,
+                                    result.facial_transformation_matrixes):
+            lm = np.array([(q.x * w, q.y * h, q.z * w) for q in lms], dtype=np.float32)
+            bs = np.array([c.score for c in shapes], dtype=np.float32)
+            faces.append(FaceReading(lm, bs, np.asarray(mat, dtype=np.float32)))
+        faces.sort(key=lambda f: f.area, reverse=True)
+        return faces
+
+    def read(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceReading | None:
+        """The largest face, or None when there is no face (an explicit no-face result)."""
+        faces = self.read_all(image, timestamp_ms)
+        return faces[0] if faces else None
+
+    def close(self) -> None:
+        landmarker, self._landmarker = getattr(self, "_landmarker", None), None
+        if landmarker is not None:
+            landmarker.close()
+            _OPEN.discard(landmarker)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+

@@ -1,0 +1,65 @@
+"""The published frame: the avatar's face render inside the photo's own head-and-shoulders surroundings.
+
+The generator renders a tight square around the face (the default zoo: 64 px). Shown alone and upscaled
+it fills the whole frame: the face detectors of video-call apps (and MediaPipe) find such faces less
+often, it looks unlike a webcam, and every pixel of it is the soft 64-px render. So enrollment keeps a
+wider crop of the photo (`DISPLAY_SCALE` x the generator's square, same centre), and each frame's render
+is pasted into its centre with a feathered edge: hair, shoulders and background stay the photo's own,
+sharp and still. The generator's frame border is held still by the pose targets (streamer.avatar.pose_targets),
+so the seam does not move.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+DISPLAY_SCALE = 1.6    # the published frame spans this many generator squares
+FEATHER = 0.12         # the paste fades out over this outer share of the square's half-width
+
+
+def square_mask(side: int, feather: float) -> np.ndarray:
+    """[side, side] 1 inside, fading linearly to 0 over the outer `feather` of the half-width on every
+    side (a square, not a disc: the chin sits near the bottom edge and must not fade)."""
+    r = np.abs((np.arange(side) + 0.5) / side * 2 - 1)
+    d = np.maximum(r[None, :], r[:, None])
+    return np.clip((1.0 - d) / feather, 0.0, 1.0)
+
+
+def face_square(size: int, scale: float) -> tuple[int, int]:
+    """(offset, side) in pixels of the generator's square inside a published frame of `size`."""
+    side = int(round(size / scale))
+    return (size - side) // 2, side
+
+
+class Framer:
+    def __init__(self, surroundings: np.ndarray, scale: float, size: int):
+        self.size = size
+        self.scale = scale
+        if scale > 1:
+            self.background = np.asarray(Image.fromarray(surroundings).resize((size, size), Image.BICUBIC),
+                                         dtype=np.float32)
+            self.offset, self.side = face_square(size, scale)
+            self.mask = square_mask(self.side, FEATHER)[..., None].astype(np.float32)
+        else:   # packs enrolled before the wider crop: the render fills the frame
+            self.offset, self.side = 0, size
+
+    def __call__(self, face: np.ndarray) -> np.ndarray:
+        """face: the render as uint8 HxWx3 (any size) -> the published frame, uint8 size x size x 3."""
+        if face.shape[0] != self.side:
+            face = np.asarray(Image.fromarray(face).resize((self.side, self.side), Image.BICUBIC))
+        if self.scale <= 1:
+            return face
+        out = self.background.copy()
+        o, s = self.offset, self.side
+        region = out[o:o + s, o:o + s]
+        out[o:o + s, o:o + s] = region + (face.astype(np.float32) - region) * self.mask
+        return out.round().astype(np.uint8)
+
+
+def generator_view(frame: np.ndarray, scale: float) -> np.ndarray:
+    """The generator's square cut back out of a published frame, at the frame's size (the crop frame
+    evaluations compare with a driver's crop)."""
+    if scale <= 1:
+        return frame
+    o, s = face_square(frame.shape[0], scale)
+    return np.asarray(Image.fromarray(frame[o:o + s, o:o + s]).resize(frame.shape[:2][::-1], Image.BICUBIC))

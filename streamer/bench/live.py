@@ -1,0 +1,261 @@
+"""Streaming benchmark through the WebRTC path, all on 127.0.0.1 in one process.
+
+    python -m streamer.bench.live [--peers 3] [--seconds 10] [--fps 30] [--factory MODULE:FUNCTION]
+
+Three runs: one peer sending its (synthetic, 30 fps) camera and receiving the reenacted stream; N such
+peers at once, each with its own reenactor; N peers watching the server's own reenacted stream (lavfi
+source). Printed per run: server capture-to-publish latency p50/p95 (frame received or captured ->
+handed to the encoder), the client's round trip p50/p95 (its send -> its decode, read from a barcode
+in the frame; only with reenactors that keep the barcode, like the default fake), and fps per peer.
+The clients share the CPU with the server, so these numbers are a lower bound for a real deployment.
+By default the clients also share the server's process (and its GIL: aiortc's RTP, jitter buffer and
+codec glue are Python); `--client-process` runs them in a second Python process instead, as real
+peers would be — same machine and cores, no shared interpreter.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamer.bench.machine import cpu_model
+
+ASSET_CLIP = Path(__file__).resolve().parents[2] / "assets" / "pexels_woman.mp4"
+
+
+def _pcts(values) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
+
+
+def load_factory(spec: str | None, fake_delay_ms: float = 0.0):
+    if not spec:
+        from streamer.testing.fakes import FakeReenactor
+        return lambda avatar: FakeReenactor(avatar, delay_s=fake_delay_ms / 1000.0)
+    mod, _, fn = spec.partition(":")
+    return getattr(importlib.import_module(mod), fn or "make_reenactor")
+
+
+async def _clients(url: str, peers: int, watch: bool, seconds: float, warmup: float, fps: float, frames,
+                   mark=lambda what: None) -> list[dict]:
+    """Connect `peers` client peers, let them settle `warmup` s, then count what each receives for
+    `seconds`. `mark("start")` / `mark("end")` are called when the measured window opens / closes."""
+    import aiohttp
+
+    from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
+    clients = []
+    async with aiohttp.ClientSession() as http:  # ClientPeer.close talks to the server through it
+        try:
+            for _ in range(peers):
+                c = ClientPeer(url, http, send=None if watch else StampedCameraTrack(frames, fps))
+                await c.connect()
+                clients.append(c)
+            await asyncio.sleep(warmup)
+            for c in clients:
+                c.latencies_ms.clear()
+            mark("start")
+            t0 = time.perf_counter()
+            await asyncio.sleep(seconds)
+            t1 = time.perf_counter()
+            mark("end")
+            per_peer = []
+            for c in clients:
+                n = sum(1 for t in c.received if t0 <= t <= t1)
+                rt50, rt95 = _pcts(c.latencies_ms)
+                per_peer.append({"fps": n / (t1 - t0), "roundtrip_ms_p50": rt50, "roundtrip_ms_p95": rt95})
+            return per_peer
+        finally:
+            for c in clients:
+                await c.close()
+
+
+async def _clients_elsewhere(url: str, peers: int, watch: bool, seconds: float, warmup: float, fps: float,
+                             size: tuple[int, int], mark) -> list[dict]:
+    """The same clients in a child Python process; its stdout says START, then the JSON result."""
+    cmd = [sys.executable, "-m", "streamer.bench.live", "--clients-for", url, "--peers", str(peers),
+           "--seconds", str(seconds), "--warmup", str(warmup), "--fps", str(fps), "--size", f"{size[0]}x{size[1]}"]
+    if watch:
+        cmd.append("--watch")
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    result = None
+    try:
+        async for line in proc.stdout:
+            line = line.decode().strip()
+            if line in ("START", "END"):
+                mark(line.lower())
+            elif line.startswith("RESULT "):
+                result = json.loads(line[7:])
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0 or result is None:
+        raise RuntimeError(f"client process failed (exit {proc.returncode})")
+    return result
+
+
+async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmup: float, fps: float,
+               frames, avatar=None, client_process: bool = False) -> dict:
+    import aiohttp
+
+    from streamer.stream.pipeline import Pipeline, run_sink
+    from streamer.stream.sinks import NullSink
+    from streamer.stream.sources import Capture, open_source, parse_source
+    from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
+    from streamer.web.webapp import start_server
+
+    loop = asyncio.get_running_loop()
+    pipeline = capture = None
+    tasks = []
+    if watch:
+        h, w = frames[0].shape[:2]
+        spec = parse_source("lavfi:testsrc2", size=(w, h), fps=fps)
+        pipeline = Pipeline(await asyncio.to_thread(make_reenactor, avatar), name="server")
+        capture = Capture(lambda: open_source(spec), label="lavfi")
+        null = NullSink()
+        tasks = [asyncio.ensure_future(pipeline.run()),
+                 asyncio.ensure_future(run_sink(null, pipeline, pipeline.subscribe("none")))]
+        capture.start(loop, pipeline.input)
+    server = await start_server(make_reenactor, server_pipeline=pipeline, default_avatar=avatar,
+                                max_peers=max(8, peers))
+    window = {}
+
+    # a real engine's factory says how its shared generator stage served the peers
+    stage_stats = getattr(make_reenactor, "stage_stats", None)
+
+    def mark(what):  # the clients' measured window: server statistics start afresh and end with it
+        if stage_stats is not None:
+            window[f"stage_{what}"] = stage_stats()
+        if what == "start":
+            window["sources"] = [pipeline] if watch else [s.pipeline for s in server.peers.sessions.values()]
+            for p in window["sources"]:
+                p.stats.latency_ms.clear()
+        else:
+            window["latency"] = [v for p in window["sources"] for v in p.stats.latency_ms]
+            window["snap"] = [p.stats.snapshot() for p in window["sources"]]
+    try:
+        if client_process:
+            h, w = frames[0].shape[:2]
+            per_peer = await _clients_elsewhere(server.url, peers, watch, seconds, warmup, fps, (w, h), mark)
+        else:
+            per_peer = await _clients(server.url, peers, watch, seconds, warmup, fps, frames, mark)
+        server_lat, snap = window["latency"], window["snap"]
+    finally:
+        if capture is not None:
+            await asyncio.to_thread(capture.stop)
+        if pipeline is not None:
+            pipeline.close()
+        await server.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    c50, c95 = _pcts(server_lat)
+    stage = None
+    if "stage_start" in window and "stage_end" in window:
+        a, b = window["stage_start"], window["stage_end"]
+        before = a["frames_per_session"]
+        done = [n - before.get(k, 0) for k, n in b["frames_per_session"].items()]
+        stage = {"calls": b["calls"] - a["calls"], "frames": b["frames"] - a["frames"],
+                 "sessions_sharing": sum(1 for d in done if d > 0), "sessions_ever": b["sessions"]}
+    return {"peers": peers, "generator_stage": stage, "mode": "watch" if watch else "send+receive", "seconds": seconds,
+            "clients": "own process" if client_process else "server's process",
+            "capture_to_publish_ms_p50": c50, "capture_to_publish_ms_p95": c95,
+            "per_peer": per_peer, "server_process_ms": [s["stage_ms"].get("process") for s in snap],
+            "server_dropped": [s["dropped"] for s in snap]}
+
+
+def bench(make_reenactor=None, *, peers: int = 3, seconds: float = 10.0, warmup: float = 3.0,
+          fps: float = 30.0, size: tuple[int, int] = (640, 360), avatar=None,
+          client_process: bool = False) -> list[dict]:
+    """Run the three scenarios; returns their results (also what main prints)."""
+    from streamer.testing.rtc_client import clip_frames
+    from streamer.web.webrtc import allow_loopback_candidates
+
+    make_reenactor = make_reenactor or load_factory(None)
+    allow_loopback_candidates(only=True)
+    frames = clip_frames(str(ASSET_CLIP), count=72, size=size)
+    out = []
+    for n, watch in ((1, False), (peers, False), (peers, True)):
+        out.append(asyncio.run(_run(make_reenactor, peers=n, watch=watch, seconds=seconds, warmup=warmup,
+                                    fps=fps, frames=frames, avatar=avatar, client_process=client_process)))
+    return out
+
+
+def _fmt(v) -> str:
+    return "  n/a" if v is None else f"{v:5.1f}"
+
+
+def report(results: list[dict]) -> str:
+    lines = [f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} | python "
+             f"{platform.python_version()} | load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg")
+             else f"machine: {cpu_model()}, {os.cpu_count()} CPUs"]
+    for r in results:
+        fps = [p["fps"] for p in r["per_peer"]]
+        rt50 = [p["roundtrip_ms_p50"] for p in r["per_peer"] if p["roundtrip_ms_p50"] is not None]
+        rt95 = [p["roundtrip_ms_p95"] for p in r["per_peer"] if p["roundtrip_ms_p95"] is not None]
+        lines.append(
+            f"{r['peers']} peer(s) {r['mode']:12s}: capture->publish p50 {_fmt(r['capture_to_publish_ms_p50'])} "
+            f"p95 {_fmt(r['capture_to_publish_ms_p95'])} ms | round trip p50 "
+            f"{_fmt(max(rt50) if rt50 else None)} p95 {_fmt(max(rt95) if rt95 else None)} ms | "
+            f"fps per peer {', '.join(f'{f:.1f}' for f in fps)} | server dropped {sum(r['server_dropped'])}")
+        g = r.get("generator_stage")
+        if g:
+            lines.append(f"    generator stage: {g['calls']} calls, {g['frames']} frames, shared by "
+                         f"{g['sessions_sharing']} sessions in the window")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peers", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument("--fps", type=float, default=30.0)
+    ap.add_argument("--size", default="640x360", help="synthetic camera size WxH")
+    ap.add_argument("--factory", default=None,
+                    help="MODULE:FUNCTION returning a reenactor for an avatar (default: the fast fake)")
+    ap.add_argument("--fake-delay-ms", type=float, default=0.0,
+                    help="make the default fake engine sleep this long per frame (a heavier engine)")
+    ap.add_argument("--avatar", default=None)
+    ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
+    ap.add_argument("--client-process", action="store_true",
+                    help="run the client peers in a second Python process (as real peers would be)")
+    ap.add_argument("--clients-for", default=None, help=argparse.SUPPRESS)  # the child of --client-process
+    ap.add_argument("--watch", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    w, h = (int(v) for v in a.size.split("x"))
+    if a.clients_for:
+        return _clients_child(a.clients_for, a.peers, a.watch, a.seconds, a.warmup, a.fps, (w, h))
+    results = bench(load_factory(a.factory, a.fake_delay_ms), peers=a.peers, seconds=a.seconds, warmup=a.warmup, fps=a.fps,
+                    size=(w, h), avatar=a.avatar, client_process=a.client_process)
+    print(report(results))
+    if a.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+def _clients_child(url, peers, watch, seconds, warmup, fps, size) -> int:
+    from streamer.testing.rtc_client import clip_frames
+    from streamer.web.webrtc import allow_loopback_candidates
+    allow_loopback_candidates(only=True)
+    frames = None if watch else clip_frames(str(ASSET_CLIP), count=72, size=size)
+
+    def mark(what):
+        print(what.upper(), flush=True)
+    per_peer = asyncio.run(_clients(url, peers, watch, seconds, warmup, fps, frames, mark))
+    print("RESULT " + json.dumps(per_peer), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""`python -m streamer.bench --zoo default --source CLIP --json PATH`: end-to-end speed of the real
+reenactor on a driving clip (decode -> face -> pose -> latent -> image -> encode), per-stage p50/p95
+ms and end-to-end frames/s; JSON {fps, frames, stages: {name: {p50_ms, p95_ms}}, machine}.
+
+`--sessions N`: N sessions at once on one Engine, each on its own thread with its own avatar slot, as
+WebRTC peers run (the same Engine and AvatarReenactor objects run_stream.py builds): frames/s per
+session and in all, latency p50/p95, and the shared generator stage's scheduler statistics (calls,
+mean batch, frames per session). `--fps F` paces each session like a camera (default: as fast as it
+can). `--device cuda` runs the reenactor's networks on a GPU, as `run_stream.py --device cuda` does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from engines.core.errors import UserError, main_guard
+from streamer.bench.machine import cpu_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def machine() -> str:
+    import torch
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {platform.system()}")
+
+
+def pct(v, q):
+    s = sorted(v)
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
+
+
+def decode(path: Path, max_frames: int | None):
+    import av
+    try:
+        with av.open(str(path)) as c:
+            rate = float(c.streams.video[0].average_rate or 30)
+            frames = []
+            for f in c.decode(video=0):
+                frames.append(f)
+                if max_frames and len(frames) >= max_frames:
+                    break
+    except (av.error.FFmpegError, IndexError) as e:
+        raise UserError(f"{path}: cannot read video ({e})") from None
+    return frames, rate
+
+
+def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bool,
+        weights=None, threads: int | None = None, device: str = "cpu") -> dict:
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    from engines.core.device import describe
+    from streamer.reenact.engine import Engine
+    engine = Engine(zoo, weights, log=lambda m: print(m, file=sys.stderr), progress=False, device=device)
+    reenactor = engine.make_reenactor(avatar)
+    frames, rate = decode(source, max_frames)
+    stages: dict[str, list[float]] = {"decode": [], "face": [], "pose": [], "latent": [], "image": []}
+    if encode:
+        import io
+
+        import av
+        buf = io.BytesIO()
+        out = av.open(buf, "w", format="mp4")
+        stream = out.add_stream("libx264", rate=round(rate))
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "20", "preset": "veryfast"}  # what the file sink uses
+        stages["encode"] = []
+    reenactor.process(frames[0].to_ndarray(format="rgb24"))  # warm-up (first-call allocations)
+    reenactor.reset_reference()
+    t_start = time.perf_counter()
+    for f in frames:
+        t0 = time.perf_counter()
+        rgb = f.to_ndarray(format="rgb24")
+        stages["decode"].append((time.perf_counter() - t0) * 1e3)
+        o = reenactor.process(rgb)
+        for k, v in o.stage_ms.items():
+            stages.setdefault(k, []).append(v)
+        if encode:
+            t1 = time.perf_counter()
+            if not stream.width:
+                stream.width, stream.height = o.image.shape[1], o.image.shape[0]
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(o.image, format="rgb24")):
+                out.mux(pkt)
+            stages["encode"].append((time.perf_counter() - t1) * 1e3)
+    seconds = time.perf_counter() - t_start
+    if encode:
+        for pkt in stream.encode():
+            out.mux(pkt)
+        out.close()
+    reenactor.close()
+    return {"fps": round(len(frames) / seconds, 2), "frames": len(frames),
+            "no_face": reenactor.no_face, "source_fps": rate,
+            "stages": {k: {"p50_ms": round(pct(v, 50), 3), "p95_ms": round(pct(v, 95), 3)}
+                       for k, v in stages.items() if v},
+            "machine": machine(), "device": describe(engine.device), "zoo": zoo, "source": str(source)}
+
+
+def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: float, fps: float | None,
+                 weights=None, threads: int | None = None, device: str = "cpu", max_frames: int = 300) -> dict:
+    """N sessions on one Engine, each driven by `source` from its own thread, for `seconds`: the
+    factory run_stream.py builds, with run_stream's defaults (one torch thread unless `threads`)."""
+    import threading
+
+    from engines.core.device import describe
+    from streamer.reenact.config import ReenactConfig
+    from streamer.reenact.engine import ReenactorFactory
+    factory = ReenactorFactory(ReenactConfig(zoo=zoo, weights=weights, device=device, threads=threads or 1,
+                                             progress=False), log=lambda m: print(m, file=sys.stderr))
+    engine = factory.engine
+    frames, rate = decode(source, max_frames)
+    rgb = [f.to_ndarray(format="rgb24") for f in frames]
+    sessions = [factory(avatars[i % len(avatars)]) for i in range(n)]
+    for r in sessions:   # warm-up (first-call allocations), then the driver's reference again
+        r.process(rgb[0], 0.0)
+        r.reset_reference()
+    stats = engine.generator_stage.stats
+    calls0, frames0 = stats.batches, stats.frames
+    latency: list[list[float]] = [[] for _ in range(n)]
+    start = time.perf_counter() + 0.05
+    stop = start + seconds
+
+    def drive(i: int) -> None:
+        r, k = sessions[i], 0
+        while True:
+            due = start + k / fps if fps else time.perf_counter()
+            if due > stop:
+                return
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            t0 = time.perf_counter()
+            if t0 > stop:
+                return
+            r.process(rgb[k % len(rgb)], k / rate)
+            latency[i].append((time.perf_counter() - t0) * 1e3)
+            k += 1
+            if fps:   # a camera does not queue: frames that came while this one ran are skipped
+                k = max(k, int((time.perf_counter() - start) * fps))
+
+    workers = [threading.Thread(target=drive, args=(i,), daemon=True) for i in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = max(1e-9, min(time.perf_counter(), stop) - start)
+    for r in sessions:
+        r.close()
+    shared = stats.summary()
+    shared.update(calls=stats.batches - calls0, frames=stats.frames - frames0)
+    shared["mean_batch"] = round(shared["frames"] / max(1, shared["calls"]), 2)
+    everything = [v for lat in latency for v in lat]
+    per = [round(len(lat) / elapsed, 2) for lat in latency]
+    return {"sessions": n, "fps_target": fps, "seconds": round(elapsed, 2),
+            "fps_per_session": per, "fps_total": round(sum(per), 2),
+            "latency": {"p50_ms": round(pct(everything, 50), 2), "p95_ms": round(pct(everything, 95), 2)},
+            "generator_stage": shared, "max_batch": engine.generator_stage.max_batch,
+            "machine": machine(), "device": describe(engine.device), "zoo": zoo, "source": str(source),
+            "avatars": [str(a) for a in avatars]}
+
+
+@main_guard
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", default="default", choices=["default", "vox256"])
+    ap.add_argument("--weights", help="vox256 weights folder")
+    ap.add_argument("--source", type=Path, default=ROOT / "assets" / "pexels_woman.mp4")
+    ap.add_argument("--avatar", type=Path, default=ROOT / "assets" / "astronaut.png")
+    ap.add_argument("--frames", type=int, default=None, help="at most this many frames")
+    ap.add_argument("--no-encode", action="store_true", help="leave H.264 encoding out")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--device", default="cpu", help="where the reenactor's networks run (cpu, cuda, cuda:N, auto)")
+    ap.add_argument("--sessions", type=int, default=0, help="N sessions at once on one engine (see above)")
+    ap.add_argument("--avatars", type=Path, nargs="+", help="with --sessions: avatars, taken in turn "
+                                                            "(default: --avatar for every session)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="with --sessions: how long (default 10)")
+    ap.add_argument("--fps", type=float, default=None, help="with --sessions: pace each session like a camera")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.sessions:
+        res = run_sessions(args.zoo, args.source, args.avatars or [args.avatar], args.sessions, args.seconds,
+                           args.fps, args.weights, args.threads, args.device, args.frames or 300)
+        g = res["generator_stage"]
+        print(f"{res['sessions']} sessions on {res['device']}: {res['fps_total']:.1f} frames/s in all, per session "
+              f"{min(res['fps_per_session']):.1f}..{max(res['fps_per_session']):.1f}; latency p50 "
+              f"{res['latency']['p50_ms']} ms p95 {res['latency']['p95_ms']} ms")
+        print(f"generator stage: {g['calls']} calls for {g['frames']} frames of {g['sessions']} sessions "
+              f"(mean batch {g['mean_batch']}, max {res['max_batch']}); {res['machine']}")
+    else:
+        res = run(args.zoo, args.source, args.avatar, args.frames, not args.no_encode, args.weights,
+                  args.threads, args.device)
+        for k, v in res["stages"].items():
+            print(f"{k:>7}: p50 {v['p50_ms']:7.2f} ms   p95 {v['p95_ms']:7.2f} ms")
+        print(f"end to end: {res['fps']:.1f} fps over {res['frames']} frames ({res['no_face']} without a face); "
+              f"{res['machine']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Per-frame reenactment: driving frame -> face -> pose -> latent -> image (paper Eq. 3).
+
+`Engine` holds one zoo's models, loaded once and shared by every session; `AvatarReenactor` is one
+session: an avatar pack (latent, tuned G, the avatar's own pose), its own Net3D tracker and filters.
+
+Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
+with a face; `reset_reference` re-takes it), applied on top of the avatar's own pose, so the avatar
+starts from its own expression and a driver whose neutral face is not the avatar's still drives it
+correctly. The target p_avatar + dp is clamped to the range calibration saw. In relative mode the
+shift is A dp - A 0 (the bias cancels, so the first frame reproduces the avatar exactly); absolute mode
+(`relative=False`) is the paper's formula dp = p_driver - p_avatar with the bias.
+Frames with no face hold the last pose for `hold_s`, then ease back to the avatar's neutral pose.
+
+The per-avatar response correction (engines.method.correction) and the head-pose feedback
+(streamer.reenact.feedback, `feedback_every` N > 0) are measured on the avatar's own renders.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calibration.avatar_directions import check_supported
+from engines.core.device import describe, resolve_device
+from engines.core.errors import UserError
+from engines.core.views import image_uint8
+from engines.method.correction import Correction
+from engines.method.zoos import load_zoo
+from streamer.avatar.enroll import cached_pack_path, load_or_enroll
+from streamer.avatar.framing import Framer
+from streamer.avatar.pack import AvatarPack
+from streamer.preparing import enroll_in_subprocess
+from streamer.reenact.api import Output
+from streamer.reenact.config import ReenactConfig
+from streamer.reenact.feedback import HeadFeedback
+from streamer.reenact.generator_stage import GeneratorStage
+from streamer.reenact.motion import Motion
+from streamer.reenact.output_guard import OutputGuard
+from streamer.reenact.side_by_side import side_by_side
+
+OUT_SIZE = 256
+PACKS_KEPT = 4   # avatar packs an Engine keeps in memory (a default-zoo pack is ~3 MB)
+
+
+class Engine:
+    """One zoo's models (generator, directions), shared read-only by all sessions."""
+
+    def __init__(self, zoo: str = "default", weights: str | Path | None = None,
+                 directions: str | Path | None = None, log=print, progress: bool = True,
+                 device: str | torch.device | None = "cpu", tune_directions: int = 0):
+        self.device = resolve_device(device)   # checked before any model loads
+        if tune_directions:   # before any model loads
+            check_supported(zoo)
+        self.zoo = load_zoo(zoo, weights, directions)
+        self.directions = self.zoo.directions()
+        self.log = log
+        if self.device.type != "cpu":
+            # the per-frame networks (each avatar's generator, vox256's DECA) run there; enrollment,
+            # MediaPipe and the small pose maths stay on the CPU
+            for m in self.zoo.device_modules:
+                m.to(self.device)
+            torch.backends.cudnn.benchmark = True   # one frame size for the whole session
+            log(f"models run on {describe(self.device)}")
+        # every session renders through this one stage (batched on a GPU, one frame at a time on the CPU)
+        self.generator_stage = GeneratorStage(self.zoo.generator, self.zoo.recipe.tuning.layers, self.device)
+        self.progress = progress
+        self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
+        self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
+        self._packs: dict[tuple, AvatarPack] = {}   # the last few packs, by file and its mtime/size
+
+    def pack(self, avatar: str | Path, on_progress=None) -> AvatarPack:
+        """avatar's pack (enrolled once and cached; kept in memory for the next sessions).
+        on_progress(stage, done, total) reports an enrollment's progress (streamer.avatar.enroll.Enroller)."""
+        key = self._key(avatar)
+        with self._enroll_lock:
+            if key in self._packs:
+                return self._packs[key]
+            pack = load_or_enroll(avatar, self.zoo, self.progress, self.log, self.tune_directions, on_progress)
+            if key is not None:
+                self._packs[key] = pack
+                while len(self._packs) > PACKS_KEPT:
+                    self._packs.pop(next(iter(self._packs)))
+            return pack
+
+    def _key(self, avatar) -> tuple | None:
+        path = Path(avatar)
+        try:
+            st = path.stat()
+        except OSError:
+            return None                 # load_or_enroll says what is wrong with it
+        return (str(path.resolve()), st.st_mtime_ns, st.st_size, self.tune_directions)
+
+    def remember(self, avatar: str | Path, pack: AvatarPack) -> None:
+        """Use `pack` (enrolled elsewhere, e.g. in another process) as avatar's from now on."""
+        pack.check(self.zoo)
+        key = self._key(avatar)
+        if key is not None:
+            with self._enroll_lock:
+                self._packs[key] = pack
+                while len(self._packs) > PACKS_KEPT:
+                    self._packs.pop(next(iter(self._packs)))
+
+    def is_ready(self, avatar: str | Path) -> bool:
+        """Whether avatar's pack is at hand (in memory, a pack file, or cached): no enrollment needed."""
+        path = Path(avatar)
+        if self._key(avatar) in self._packs or path.suffix in (".avatar", ".safetensors"):
+            return True
+        try:
+            return cached_pack_path(path, self.zoo, self.tune_directions).is_file()
+        except OSError:
+            return False
+
+    def make_reenactor(self, avatar: str | Path | None, **kw) -> "AvatarReenactor":
+        if avatar is None:
+            raise UserError("no avatar given: pass --avatar PHOTO (or an .avatar pack)")
+        return AvatarReenactor(self, self.pack(avatar), **kw)
+
+    def close(self) -> None:
+        self.generator_stage.close()
+
+
+class AvatarReenactor:
+    """One session: driving frame -> Net3D (its own reader) -> motion state -> correction and feedback
+    -> latent -> the engine's shared generator stage -> guard -> framing."""
+
+    def __init__(self, engine: Engine, pack: AvatarPack, *, relative: bool = True, smooth: bool = True,
+                 side_by_side: bool = False, out_size: int = OUT_SIZE, hold_s: float = 1.0,
+                 ease_s: float = 0.5, correct: bool = True, feedback_every: int = 0):
+        if pack.zoo != engine.zoo.name:
+            raise UserError(f"avatar was enrolled for zoo '{pack.zoo}', engine runs '{engine.zoo.name}'")
+        self.engine, self.pack = engine, pack
+        self.A = pack.directions_for(engine.directions)   # the zoo's A, or the one tuned to this avatar
+        self.stage = engine.generator_stage
+        self.slot = self.stage.add_avatar(pack)
+        self.session = self.stage.new_session()
+        self.G = self.stage.generator(self.slot)            # this avatar alone, for load-time measurements
+        self.z = pack.latent.float()
+        self.reader = engine.zoo.pose_reader()
+        self.relative, self.side_by_side, self.out_size = relative, side_by_side, out_size
+        self.framer = Framer(pack.display, pack.display_scale, out_size)
+        self.motion = Motion(self.A, pack.p, relative=relative, smooth=smooth, hold_s=hold_s, ease_s=ease_s)
+        self.frames = self.no_face = 0
+        self.correction = self.feedback = self.guard = None   # all measured on the avatar's own render below
+        k = self.A.k
+        with torch.no_grad():
+            self.bias = self.A(torch.zeros(1, k))
+            self.avatar_img = self._render(self._latent(torch.zeros(k)))
+        self.guard = OutputGuard(self._small)
+        if engine.zoo.reads_own_output:   # both read the avatar's renders with MediaPipe
+            self.correction = Correction.measure(self.A, self._render_requests) if correct else None
+            self.feedback = HeadFeedback.start(self.A, self._small, feedback_every)
+        self._t0 = time.monotonic()
+
+    @property
+    def dp(self) -> torch.Tensor:
+        return self.motion.dp
+
+    def _render_requests(self, dps: torch.Tensor) -> torch.Tensor:
+        return self.G.synthesize(self._latent_batch(dps).to(self.engine.device)).cpu()
+
+    def _latent_batch(self, dps: torch.Tensor) -> torch.Tensor:
+        shift = self.A(dps) - (self.bias if self.relative else 0)
+        return self.engine.zoo.compose_latent(self.z.expand(len(dps), *self.z.shape[1:]), shift)
+
+    def reset_reference(self) -> None:
+        self.motion.reset()
+
+    @torch.no_grad()
+    def _latent(self, dp: torch.Tensor) -> torch.Tensor:
+        if self.feedback is not None:
+            dp = dp.clone()
+            dp[:3] += self.feedback.integral
+        if self.correction is not None:
+            dp = self.correction(dp)
+        shift = self.A(dp[None])
+        if self.relative:
+            shift = shift - self.bias
+        return self.engine.zoo.compose_latent(self.z, shift)
+
+    @torch.no_grad()
+    def _render(self, latent: torch.Tensor) -> np.ndarray:
+        self._small = self.stage.render(self.session, latent, self.slot)
+        if self.guard is not None:
+            self._small = self.guard(self._small)
+        return self.framer(image_uint8(self._small)[0].numpy())
+
+    def process(self, image: np.ndarray, t: float | None = None) -> Output:
+        t0 = time.perf_counter()
+        # the filters and the tracker run on the frame's own clock: a file processed faster or slower
+        # than real time must smooth exactly as when it plays live
+        now = time.monotonic() - self._t0 if t is None else t
+        face = self.reader.read(image, int(now * 1000))
+        t1 = time.perf_counter()
+        pose = None if face is None else np.array(face.p, dtype=np.float64)
+        self.no_face += face is None
+        ease = self.motion.update(pose, now)
+        if ease is not None and self.feedback is not None:
+            self.feedback.ease(ease)   # neutral is the avatar itself
+        t2 = time.perf_counter()
+        latent = self._latent(self.motion.dp)
+        t3 = time.perf_counter()
+        held = self.guard.held
+        result = self._render(latent)
+        out = side_by_side(image, self.pack.display, result) if self.side_by_side else result
+        t4 = time.perf_counter()
+        stage_ms = {"face": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3, "latent": (t3 - t2) * 1e3,
+                    "image": (t4 - t3) * 1e3}
+        if self.feedback is not None and face is not None:   # no driver: the held pose stays exactly
+            self.feedback.update(self.frames, self.motion.dp, self._small)
+            stage_ms["feedback"] = (time.perf_counter() - t4) * 1e3
+        self.frames += 1
+        return Output(out, face is not None, stage_ms, held=self.guard.held > held, pose=pose)
+
+    def close(self) -> None:
+        self.reader.close()
+        if self.feedback is not None:
+            self.feedback.close()
+        self.stage.end_session(self.session)
+        self.stage.remove_avatar(self.slot)
+
+
+class ReenactorFactory:
+    """`make_reenactor(avatar)` for every session of one run (the file, the webcam, each WebRTC peer,
+    the benchmarks): the Engine is built from the config on first use, once, and shared by all of them
+    (peers call this concurrently)."""
+
+    def __init__(self, config: ReenactConfig, default_avatar: str | Path | None = None, log=print):
+        self.config, self.default_avatar, self.log = config, default_avatar, log
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                c = self.config
+                torch.set_num_threads(c.threads)
+                self._engine = Engine(c.zoo, c.weights, c.directions, log=self.log, progress=c.progress,
+                                      device=c.device, tune_directions=c.tune_directions)
+            return self._engine
+
+    def __call__(self, avatar: str | Path | None = None, **overrides) -> AvatarReenactor:
+        return self.engine.make_reenactor(avatar or self.default_avatar, **{**self.config.session(), **overrides})
+
+    def prepare(self, avatar: str | Path, report=None) -> AvatarPack:
+        """WebRTC: enroll (or load) an avatar before anyone asks for it; sessions then find it in memory.
+        A photo not enrolled yet enrolls in its own low-priority process (streamer.preparing), so
+        running calls keep their frame rate meanwhile. report(stage, done, total): its progress."""
+        engine = self.engine
+        if engine.is_ready(avatar):
+            return engine.pack(avatar, on_progress=report)
+        c = self.config
+        pack = enroll_in_subprocess(avatar, report, zoo=c.zoo, weights=c.weights, directions=c.directions,
+                                    tune_directions=c.tune_directions, log=self.log)
+        engine.remember(avatar, pack)
+        return pack
+
+    def stage_stats(self) -> dict:
+        """The shared generator stage's scheduler statistics (calls, frames, sessions served)."""
+        return self.engine.generator_stage.stats.summary()
+
+
+# for tools that take MODULE:FUNCTION (e.g. `python -m streamer.bench.live --factory
+# streamer.reenact.engine:default_zoo_factory --avatar me.png`): run_stream's defaults on the default zoo
+default_zoo_factory = ReenactorFactory(ReenactConfig(progress=False))
+# the same with head-pose feedback every 3rd frame (`run_stream.py --feedback 3`)
+default_zoo_feedback_factory = ReenactorFactory(ReenactConfig(progress=False, feedback_every=3))

@@ -1,0 +1,117 @@
+"""The generator stage: each session's latent -> its avatar's image, one stage shared by every session.
+
+Sessions submit (latent, avatar slot) to one micro-batching scheduler (streamer.reenact.scheduler);
+its worker runs the requests it has gathered in one call:
+  * batched (a GPU): the zoo's generator in its batched form (engines.accel.avatar_batch), each sample
+    gathering its own avatar's pivotal-tuned layers from the avatar bank by slot;
+  * batch 1 (the CPU): each request on its avatar's own tuned copy of G, stored channels-last where the
+    generator prefers it. On the CPU one frame at a time is fastest, and it renders exactly what an
+    eager per-session generator renders.
+Either way the scheduler's statistics count the calls every session shared. The scheduler's worker
+thread runs while the stage has avatars: an engine with no session holds no thread.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+
+import torch
+
+from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
+from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
+
+BUDGET_MS = 15.0     # how long a request may wait for companions (half a 30 fps frame)
+
+
+class GeneratorStage:
+    def __init__(self, generator, tuned_layers: tuple[str, ...], device: torch.device,
+                 max_batch: int | None = None, slots: int = 64):
+        self.base, self.device = generator, device
+        self.max_batch = max_batch or (1 if device.type == "cpu" else 8)
+        self.batched = self.max_batch > 1
+        self._lock = threading.Lock()
+        self._copies: dict[int, torch.nn.Module] = {}      # batch 1: slot -> the avatar's own G
+        self._free = list(range(slots - 1, 0, -1))       # the bank's slots; 0 is the untuned base
+        self._ids = itertools.count()
+        self._copy_slots = itertools.count(1)            # batch 1: as many avatars as memory holds
+        if self.batched:
+            self.bank = AvatarBank(generator, tuned_layers, slots).to(device)
+            batch_cls = StyleGAN2Batch if hasattr(generator, "n_latent") else DCGANBatch
+            self.run_batched = batch_cls(generator.to(device), self.bank)
+        self.stats = SchedulerStats()                     # over every worker this stage has run
+        self.scheduler: MicroBatchScheduler | None = None
+        self._avatars = 0
+
+    # -- avatars ----------------------------------------------------------------------------------
+    def add_avatar(self, pack) -> int:
+        """Load an avatar's tuned layers; -> its slot."""
+        with self._lock:
+            if self.scheduler is None:
+                self.scheduler = MicroBatchScheduler(self._run, max_batch=self.max_batch, budget_ms=BUDGET_MS,
+                                                     name="generator-stage", stats=self.stats)
+            self._avatars += 1
+        if not self.batched:
+            slot = next(self._copy_slots)
+            self._copies[slot] = pack.generator(self.base).for_streaming().to(self.device)
+            return slot
+        with self._lock:
+            if not self._free:
+                raise RuntimeError("generator stage: every avatar slot of the bank is in use")
+            slot = self._free.pop()
+        self.bank.set(slot, pack.tuned)
+        return slot
+
+    def remove_avatar(self, slot: int) -> None:
+        if self.batched:
+            self.bank.reset(slot)
+        else:
+            self._copies.pop(slot, None)
+        with self._lock:
+            if self.batched:
+                self._free.append(slot)
+            self._avatars -= 1
+            if self._avatars == 0 and self.scheduler is not None:   # the last session ended
+                self.scheduler.close()
+                self.scheduler = None
+
+    def generator(self, slot: int):
+        """The module that renders this slot alone (batch 1), for measurements at load time."""
+        return self._copies[slot] if not self.batched else _SlotView(self.run_batched, slot)
+
+    def new_session(self) -> int:
+        return next(self._ids)
+
+    # -- frames -----------------------------------------------------------------------------------
+    def render(self, session: int, latent: torch.Tensor, slot: int) -> torch.Tensor:
+        """latent [1, *latent_shape] -> image [1, 3, R, R] in [-1, 1] on the CPU (blocks until run)."""
+        return self.scheduler.submit(session, (latent, slot)).result()
+
+    def end_session(self, session: int) -> None:
+        with self._lock:
+            if self.scheduler is not None:
+                self.scheduler.forget(session)
+
+    @torch.no_grad()
+    def _run(self, items: list) -> list[torch.Tensor]:
+        if not self.batched:
+            return [self._copies[slot].synthesize(z.to(self.device)).cpu() for z, slot in items]
+        z = torch.cat([z for z, _ in items]).to(self.device)
+        slots = torch.as_tensor([s for _, s in items], device=self.device)
+        return list(self.run_batched(z, slots).cpu().split(1))
+
+    def close(self) -> None:
+        with self._lock:
+            if self.scheduler is not None:
+                self.scheduler.close()
+                self.scheduler = None
+
+
+class _SlotView:
+    """G.synthesize for one slot of the batched generator."""
+
+    def __init__(self, batched, slot: int):
+        self.batched, self.slot = batched, slot
+
+    def synthesize(self, latent: torch.Tensor) -> torch.Tensor:
+        slots = torch.full((len(latent),), self.slot, dtype=torch.long, device=latent.device)
+        return self.batched(latent, slots)

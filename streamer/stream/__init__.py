@@ -1,0 +1,1 @@
+"""Streaming: channels and the pipeline, sources, sinks, controls."""
