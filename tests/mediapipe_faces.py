@@ -17,7 +17,7 @@ def detect_landmarks(images: list[np.ndarray], num_faces: int = 1) -> list[list[
     from mediapipe.tasks.python import BaseOptions, vision
 
     from engines.core.modelfiles import model_path
-    from engines.quiet import native_quiet
+    from engines.core.quiet import native_quiet
 
     opts = vision.FaceLandmarkerOptions(
         base_options=BaseOptions(model_asset_path=str(model_path("face_landmarker"))), num_faces=num_faces)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engines.quiet import NATIVE_LINE
+from engines.core.quiet import NATIVE_LINE
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "assets" / "astronaut.png"
@@ -27,7 +27,7 @@ def native_lines(text: str) -> list[str]:
 def test_native_quiet_drops_native_lines_and_keeps_the_rest():
     r = run_py(r"""
 import os, sys
-from engines.quiet import native_quiet
+from engines.core.quiet import native_quiet
 print("before", file=sys.stderr, flush=True)
 with native_quiet():
     os.write(2, b"WARNING: Logging before InitGoogle() is written to STDERR\n")

@@ -113,7 +113,7 @@ def _landmarker(video: bool, num_faces: int = 1):
     mode = vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE
     opts = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(model_path("face_landmarker"))),
                                         running_mode=mode, output_face_blendshapes=True, num_faces=num_faces)
-    from engines.quiet import native_quiet
+    from engines.core.quiet import native_quiet
     with native_quiet():   # MediaPipe's native start-up lines
         return vision.FaceLandmarker.create_from_options(opts)
 
@@ -359,7 +359,7 @@ def _mediapipe_detections(img, iou):
 
     opts = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_buffer=read_task_file("face_detector.tflite")),
                                       min_detection_confidence=0.5, min_suppression_threshold=iou)
-    from engines.quiet import native_quiet
+    from engines.core.quiet import native_quiet
     with native_quiet():
         fd = vision.FaceDetector.create_from_options(opts)
     try:

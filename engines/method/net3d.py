@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.core.modelfiles import model_path
-from engines.quiet import native_quiet
+from engines.core.quiet import native_quiet
 from engines.method.pose import PARAM_NAMES, pose_vector
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: warnings and up only
@@ -73,7 +73,7 @@ class MediaPipeNet3D:
             min_face_detection_confidence=min_confidence, min_face_presence_confidence=min_confidence,
             min_tracking_confidence=min_confidence,
             output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-        with native_quiet():   # MediaPipe's start-up log lines (engines/quiet.py)
+        with native_quiet():   # MediaPipe's start-up log lines (engines/core/quiet.py)
             self._landmarker = vision.FaceLandmarker.create_from_options(opts)
         self._warm = False     # the graph's calculators finish starting (and log) on the first frame
         self.mode = mode
