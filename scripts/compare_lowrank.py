@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engines.lowrank import matrix_shape, worth_factoring
+from engines.accel.lowrank import matrix_shape, worth_factoring
 from engines.core.photo import read_photo
 from engines.method.zoos import RECIPES, load_zoo
 from streamer.avatar.enroll import Enroller, load_or_enroll

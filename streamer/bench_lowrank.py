@@ -16,7 +16,7 @@ import time
 import torch
 
 from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
-from engines.lowrank import DCGANLowRank, LowRankBank, StyleGAN2LowRank, matrix_shape
+from engines.accel.lowrank import DCGANLowRank, LowRankBank, StyleGAN2LowRank, matrix_shape
 from engines.method.zoos import RECIPES
 from engines.models.dcgan import DCGAN
 from engines.models.stylegan2 import StyleGAN2

@@ -1,4 +1,4 @@
-"""Low-rank avatar weights (engines/lowrank.py) against the grouped form with full per-sample weights.
+"""Low-rank avatar weights (engines/accel/lowrank.py) against the grouped form with full per-sample weights.
 
 The reference for every sample b is the official grouped computation (ModulatedConv2d._grouped, or a
 plain transposed conv) run with the materialised weight W + U_b V_b, one sample at a time. Layer sizes
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from engines.lowrank import LowRankDelta, conv_transpose_low_rank, factors, matrix_shape, modconv_low_rank
+from engines.accel.lowrank import LowRankDelta, conv_transpose_low_rank, factors, matrix_shape, modconv_low_rank
 from engines.method.zoos import RECIPES
 from engines.models.stylegan2_ops import ModulatedConv2d
 
@@ -131,7 +131,7 @@ def _low_rank_tuned(g, prefixes, rank, seed, scale):
 def test_stylegan2_low_rank_batch_equals_grouped_full_weights(batch):
     """Official-size StyleGAN2-256 (random weights), vox256's tuned layers, each sample its own avatar."""
     from engines.accel.avatar_batch import AvatarBank, StyleGAN2Batch
-    from engines.lowrank import LowRankBank, StyleGAN2LowRank
+    from engines.accel.lowrank import LowRankBank, StyleGAN2LowRank
     from engines.weights.random_weights import random_stylegan2
     from engines.models.stylegan2 import StyleGAN2
     sd, _ = random_stylegan2(256, 1, seed=3)
@@ -158,7 +158,7 @@ def test_stylegan2_low_rank_batch_equals_grouped_full_weights(batch):
 def test_dcgan_low_rank_batch_equals_grouped_full_weights(batch):
     from engines.accel.avatar_batch import AvatarBank, DCGANBatch
     from engines.models.dcgan import DCGAN
-    from engines.lowrank import DCGANLowRank, LowRankBank
+    from engines.accel.lowrank import DCGANLowRank, LowRankBank
     g = DCGAN.from_checkpoint()
     prefixes = RECIPES["default"].tuning.layers
     full, low = AvatarBank(g, prefixes, 4), LowRankBank(g, prefixes, 16, 4)
@@ -175,7 +175,7 @@ def test_dcgan_low_rank_batch_equals_grouped_full_weights(batch):
 def test_low_rank_bank_factors_only_conv_weights_and_is_smaller():
     from engines.accel.avatar_batch import AvatarBank
     from engines.models.dcgan import DCGAN
-    from engines.lowrank import LowRankBank
+    from engines.accel.lowrank import LowRankBank
     g = DCGAN.from_checkpoint()
     full, low = AvatarBank(g, RECIPES["default"].tuning.layers, 9), LowRankBank(g, RECIPES["default"].tuning.layers, 16, 9)
     # rank 16 halves main.3, main.6, main.9; main.12 (64 -> 3) stays whole

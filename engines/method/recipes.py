@@ -34,7 +34,7 @@ class Tuning:
     batch: int = 6            # pose targets per step, beside the photo
     edges: float = 0.0        # weight of the L1 loss on image gradients (keeps the warped photo's edges sharp)
     crop_shift_up: float | None = None   # the crop's centre shift (None: as measured on the zoo's faces)
-    # > 0: each tuned conv weight learns a rank-r delta U V (engines.lowrank), not a full one. Out of
+    # > 0: each tuned conv weight learns a rank-r delta U V (engines.accel.lowrank), not a full one. Out of
     # repr, so adding it did not change recipe_key (cached full-tuned packs stay valid); recipe_key adds it when set
     rank: int = field(default=0, repr=False)
 

@@ -33,7 +33,7 @@ from calibration.avatar_directions import tune_directions as tune_a
 from calibration.identity import points_from_landmarks
 from calibration.inversion import Inverter, net3d_uint8
 from calibration.shape_model import ShapeModel, shape_model_path
-from engines.lowrank import fold_low_rank, low_rank_deltas
+from engines.accel.lowrank import fold_low_rank, low_rank_deltas
 from engines.core.errors import UserError, main_guard
 from engines.core.files import sha256_file
 from engines.core.photo import read_photo
