@@ -34,7 +34,7 @@
 #   sessions50.json    50 cameras x 30 fps, batches up to 32 (the issue's "50 sessions" figure)
 #   profile.json       eager fp16 stage at batch 16 under torch.profiler: top CUDA kernels
 #   lowrank.json       issue 19: shared modulated conv + per-avatar low-rank term vs grouped per-avatar
-#                      weights, StyleGAN2-256 and DCGAN at batch 16, fp32 (streamer.bench_lowrank)
+#                      weights, StyleGAN2-256 and DCGAN at batch 16, fp32 (streamer.bench.lowrank)
 #   vox256_cl.json     the stage with channels-last weights at batch 1, 16, 32 (+ its error vs the
 #                      plain layout): does skipping cuDNN's NCHW<->NHWC conversions pay off?
 # The last lines printed are a summary table.
@@ -121,7 +121,7 @@ fi
 step vox256_cl 50 $V --channels-last --batches 1,16,32 --no-parts --iters 50 --json "$OUT/vox256_cl.json"
 step vox256_shared 40 $V --conv-mode shared --batches 1,4,16,32 --no-parts --iters 50 --json "$OUT/vox256_shared.json"
 if want lowrank; then   # issue 19: shared + low-rank avatar weights vs grouped, side by side
-  timeout 60 "$PY" -m streamer.bench_lowrank --device "$DEV" --batch 16 --rank 64 --repeats 20 \
+  timeout 60 "$PY" -m streamer.bench.lowrank --device "$DEV" --batch 16 --rank 64 --repeats 20 \
     --json "$OUT/lowrank.json" 2>&1 | tee -a "$LOG"
 fi
 step compile 150 $V --check --check-backends compile --batches 0 --no-parts --iters 30 --json "$OUT/compile.json"

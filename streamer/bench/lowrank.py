@@ -1,6 +1,6 @@
 """Shared + low-rank against grouped per-avatar weights, side by side in one run (issue 19's first sign).
 
-    python -m streamer.bench_lowrank --batch 8 --rank 64 --repeats 5 [--device cuda] [--json docs/lowrank_cpu.json]
+    python -m streamer.bench.lowrank --batch 8 --rank 64 --repeats 5 [--device cuda] [--json docs/lowrank_cpu.json]
 
 Both paths render the same batch, each sample with its own avatar (slot), from the same banks:
 vox256's StyleGAN2-256 (official-size random weights, tuned layers convs.4-11) and the default zoo's
