@@ -16,6 +16,7 @@ from engines.models.directions import Directions
 from engines.models.e4e import E4E
 from engines.models.lpips import LPIPS
 from engines.models.stylegan2 import StyleGAN2
+from engines.weights import cli
 from engines.weights import files as weights
 from engines.weights.random_weights import write_random_vox256
 from tests.fixture_weights import manifest
@@ -42,7 +43,7 @@ def zoo_dir(tmp_path_factory):
 
 
 def test_status_ready(zoo_dir, capsys):
-    assert weights.main(["status", "--dir", str(zoo_dir)]) == 0
+    assert cli.main(["status", "--dir", str(zoo_dir)]) == 0
     out = capsys.readouterr().out
     assert "ready for --zoo vox256" in out and "missing" not in out and "invalid" not in out
 

@@ -16,6 +16,7 @@ import torch
 
 from engines.core.errors import UserError
 from engines.models.stylegan2 import StyleGAN2
+from engines.weights import cli
 from engines.weights import files as weights
 from engines.weights.random_weights import random_stylegan2, write_random_vox256
 
@@ -123,14 +124,14 @@ def test_corrupt_truncated_and_code_bearing_files(g64, tmp_path):
 
 
 def test_status_cli_reports_each_file(partial_dir, capsys):
-    rc = weights.main(["status", "--dir", str(partial_dir)])
+    rc = cli.main(["status", "--dir", str(partial_dir)])
     out = capsys.readouterr().out
     assert rc == 1 and "not ready" in out
     lines = {ln.split()[1]: ln.split()[0] for ln in out.splitlines()[1:-1]}
     assert lines["stylegan-voxceleb.pt"] == "present" and lines["A_matrix.pt"] == "present"
     assert lines["e4e-voxceleb.pt"] == "missing" and lines["model_ir_se50.pth"] == "missing"
     assert "64 px" in out and "get it from" in out
-    rc = weights.main(["status", "--dir", str(partial_dir), "--inference-only"])
+    rc = cli.main(["status", "--dir", str(partial_dir), "--inference-only"])
     assert "model_ir_se50.pth" not in capsys.readouterr().out
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from engines import weights_fetch as wf
+from engines.weights import fetch as wf
 from engines.core.errors import UserError
 from engines.weights.files import VOX256, require
 

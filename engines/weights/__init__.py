@@ -1,1 +1,3 @@
-"""Model files for the zoos that bring their own weights: the vox256 file table and its status/check CLI (`python -m engines.weights`), random official-size weights."""
+"""Model files for the zoos that bring their own weights: the vox256 file table (files), its command line
+(cli: `python -m engines.weights status|fetch`), the downloads from the authors' hosts (fetch), random
+official-size weights (random_weights)."""

@@ -1,6 +1,6 @@
-"""`python -m engines.weights`: the vox256 weight files' status and checks (engines.weights.files)."""
+"""`python -m engines.weights`: the vox256 weight files' status, checks and fetch (engines.weights.cli)."""
 import sys
 
-from engines.weights.files import main
+from engines.weights.cli import main
 
 sys.exit(main())

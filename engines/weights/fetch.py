@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.core.errors import UserError
+from engines.weights.files import VOX256
 
 REPO = "https://github.com/StelaBou/stylegan_directions_face_reenactment"
 REPO_COMMIT = "98abb3b053e8ff1637c28ce6ba025e04d516efb9"
@@ -49,7 +50,7 @@ USER_AGENT = "facereenact-weights-fetch/1"
 
 @dataclass(frozen=True)
 class Release:
-    name: str                          # engines.weights.VOX256 id; saved under that entry's filename
+    name: str                          # engines.weights.files.VOX256 id; saved under that entry's filename
     host: str                          # key of BASES
     path: str                          # gdrive: the file id; other hosts: the URL path
     size: int | None = None            # bytes, where known
@@ -315,7 +316,6 @@ def fetch(weights_dir: Path, roles=("inference", "training"), base_overrides=Non
           releases: list[Release] | None = None, only=None) -> bool:
     """Download every missing release of `roles` into weights_dir. True when all of them (DECA
     included) are in place; FetchError on the first failure."""
-    from engines.weights.files import VOX256
     base = bases(base_overrides)
     weights_dir.mkdir(parents=True, exist_ok=True)
     complete = True
