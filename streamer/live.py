@@ -105,7 +105,7 @@ def is_offline(cfg: LiveConfig) -> bool:
 
 def run_live(cfg: LiveConfig, make_reenactor: Callable, prepare: Callable | None = None) -> int:
     """Run what the config asks for (offline when is_offline(cfg)). User errors -> one line, exit 2.
-    prepare(path, report): loads or enrolls an avatar ahead of any session (streamer.preparing),
+    prepare(path, report): loads or enrolls an avatar ahead of any session (streamer.avatar.preparing),
     so a WebRTC server prepares --avatar as it starts and the page shows the progress."""
     st = cfg.stream
     try:

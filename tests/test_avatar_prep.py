@@ -1,4 +1,4 @@
-"""Avatars are prepared ahead of any session (streamer.preparing): the --avatar photo as the server
+"""Avatars are prepared ahead of any session (streamer.avatar.preparing): the --avatar photo as the server
 starts, each upload as it arrives. /status reports the stage and progress and names uploads by their
 file name; an offer waits for its avatar; a failed preparation is one 400 line; the console's status
 line shows each peer's fps and latency."""
@@ -14,7 +14,7 @@ import pytest
 from engines.core.errors import UserError
 from streamer.testing.fakes import FakeReenactor
 from streamer.live import LiveSession, peers_line
-from streamer.preparing import Preparer, display_name
+from streamer.avatar.preparing import Preparer, display_name
 from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack, clip_frames
 from tests.stream_support import loopback_ice, png_bytes, served  # noqa: F401 (fixture)
 
@@ -245,8 +245,8 @@ def test_page_assets_are_served_and_local():
 
 
 def test_progress_of_a_stage_without_steps_creeps_but_never_reaches_its_end(monkeypatch):
-    import streamer.preparing as preparing
-    from streamer.preparing import STAGES, Prep
+    import streamer.avatar.preparing as preparing
+    from streamer.avatar.preparing import STAGES, Prep
 
     now = [100.0]
     monkeypatch.setattr(preparing.time, "monotonic", lambda: now[0])
@@ -268,7 +268,7 @@ def test_progress_of_a_stage_without_steps_creeps_but_never_reaches_its_end(monk
 def test_enrollment_in_a_subprocess_reports_progress_and_fails_in_one_line(tmp_path):
     """A photo without a face, enrolled in the low-priority child process (as run_stream's WebRTC
     server enrolls photos): the child's progress arrives, and its error is one UserError line."""
-    from streamer.preparing import enroll_in_subprocess
+    from streamer.avatar.preparing import enroll_in_subprocess
 
     photo = tmp_path / "noise.png"
     photo.write_bytes(png_bytes(7, size=(128, 128)))

@@ -55,7 +55,7 @@ def test_first_click_with_an_unenrolled_photo_yields_avatar_frames(tmp_path):
     tests' quick step counts (tests/media.py)."""
     import shutil
 
-    from streamer.preparing import enroll_in_subprocess
+    from streamer.avatar.preparing import enroll_in_subprocess
     from streamer.reenact.engine import AvatarReenactor
 
     engine = Engine("default", log=lambda m: None, progress=False)

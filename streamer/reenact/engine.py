@@ -32,7 +32,7 @@ from engines.method.zoos import load_zoo
 from streamer.avatar.enroll import cached_pack_path, load_or_enroll
 from streamer.avatar.framing import Framer
 from streamer.avatar.pack import AvatarPack
-from streamer.preparing import enroll_in_subprocess
+from streamer.avatar.preparing import enroll_in_subprocess
 from streamer.reenact.api import Output
 from streamer.reenact.config import ReenactConfig
 from streamer.reenact.feedback import HeadFeedback
@@ -247,7 +247,7 @@ class ReenactorFactory:
 
     def prepare(self, avatar: str | Path, report=None) -> AvatarPack:
         """WebRTC: enroll (or load) an avatar before anyone asks for it; sessions then find it in memory.
-        A photo not enrolled yet enrolls in its own low-priority process (streamer.preparing), so
+        A photo not enrolled yet enrolls in its own low-priority process (streamer.avatar.preparing), so
         running calls keep their frame rate meanwhile. report(stage, done, total): its progress."""
         engine = self.engine
         if engine.is_ready(avatar):

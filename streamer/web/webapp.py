@@ -29,7 +29,7 @@ from pathlib import Path
 from aiohttp import web
 
 from engines.core.errors import UserError
-from streamer.preparing import Preparer, display_name
+from streamer.avatar.preparing import Preparer, display_name
 from streamer.stream.controls import Controller
 from streamer.web.webrtc import PeerManager, SignalingError
 
@@ -539,7 +539,7 @@ async def start_server(make_reenactor=None, *, host: str = "127.0.0.1", port: in
                        default_avatar=None, max_peers: int = 8, side_by_side: bool | None = None,
                        status=lambda: {}, max_connections: int | None = None, prepare=None) -> Server:
     """Bind (port 0: any free port), then serve. Errors binding -> UserError. prepare(path, report):
-    loads or enrolls an avatar (streamer.preparing); the default avatar's preparation starts here."""
+    loads or enrolls an avatar (streamer.avatar.preparing); the default avatar's preparation starts here."""
     token = normalize_token(token)
     check_bind(host, token)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)

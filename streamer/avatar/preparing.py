@@ -14,8 +14,10 @@ import asyncio
 import concurrent.futures
 import io
 import math
+import multiprocessing as mp
 import os
 import queue
+import tempfile
 import threading
 import time
 import unicodedata
@@ -23,7 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+from PIL import Image, ImageOps
+
 from engines.core.errors import UserError
+from engines.core.photo import read_photo
+from engines.method.zoos import load_zoo
+from streamer.avatar.enroll import _PRIVATE_CACHES, Enroller, load_or_enroll, private_cache
+from streamer.avatar.pack import AvatarPack
 
 # What each stage is called on the page, where it starts and ends on the progress bar (its share of
 # a default-zoo enrollment's time, measured on this project's loaded 2-core machine: making the pose
@@ -64,10 +73,7 @@ def display_name(name, fallback: str = "photo") -> str:
 
 def thumbnail_jpeg(image, size: int = THUMB_SIZE) -> bytes:
     """RGB uint8 HxWx3 (or a photo path) -> a square JPEG thumbnail, centre-cropped."""
-    from PIL import Image, ImageOps
-
     if isinstance(image, (str, Path)):
-        from engines.core.photo import read_photo
         image = read_photo(image)
     im = ImageOps.fit(Image.fromarray(image), (size, size), Image.BICUBIC)
     buf = io.BytesIO()
@@ -246,12 +252,6 @@ def enroll_in_subprocess(avatar, report=None, *, zoo: str = "default", weights=N
     the pack as load_or_enroll does (the server's private cache for uploads); report(stage, done,
     total) and log(message) get its progress. enroll_kw (tests): enroll with these Enroller.enroll
     arguments instead, uncached. Errors -> UserError (one line)."""
-    import multiprocessing as mp
-    import tempfile
-
-    from streamer.avatar.enroll import _PRIVATE_CACHES
-    from streamer.avatar.pack import AvatarPack
-
     ctx = mp.get_context("spawn")      # a fresh interpreter: no copy of the server's threads and locks
     name = Path(avatar).name
     with tempfile.TemporaryDirectory(prefix="reenact-enroll-") as tmp:
@@ -296,25 +296,19 @@ def _enroll_child(conn, avatar, zoo, weights, directions, tune_directions, priva
     except OSError:
         pass
     try:
-        import torch
-
-        from engines.method.zoos import load_zoo
-        from streamer.avatar import enroll
-
         torch.set_num_threads(1)
         for folder, cache in private.items():
-            enroll.private_cache(folder, cache)
+            private_cache(folder, cache)
 
         def report(stage, done=0, total=0):
             conn.send(("progress", stage, done, total))
         report("loading")
         z = load_zoo(zoo, weights, directions)
         if enroll_kw is None:
-            pack = enroll.load_or_enroll(avatar, z, False, lambda m: conn.send(("log", m)), tune_directions,
-                                         on_progress=report)
+            pack = load_or_enroll(avatar, z, False, lambda m: conn.send(("log", m)), tune_directions,
+                                  on_progress=report)
         else:
-            from engines.core.photo import read_photo
-            pack = enroll.Enroller(z, False, lambda m: conn.send(("log", m)), on_progress=report).enroll(
+            pack = Enroller(z, False, lambda m: conn.send(("log", m)), on_progress=report).enroll(
                 read_photo(avatar), Path(avatar).name, **enroll_kw)
         pack.save(out)
         conn.send(("done",))
