@@ -139,3 +139,48 @@ def test_response_curve_stops_at_the_peak_where_a_direction_undoes_itself():
     assert response_curve(t, 0.01 * t) is None                 # hardly moves: left linear
     falling = response_curve(t, -0.2 * t)                      # moves only the wrong way: no curve
     assert falling is None
+
+
+def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():
+    """Closed form of the joint limit: angles inside KNEE of the reach pass unchanged; beyond, they
+    shrink along their own direction, never past the reach; an opening jaw takes part of the reach,
+    down to ANGLE_FLOOR; expressions are never touched."""
+    from engines.method.correction import ANGLE_FLOOR, KNEE, REACH, within_reach
+    sd = torch.tensor([2.0, 1.0, 3.0, 4.0, 4.0])
+    norm = lambda dp: float((dp[:3] / sd[:3]).norm())   # noqa: E731
+    small = torch.tensor([1.0, 0.5, 1.0, 0.0, 2.0])
+    assert torch.equal(within_reach(small, sd, 3), small)
+    far = torch.tensor([6.0, -4.0, 9.0, 0.0, 2.0])        # 6.4 sds
+    out = within_reach(far, sd, 3)
+    assert KNEE * REACH < norm(out) <= REACH + 1e-5
+    assert torch.allclose(out[:3] / out[:3].norm(), far[:3] / far[:3].norm()) and torch.equal(out[3:], far[3:])
+    assert norm(within_reach(far * 0.4, sd, 3)) < norm(within_reach(far * 0.45, sd, 3))   # monotone past the knee
+    wide = far.clone()
+    wide[3] = 8.0                                                     # jaw 2 sds open: less room to turn
+    assert norm(within_reach(wide, sd, 3)) < np.sqrt(REACH ** 2 - 4) + 1e-6 < norm(out)
+    wide[3] = 40.0
+    assert ANGLE_FLOOR * KNEE < norm(within_reach(wide, sd, 3)) <= ANGLE_FLOOR + 1e-5
+    wide[3] = -8.0                                                    # a closing jaw takes nothing
+    assert norm(within_reach(wide, sd, 3)) == pytest.approx(norm(out))
+
+
+def test_the_pack_records_where_g_was_tuned_and_the_reenactor_keeps_to_it(engine, astronaut_pack):
+    """Enrollment writes the spread of its pose-target requests into the pack; the reenactor limits
+    requests with it (the zoo recipe's TargetRecipe.request_sd); packs from before the record use the recipe."""
+    from streamer.avatar.pack import AvatarPack
+    from streamer.reenact.engine import tuned_spread
+    reen = engine.make_reenactor(astronaut_pack)
+    try:
+        sd, jaw = reen.correction.reach
+        expected = engine.zoo.recipe.tuning.targets.request_sd(reen.A)
+        np.testing.assert_allclose(sd.numpy(), expected, atol=1e-4)
+        assert reen.A.param_names[jaw] == "jawOpen"
+        # by hand: yaw's sd is a fifth of twice its 30-degree span, in normalised units
+        assert expected[0] == pytest.approx(2 * 30 / 5 * 2 * reen.A.shift_scale / float(reen.A.hi[0] - reen.A.lo[0]))
+        old = AvatarPack.load(astronaut_pack)
+        del old.meta["tuning"]["request_sd"]
+        np.testing.assert_allclose(tuned_spread(old, engine.zoo.recipe.tuning, reen.A), expected)
+        old.meta["tuning"] = None                          # the official PTI: not tuned on targets, no limit
+        assert tuned_spread(old, engine.zoo.recipe.tuning, reen.A) is None
+    finally:
+        reen.close()

@@ -35,6 +35,13 @@ GATE_RAW = 0.04
 # steps (normalised units) at which the correction reads each curved parameter's response: the angles
 # either way; jawOpen mostly opening (a closed mouth cannot close much further)
 SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jawOpen": range(-4, 11)}
+# how far (in standard deviations of the requests the avatar's G was tuned on) a frame's head angles and
+# its opening jaw may reach together: past it a turned, tilted head with an open mouth is a combination G
+# never saw, and the mouth stays shut (Mona Lisa mirrored, widemouth clip: jawOpen r 0.51). The angles
+# give way, smoothly from KNEE of the reach; they keep at least ANGLE_FLOOR sds.
+REACH = 3.0
+KNEE = 0.8
+ANGLE_FLOOR = 1.5
 
 
 def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -68,12 +75,15 @@ class Correction:
     curves: dict[int, tuple[np.ndarray, np.ndarray]]   # parameter -> (steps t, monotone response)
     drift: torch.Tensor      # [2, 3, K-3]: head-angle drift per unit of each expression, - and + senses
     gates: torch.Tensor      # [2, K-3] bool: which senses of each expression move this avatar
+    # (sd [K] of the requests G was tuned on, jawOpen's index) for within_reach, or None: no limit
+    reach: tuple[torch.Tensor, int | None] | None = None
 
     @classmethod
     @torch.no_grad()
     def measure(cls, A, render: Callable[[torch.Tensor], torch.Tensor], step: float = 2.0,
-                probe: float = 4.0) -> "Correction | None":
-        """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU.
+                probe: float = 4.0, spread=None) -> "Correction | None":
+        """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU;
+        spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: no reach limit).
         None when a render shows no face."""
         k = A.k
         m = k - 3
@@ -109,7 +119,10 @@ class Correction:
         # drift in response units (normalised p per unit step): __call__ adds it to the requested angle
         # change before the curve inversion turns responses into steps
         drift = np.stack([minus[:, :3].T / step, -plus[:, :3].T / step])   # [-sense, +sense]
-        return cls(curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates))
+        names = list(A.param_names)
+        reach = None if spread is None or len(spread) != k else \
+            (torch.as_tensor(spread, dtype=torch.float32), names.index("jawOpen") if "jawOpen" in names else None)
+        return cls(curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates), reach)
 
     def __call__(self, dp: torch.Tensor) -> torch.Tensor:
         """A requested change dp [K] (normalised) -> the request that shows it on this avatar."""
@@ -121,4 +134,18 @@ class Correction:
         for i, (t, r) in self.curves.items():
             if float(out[i]) != 0.0:  # no change requested stays no change
                 out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
-        return out
+        return out if self.reach is None else within_reach(out, *self.reach)
+
+
+def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None) -> torch.Tensor:
+    """dp [K] (normalised requests) with its angles pulled toward 0, direction kept, so that angles and
+    an opening jaw together stay within REACH standard deviations `sd` [K] of the tuned requests."""
+    opening = max(float(dp[jaw]), 0.0) / float(sd[jaw]) if jaw is not None else 0.0
+    budget = max(REACH ** 2 - opening ** 2, ANGLE_FLOOR ** 2) ** 0.5
+    m = float((dp[:3] / sd[:3]).norm())
+    start = KNEE * budget
+    if m <= start:
+        return dp
+    out = dp.clone()
+    out[:3] *= (start + (budget - start) * np.tanh((m - start) / (budget - start))) / m
+    return out

@@ -24,6 +24,14 @@ class TargetRecipe:
     eye_weight: float = 2.0
     seed: int = 3
 
+    def request_sd(self, directions) -> list[float]:
+        """[K] standard deviation of the combined requests in the bank, per parameter, in normalised
+        units: where an avatar's generator is tuned (angles: a fifth of twice `angle_span`; expressions:
+        a third of their range; streamer.avatar.pose_targets.request_bank draws them)."""
+        a = directions.shift_scale
+        span = (directions.hi - directions.lo).tolist()
+        return [2 * s / 5 * 2 * a / span[i] for i, s in enumerate(self.angle_span)] + [2 * a / 3] * (directions.k - 3)
+
 
 @dataclass(frozen=True)
 class Tuning:

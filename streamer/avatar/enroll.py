@@ -245,6 +245,8 @@ class Enroller(Inverter):
             G_t, tuned, targets_report = self.tune(z, target, reading, tuning)
             tuning_report = {"layers": list(tuning.layers), "steps": tuning.steps, "lr": tuning.lr, "rank": tuning.rank,
                              **targets_report}
+            if tuning.targets is not None:   # where G was tuned: the reenactor keeps requests near it
+                tuning_report["request_sd"] = [round(v, 4) for v in tuning.targets.request_sd(self.directions)]
             with torch.no_grad():
                 quality["tuned"] = self._quality(G_t.synthesize(self.pivot(z)), target, emb_target)
             if tuning.targets is not None:

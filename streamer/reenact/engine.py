@@ -122,6 +122,15 @@ class Engine:
         self.generator_stage.close()
 
 
+def tuned_spread(pack: AvatarPack, tuning, A) -> list[float] | None:
+    """The spread of the requests the pack's generator was tuned on (recorded at enrollment; packs from
+    before the record took the zoo's recipe of the time), or None: not tuned on pose targets."""
+    report = pack.meta.get("tuning") or {}
+    if "request_sd" in report:
+        return report["request_sd"]
+    return tuning.targets.request_sd(A) if "targets" in report and tuning.targets is not None else None
+
+
 class AvatarReenactor:
     """One session: driving frame -> Net3D (its own reader) -> motion state -> correction and feedback
     -> latent -> the engine's shared generator stage -> guard -> framing."""
@@ -150,7 +159,8 @@ class AvatarReenactor:
             self.avatar_img = self._render(self._latent(torch.zeros(k)))
         self.guard = OutputGuard(self._small)
         if engine.zoo.reads_own_output:   # both read the avatar's renders with MediaPipe
-            self.correction = Correction.measure(self.A, self._render_requests) if correct else None
+            spread = tuned_spread(pack, engine.zoo.recipe.tuning, self.A)
+            self.correction = Correction.measure(self.A, self._render_requests, spread=spread) if correct else None
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every)
         self._t0 = time.monotonic()
 
