@@ -153,6 +153,7 @@ class AvatarReenactor:
         self.motion = Motion(self.A, pack.p, relative=relative, smooth=smooth, hold_s=hold_s, ease_s=ease_s)
         self.frames = self.no_face = 0
         self.correction = self.feedback = self.guard = None   # all measured on the avatar's own render below
+        self._last_request: torch.Tensor | None = None
         k = self.A.k
         with torch.no_grad():
             self.bias = self.A(torch.zeros(1, k))
@@ -178,13 +179,25 @@ class AvatarReenactor:
     def reset_reference(self) -> None:
         self.motion.reset()
 
-    @torch.no_grad()
-    def _latent(self, dp: torch.Tensor) -> torch.Tensor:
+    def _request(self, dp: torch.Tensor, ease: float | None) -> torch.Tensor:
+        """The change A is asked for: dp with the feedback and the correction applied. While the pose
+        eases back to neutral (no face), the last request shrinks straight toward 0 instead, so the
+        avatar returns along one line (the correction's reach limit trades angles for an opening jaw:
+        re-applied to a shrinking dp, the angles could grow back while the mouth closes)."""
+        if ease is not None and self._last_request is not None:
+            self._last_request = self._last_request * ease
+            return self._last_request
         if self.feedback is not None:
             dp = dp.clone()
             dp[:3] += self.feedback.integral
         if self.correction is not None:
             dp = self.correction(dp)
+        self._last_request = dp
+        return dp
+
+    @torch.no_grad()
+    def _latent(self, dp: torch.Tensor) -> torch.Tensor:
+        """The latent of a final request dp [K] (what _request returns)."""
         shift = self.A(dp[None])
         if self.relative:
             shift = shift - self.bias
@@ -210,7 +223,7 @@ class AvatarReenactor:
         if ease is not None and self.feedback is not None:
             self.feedback.ease(ease)   # neutral is the avatar itself
         t2 = time.perf_counter()
-        latent = self._latent(self.motion.dp)
+        latent = self._latent(self._request(self.motion.dp, ease))
         t3 = time.perf_counter()
         held = self.guard.held
         result = self._render(latent)
