@@ -23,7 +23,7 @@ from streamer.stream.sinks import FileSink, NullSink, open_sink
 from streamer.stream.config import StreamConfig
 from streamer.stream.sources import AVSource, Capture, open_source, parse_size, parse_source
 from streamer.web.config import ServeConfig
-from streamer.web.webapp import check_bind, is_loopback, normalize_token, start_server
+from streamer.web.webapp import ServerParts, check_bind, is_loopback, normalize_token, start_server
 from streamer.web.webrtc import allow_loopback_candidates
 
 
@@ -413,11 +413,8 @@ async def _serve(sess: LiveSession, srv: ServeConfig, side_by_side: bool | None,
                  avatar, say, prepare=None) -> None:
     if is_loopback(srv.host):
         allow_loopback_candidates()   # so peers on this machine connect even without a network
-    sess.server = await start_server(make_reenactor, host=srv.host, port=srv.port, token=srv.token,
-                                     webrtc=srv.webrtc, server_pipeline=sess.pipeline, controller=controller,
-                                     default_avatar=avatar, max_peers=srv.max_peers,
-                                     side_by_side=side_by_side, status=sess.status,
-                                     prepare=prepare if srv.webrtc else None)
+    sess.server = await start_server(srv, ServerParts(make_reenactor, sess.pipeline, controller, avatar,
+                                                      side_by_side, sess.status, prepare))
     sess.peers = sess.server.peers
     url = sess.server.url + "/" + (f"?token={srv.token}" if srv.token else "")
     print(f"{'open' if srv.webrtc else 'controls at'} {url}", flush=True)

@@ -18,9 +18,17 @@ def loopback_ice(monkeypatch):
 
 @contextlib.asynccontextmanager
 async def served(make_reenactor, **kw):
-    from streamer.web.webapp import start_server
+    """A WebRTC server on any free port; kw: ServeConfig fields, else ServerParts ones (server_pipeline:
+    its `pipeline`)."""
+    from dataclasses import fields
 
-    server = await start_server(make_reenactor, **kw)
+    from streamer.web.config import ServeConfig
+    from streamer.web.webapp import ServerParts, start_server
+
+    names = {f.name for f in fields(ServeConfig)}
+    cfg = ServeConfig(**{"webrtc": True, "port": 0, **{k: v for k, v in kw.items() if k in names}})
+    rest = {("pipeline" if k == "server_pipeline" else k): v for k, v in kw.items() if k not in names}
+    server = await start_server(cfg, ServerParts(make_reenactor, **rest))
     try:
         yield server
     finally:

@@ -112,7 +112,8 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
     from streamer.stream.sinks import NullSink
     from streamer.stream.sources import Capture, open_source, parse_source
     from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
-    from streamer.web.webapp import start_server
+    from streamer.web.config import ServeConfig
+    from streamer.web.webapp import ServerParts, start_server
 
     loop = asyncio.get_running_loop()
     pipeline = capture = None
@@ -126,8 +127,8 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
         tasks = [asyncio.ensure_future(pipeline.run()),
                  asyncio.ensure_future(run_sink(null, pipeline, pipeline.subscribe("none")))]
         capture.start(loop, pipeline.input)
-    server = await start_server(make_reenactor, server_pipeline=pipeline, default_avatar=avatar,
-                                max_peers=max(8, peers))
+    server = await start_server(ServeConfig(webrtc=True, port=0, max_peers=max(8, peers)),
+                                ServerParts(make_reenactor, pipeline, default_avatar=avatar))
     window = {}
 
     # a real engine's factory says how its shared generator stage served the peers

@@ -51,10 +51,11 @@ async def bench_uploads(factory, uploads: int, baseline_s: float, avatar=None) -
     import aiohttp
 
     from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
-    from streamer.web.webapp import start_server
+    from streamer.web.config import ServeConfig
+    from streamer.web.webapp import ServerParts, start_server
     photos = [big_jpeg(seed=k) for k in range(uploads)]
     frames = [np.full((240, 320, 3), v, np.uint8) for v in (60, 120, 180)]
-    srv = await start_server(factory, default_avatar=avatar)
+    srv = await start_server(ServeConfig(webrtc=True, port=0), ServerParts(factory, default_avatar=avatar))
     try:
         async with aiohttp.ClientSession() as http:
             peer = ClientPeer(srv.url, http, send=StampedCameraTrack(frames))
@@ -109,9 +110,10 @@ async def bench_floods(factory, rounds: int, peers: int, settle_s: float, trim: 
     import aiohttp
 
     from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
-    from streamer.web.webapp import start_server
+    from streamer.web.config import ServeConfig
+    from streamer.web.webapp import ServerParts, start_server
     frames = [np.full((240, 320, 3), v, np.uint8) for v in (60, 120, 180)]
-    srv = await start_server(factory, max_peers=peers, default_avatar=avatar)
+    srv = await start_server(ServeConfig(webrtc=True, port=0, max_peers=peers), ServerParts(factory, default_avatar=avatar))
     if not trim:
         srv.peers.trim_after_s = None
     out = {"rss_start_mb": round(rss_mb(), 1), "rounds": []}

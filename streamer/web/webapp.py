@@ -25,12 +25,14 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
 from engines.core.errors import UserError
 from streamer.avatar.preparing import Preparer, display_name
 from streamer.stream.controls import Controller
+from streamer.web.config import ServeConfig
 from streamer.web.webrtc import PeerManager, SignalingError
 
 WEB_DIR = Path(__file__).resolve().parent
@@ -534,13 +536,24 @@ class Server:
         await asyncio.to_thread(self.avatars.cleanup)
 
 
-async def start_server(make_reenactor=None, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                       webrtc: bool = True, server_pipeline=None, controller: Controller | None = None,
-                       default_avatar=None, max_peers: int = 8, side_by_side: bool | None = None,
-                       status=lambda: {}, max_connections: int | None = None, prepare=None) -> Server:
-    """Bind (port 0: any free port), then serve. Errors binding -> UserError. prepare(path, report):
-    loads or enrolls an avatar (streamer.avatar.preparing); the default avatar's preparation starts here."""
-    token = normalize_token(token)
+@dataclass
+class ServerParts:
+    """What a server serves besides its ServeConfig, built by whoever starts it."""
+    make_reenactor: Callable | None = None   # avatar -> a session of the engine (one per WebRTC peer)
+    pipeline: object | None = None           # the server's own stream, which peers may watch
+    controller: Controller | None = None     # the HTTP controls of that stream
+    default_avatar: str | Path | None = None
+    side_by_side: bool | None = None
+    status: Callable[[], dict] | None = None   # the stream's figures for /status
+    prepare: Callable | None = None          # (path, report) -> loads or enrolls an avatar (streamer.avatar.preparing)
+    max_connections: int | None = None       # open HTTP connections at most (None: from max_peers)
+
+
+async def start_server(cfg: ServeConfig, parts: ServerParts) -> Server:
+    """Bind (port 0: any free port), then serve. Errors binding -> UserError. The default avatar's
+    preparation starts here."""
+    host, port, max_peers = cfg.host, cfg.port, cfg.max_peers
+    token = normalize_token(cfg.token)
     check_bind(host, token)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
@@ -551,16 +564,16 @@ async def start_server(make_reenactor=None, *, host: str = "127.0.0.1", port: in
         why = getattr(e, "strerror", None) or str(e)
         raise UserError(f"cannot listen on {host}:{port} ({why}); pick another --port") from None
     port = sock.getsockname()[1]
-    peers = PeerManager(make_reenactor, default_avatar=default_avatar, server=server_pipeline,
-                        max_peers=max_peers, side_by_side=side_by_side) if webrtc else None
+    peers = PeerManager(parts.make_reenactor, default_avatar=parts.default_avatar, server=parts.pipeline,
+                        max_peers=max_peers, side_by_side=parts.side_by_side) if cfg.webrtc else None
     avatars = AvatarStore()
-    preps = Preparer(prepare)
-    if default_avatar is not None:
-        preps.start("default", default_avatar, Path(default_avatar).name)
-    app = create_app(peers=peers, controller=controller, token=token, port=port, avatars=avatars,
-                     status=status, preps=preps)
+    preps = Preparer(parts.prepare if cfg.webrtc else None)
+    if parts.default_avatar is not None:
+        preps.start("default", parts.default_avatar, Path(parts.default_avatar).name)
+    app = create_app(peers=peers, controller=parts.controller, token=token, port=port, avatars=avatars,
+                     status=parts.status or (lambda: {}), preps=preps)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
     await runner.setup()
-    site = CappedSite(runner, sock, max_connections or max(MAX_CONNECTIONS, 6 * max_peers))
+    site = CappedSite(runner, sock, parts.max_connections or max(MAX_CONNECTIONS, 6 * max_peers))
     await site.start()
     return Server(runner, host, port, peers, avatars, token, site, preps)
