@@ -160,7 +160,9 @@ class AvatarReenactor:
             self.avatar_img = self._render(self._latent(torch.zeros(k)))
         self.guard = OutputGuard(self._small)
         if engine.zoo.reads_own_output:   # both read the avatar's renders with MediaPipe
-            spread = tuned_spread(pack, engine.zoo.recipe.tuning, self.A)
+            # with head-pose feedback on, the shown angles are measured and steered: the reach limit (an
+            # open-loop guard) would cap what the feedback asks for, so it is left off
+            spread = None if feedback_every > 0 else tuned_spread(pack, engine.zoo.recipe.tuning, self.A)
             self.correction = Correction.measure(self.A, self._render_requests, spread=spread) if correct else None
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every)
         self._t0 = time.monotonic()
