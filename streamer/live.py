@@ -116,6 +116,7 @@ def run_live(cfg: LiveConfig, make_reenactor: Callable, prepare: Callable | None
                 raise UserError("offline mode writes one file: give one --sink FILE.mp4")
             parse_source(str(st.source), live=False)       # a bad source or output path fails before
             sink = FileSink(sinks[0], None, live=False) if sinks else None   # any model loads
+            reenactor = None
             try:
                 reenactor = make_reenactor(st.avatar)
                 _apply_side_by_side(st, reenactor)
@@ -123,6 +124,10 @@ def run_live(cfg: LiveConfig, make_reenactor: Callable, prepare: Callable | None
             finally:
                 if sink is not None:
                     sink.close()     # idempotent; removes a file it created but never wrote
+                if reenactor is not None:
+                    # its MediaPipe runtime and the engine's stage worker stop before the interpreter
+                    # exits: left running, native threads aborted the process after a complete file
+                    reenactor.close()
             if summary["ended_early"]:
                 # not an error: every frame the file holds was processed and written (exit 0)
                 print(f"\nwarning: {summary['ended_early']}; the output holds the {summary['frames']} "
