@@ -18,7 +18,7 @@ from typing import Callable
 from engines.core.errors import UserError
 from engines.core.files import VIDEO_SUFFIXES
 from streamer.stream.controls import Controller, StatusPrinter, TerminalKeys, list_avatars
-from streamer.stream.pipeline import Pipeline, run_sink
+from streamer.stream.pipeline import Pipeline, _close_engine, run_sink
 from streamer.stream.sinks import FileSink, NullSink, open_sink
 from streamer.stream.config import StreamConfig
 from streamer.stream.sources import AVSource, Capture, open_source, parse_size, parse_source
@@ -124,10 +124,9 @@ def run_live(cfg: LiveConfig, make_reenactor: Callable, prepare: Callable | None
             finally:
                 if sink is not None:
                     sink.close()     # idempotent; removes a file it created but never wrote
-                if reenactor is not None:
-                    # its MediaPipe runtime and the engine's stage worker stop before the interpreter
-                    # exits: left running, native threads aborted the process after a complete file
-                    reenactor.close()
+                # its MediaPipe runtime and the engine's stage worker stop before the interpreter
+                # exits: left running, native threads aborted the process after a complete file
+                _close_engine(reenactor)
             if summary["ended_early"]:
                 # not an error: every frame the file holds was processed and written (exit 0)
                 print(f"\nwarning: {summary['ended_early']}; the output holds the {summary['frames']} "
