@@ -26,7 +26,7 @@ from calibration.sampling import Pool, render_and_read
 from calibration.shape_model import ShapeModel, shape_model_path
 from calibration.train import TrainConfig, Trainer
 from engines.core.errors import UserError
-from engines.method.correction import GATE_MIN
+from engines.method.correction import GATE_MIN, SWEEPS
 from engines.models.directions import Directions
 from engines.models.facelandmarker import FaceLandmarkerTorch
 
@@ -85,23 +85,40 @@ def tune_directions(zoo, G, z: torch.Tensor, base: Directions, steps: int = STEP
     return A, report
 
 
+def _senses(A: Directions, probe: float) -> list[tuple[int, float]]:
+    """(expression index, signed step) pairs to read: each sense at `probe`, and an expression the
+    reenactor reads over a curve (SWEEPS: jawOpen) at every step of its sweep, since its curve, not a
+    single probe, decides how it moves there (without expression gains in enrollment the astronaut's
+    jaw opens past the gate only beyond step 4)."""
+    pairs = []
+    for j, name in enumerate(A.param_names[3:]):
+        steps = {-probe, probe} | {float(t) for t in SWEEPS.get(name, ()) if t != 0}
+        pairs += [(j, t) for t in sorted(steps)]
+    return pairs
+
+
 @torch.no_grad()
 def expression_response(G, z: torch.Tensor, A: Directions, probe: float = 4.0) -> np.ndarray | None:
-    """[2, E]: how far a step of -/+probe along each expression direction moves its own parameter on
-    this avatar (normalised units, read by the Net3D runtime) -- what the reenactor's gates measure."""
+    """[2, E]: how far each expression direction moves its own parameter on this avatar, - and + senses
+    (normalised units, read by the Net3D runtime; the largest over the steps `_senses` reads) -- what
+    the reenactor's gates and curves measure."""
     from engines.method.net3d import MediaPipeNet3D
-    k = A.k
-    e = torch.eye(k)[3:]
-    dps = torch.cat([torch.zeros(1, k), -probe * e, probe * e])
+    k, m = A.k, A.k - 3
+    pairs = _senses(A, probe)
+    dps = torch.zeros(1 + len(pairs), k)
+    for row, (j, t) in enumerate(pairs, start=1):
+        dps[row, 3 + j] = t
     shift = A(dps) - A(torch.zeros(1, k))
     with MediaPipeNet3D("image") as net3d:
         p, _, _ = render_and_read(G, G.apply_shift(z.expand(len(dps), *z.shape[1:]), shift), net3d)
     if np.isnan(p).any():
         return None
     pn = A.normalise(torch.as_tensor(p, dtype=torch.float32)).numpy()
-    m = k - 3
-    own = np.arange(m), np.arange(3, k)
-    return np.stack([-(pn[1:1 + m] - pn[0])[own], (pn[1 + m:] - pn[0])[own]])
+    out = np.full((2, m), -np.inf)
+    for row, (j, t) in enumerate(pairs, start=1):
+        sense = int(t > 0)
+        out[sense, j] = max(out[sense, j], np.sign(t) * (pn[row, 3 + j] - pn[0, 3 + j]))
+    return out
 
 
 def keep_working_expressions(G, z, base: Directions, A: Directions) -> list[str]:
