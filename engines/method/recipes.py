@@ -16,7 +16,11 @@ class TargetRecipe:
     active: float = 0.6                # chance an expression moves in a combined request
     paired: float = 0.75               # chance the right of a left/right pair copies the left
     angle_span: tuple[float, float, float] = (30.0, 15.0, 10.0)   # yaw, pitch, roll either way, degrees
-    gain_max: float = 2.0              # largest scaling of an expression's displacement
+    # largest scaling of an expression's displacement (1: none). 2 made MediaPipe read the targets' full
+    # range, but a doubled jaw drop carries the chin past the crop's edge, which the warp holds still: a
+    # toothy smile's lower face folded and her tuned mouth read jawOpen 0.04-0.10 whatever was asked
+    # (78-pair table: 75 -> 77 of 78 pass at 1; wide openings a little smaller; docs/motion_reach.md)
+    gain_max: float = 1.0
     angle_gain: tuple[float, float, float] = (1.0, 1.0, 1.0)   # yaw, pitch, roll turn scaling: more folds
     # the face in a turn and costs the mouth (1.5/1.4/1: astronaut widemouth jawOpen r 0.87 -> 0.35)
     spacing: float = 1.6               # least distance between control points, generator pixels

@@ -19,8 +19,9 @@ the photo's own colours and texture; streaming still runs the paper's G(z + A dp
   * gains: a 2D warp reads as less expression than the landmarks ask for (MediaPipe judges a smile or
     an open jaw by more than point positions), so each expression's displacement is scaled by the
     inverse of the response MediaPipe reads on the first round of single-parameter targets (at most
-    `gain_max`). Angles keep gain 1: larger synthetic turns fold the face, and the reenactor's
-    per-avatar curves absorb their smaller response.
+    `gain_max`; the default zoo's is 1, no gain: a doubled jaw drop folds the chin at the crop's
+    edge). Angles keep gain 1: larger synthetic turns fold the face, and the reenactor's per-avatar
+    curves absorb their smaller response.
 """
 from __future__ import annotations
 
@@ -276,8 +277,11 @@ def pose_targets(crop: torch.Tensor, reading, directions, recipe: TargetRecipe, 
     asked = asked.double().numpy()
     singles = recipe.levels * directions.k
     first = torch.cat([paint(avatar.at(p)) for p in asked[:singles]])
-    gain = expression_gains(first, asked, avatar.p, recipe.levels, reader, recipe.gain_max)
+    gain = np.ones(directions.k) if recipe.gain_max <= 1 else \
+        expression_gains(first, asked, avatar.p, recipe.levels, reader, recipe.gain_max)
     gain[:3] = np.asarray(recipe.angle_gain)
+    if np.all(gain == 1):   # the singles are painted already
+        return dps, torch.cat([first] + [paint(avatar.at(p)) for p in asked[singles:]]), gain
     images = torch.cat([paint(avatar.at(p, gain)) for p in asked])
     return dps, images, gain
 
