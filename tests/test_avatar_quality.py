@@ -1,15 +1,22 @@
 """The avatar holds together while it moves (issue 14): colour drift, the output guard, the mouth's
 response curve, and requests past the calibrated range. Measured by the MediaPipe runtime and SFace
 on the published frames, as calibration.evaluation.motion measures them."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from calibration.evaluation.media_variants import open_mouth
-from calibration.evaluation.motion import Reader, colour_drift_p95
+from calibration.evaluation.motion import Reader, clip_frame, colour_drift_p95
+from calibration.shape_model import ShapeModel, shape_model_path
 from engines.core.photo import read_photo
+from engines.method.net3d import MediaPipeNet3D
 from engines.method.pose import PARAM_NAMES
+from engines.method.zoos import load_zoo
+from streamer.avatar.enroll import Enroller
+from streamer.avatar.pose_targets import pose_targets, read_targets
 from tests.media import ASTRONAUT, CLIP
 
 pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
@@ -184,3 +191,23 @@ def test_the_pack_records_where_g_was_tuned_and_the_reenactor_keeps_to_it(engine
         assert tuned_spread(old, engine.zoo.recipe.tuning, reen.A) is None
     finally:
         reen.close()
+
+
+def test_a_toothy_smiles_jaw_targets_open_further_at_each_level():
+    """Enrollment's single-parameter jaw targets for a broad toothy smile (a frame of the bundled clip),
+    painted by the default recipe and read by the MediaPipe runtime, open further at each level up to
+    0.62 asked. With expression gains (x2, the cap her reads hit) the doubled drop carried her chin past
+    the crop's edge, which the warp holds still, and the read fell back (0.37 -> 0.19 at 0.47 asked):
+    her tuned mouth then never opened (jawOpen r 0.13 on the selfie clip)."""
+    zoo = load_zoo("default")
+    enroller = Enroller(zoo, progress=False, log=lambda m: None)
+    recipe = dataclasses.replace(zoo.recipe.tuning.targets, samples=0)   # the single-parameter targets only
+    _, _, target, reading = enroller.locate(clip_frame(CLIP, 470), "toothy smile")
+    jaw, levels = list(enroller.directions.param_names).index("jawOpen"), recipe.levels
+    with MediaPipeNet3D("image") as net3d:
+        _, images, _ = pose_targets(target, reading, enroller.directions, recipe, net3d,
+                                    ShapeModel.load(shape_model_path("default")))
+        faces = read_targets(images[jaw * levels:(jaw + 1) * levels], net3d)
+    assert all(f is not None for f in faces)
+    opened = np.array([f.p[JAW] for f in faces])
+    assert np.all(np.diff(opened[:5]) > 0.02), opened.round(2)
