@@ -143,23 +143,23 @@ def test_driver_head_turn_turns_the_avatar(engine, pack):
 
 
 def test_feedback_brings_the_avatars_yaw_to_the_drivers(engine, pack):
-    """A moderate turn (frame 80, ~8 deg: the avatar's own range, as MediaPipe reads its 64-px render,
-    ends near 11 deg, and no feedback turns it further), held 12 frames, open loop and with head-pose
-    feedback (read every 3rd frame). Read by the MediaPipe runtime on the published frames, feedback
-    must take at least a quarter off the open-loop error of the avatar's turn, and the avatar come back
-    when the driver does."""
+    """A wide turn (frame 240, ~12 deg: open loop the avatar, as MediaPipe reads its 64-px render, shows
+    about 8 of it), held 12 frames, open loop and with head-pose feedback (read every 3rd frame). Read
+    by the MediaPipe runtime on the published frames, feedback must take at least a quarter off the
+    open-loop error of the avatar's turn, and the avatar come back when the driver does. (A moderate
+    turn, ~8 deg, is now shown within 0.6 deg open loop: nothing left for the feedback to take off.)"""
     from calibration.evaluation.motion import output_view
     from engines.core.views import to_uint8
     from engines.method.net3d import MediaPipeNet3D
     with av.open(str(ROOT / "assets" / "pexels_woman.mp4")) as c:
-        frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in (0, 80)}
+        frames = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in (0, 240)}
     with MediaPipeNet3D("image") as reader:
-        turn = reader.read(frames[80]).p[0] - reader.read(frames[0]).p[0]
+        turn = reader.read(frames[240]).p[0] - reader.read(frames[0]).p[0]
         shown = {}
         for every in (0, 3):
             r = engine.make_reenactor(pack, smooth=False, feedback_every=every)
             yaws = []
-            for k, i in enumerate((0, 80, 0)):
+            for k, i in enumerate((0, 240, 0)):
                 for j in range(12):
                     out = r.process(frames[i], t=(k * 12 + j) / 30)
                 yaws.append(reader.read(to_uint8(output_view(out.image, 64))[0]).p[0])
@@ -168,7 +168,7 @@ def test_feedback_brings_the_avatars_yaw_to_the_drivers(engine, pack):
                 assert "feedback" in out.stage_ms and r.feedback.integral.abs().max() > 0
             r.close()
             shown[every] = yaws
-    assert turn > 6
+    assert turn > 10
     open_err = abs(shown[0][1] - shown[0][0] - turn)
     fb_err = abs(shown[3][1] - shown[3][0] - turn)
     assert fb_err < 0.75 * open_err, (turn, shown)   # a quarter of the open-loop error gone, at least
