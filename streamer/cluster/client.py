@@ -82,17 +82,23 @@ class ClusterStats:
     """What the replicas said about the frames this front-end sent: by replica, the latest counters."""
     frames: int = 0
     failures: int = 0
-    replicas: dict = field(default_factory=dict)    # replica -> its last info (pid, held, loads, evictions, reloads)
-    per_session: dict = field(default_factory=dict)  # session -> [replica of each frame]
+    replicas: dict = field(default_factory=dict)      # replica -> its last info (pid, held, loads, evictions, reloads)
+    per_session: dict = field(default_factory=dict)   # session -> {"replica": the last one, "frames", "moves"}
 
     def record(self, session: str, info: dict) -> None:
         self.frames += 1
         self.replicas[info["replica"]] = info
-        self.per_session.setdefault(session, []).append(info["replica"])
+        s = self.per_session.setdefault(session, {"replica": info["replica"], "frames": 0, "moves": 0})
+        s["moves"] += s["replica"] != info["replica"]
+        s["replica"] = info["replica"]
+        s["frames"] += 1
+
+    def forget(self, session: str) -> None:
+        self.per_session.pop(session, None)
 
     def summary(self) -> dict:
-        r = self.replicas.values()
-        return {"frames": self.frames, "failures": self.failures, "replicas": len(self.replicas),
+        r = list(self.replicas.values())
+        return {"frames": self.frames, "failures": self.failures, "replicas": len(r),
                 "sessions": len(self.per_session), "most_held": max((i["held"] for i in r), default=0),
                 "loads": sum(i["loads"] for i in r), "evictions": sum(i["evictions"] for i in r),
                 "reloads": sum(i["reloads"] for i in r)}
@@ -188,10 +194,16 @@ class ClusterClient:
                 pass
         return out
 
+    def close_deployment(self) -> None:
+        """Remove the deployment and the pack store (the Ray cluster stays)."""
+        self.store = None
+        undeploy()
+
     def close(self) -> None:
+        """A local cluster this client started goes, deployment and all; a remote one stays."""
         if self.owns_cluster:
             ray, serve = import_ray()
-            undeploy()
+            self.close_deployment()
             try:
                 serve.shutdown()
             finally:
@@ -262,6 +274,7 @@ class RemoteGeneratorStage:
         return torch.from_numpy(image.copy())     # Ray hands back read-only arrays
 
     def end_session(self, session: str) -> None:
+        self.stats.forget(session)
         self.client.forget(session)
 
     def close(self) -> None:
