@@ -10,7 +10,9 @@ routed to a live replica. Ray is imported on first use, so the product runs with
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -34,12 +36,27 @@ class ClusterUnavailable(RuntimeError):
 
 def import_ray():
     """(ray, ray.serve), or UserError with the one line that says how to install them."""
+    ray_token_auth()      # before ray reads its configuration
     try:
         import ray
         from ray import serve
     except ImportError:
         raise UserError(MISSING) from None
     return ray, serve
+
+
+def ray_token_auth() -> None:
+    """Use Ray's own token authentication (gRPC between nodes and drivers) whenever a Ray token is at
+    hand (RAY_AUTH_TOKEN, or ~/.ray/auth_token, which Ray writes when it starts a cluster): a head
+    started with it refuses drivers without it, and a driver only sends it in token mode."""
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
+                                              or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def ray_available() -> bool:
+    """Whether ray is installed (without importing it; the [cluster] extra brings Serve with it)."""
+    return importlib.util.find_spec("ray") is not None
 
 
 def start_local_ray(cpus: int) -> None:
