@@ -15,6 +15,8 @@ import itertools
 import os
 import secrets
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,9 +103,12 @@ class ClusterStats:
     failures: int = 0
     replicas: dict = field(default_factory=dict)      # replica -> its last info (pid, held, loads, evictions, reloads)
     per_session: dict = field(default_factory=dict)   # session -> {"replica": the last one, "frames", "moves"}
+    hops: deque = field(default_factory=lambda: deque(maxlen=20000))   # (round trip ms, in the replica ms)
 
-    def record(self, session: str, info: dict) -> None:
+    def record(self, session: str, info: dict, round_ms: float | None = None) -> None:
         self.frames += 1
+        if round_ms is not None and "ms" in info:
+            self.hops.append((round_ms, info["ms"]))
         self.replicas[info["replica"]] = info
         s = self.per_session.setdefault(session, {"replica": info["replica"], "frames": 0, "moves": 0})
         s["moves"] += s["replica"] != info["replica"]
@@ -286,8 +291,9 @@ class RemoteGeneratorStage:
             raise
 
     def render(self, session: str, latent: torch.Tensor, slot: int) -> torch.Tensor:
+        t0 = time.perf_counter()
         image, info = self._call(slot, "render", session, latent.detach().float().cpu().numpy())
-        self.stats.record(session, info)
+        self.stats.record(session, info, (time.perf_counter() - t0) * 1e3)
         return torch.from_numpy(image.copy())     # Ray hands back read-only arrays
 
     def end_session(self, session: str) -> None:

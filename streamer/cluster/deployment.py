@@ -130,6 +130,7 @@ class GeneratorReplica:
     async def render(self, token: str, session: str, latent: np.ndarray) -> tuple[np.ndarray, dict]:
         """One session's latent [1, *latent_shape] -> its avatar's image [1, 3, R, R] in [-1, 1]."""
         self._check(token)
+        t0 = time.perf_counter()
         self._seen(session)
         av = await self._avatar()
         try:
@@ -137,7 +138,8 @@ class GeneratorReplica:
             image = await asyncio.wrap_future(fut)
         finally:
             av.release()
-        return image.numpy(), self._info()
+        # the time this frame spent in the replica (avatar lookup or load, scheduler, generator)
+        return image.numpy(), {**self._info(), "ms": (time.perf_counter() - t0) * 1e3}
 
     async def synthesize(self, token: str, latents: np.ndarray) -> np.ndarray:
         """A batch of latents on one avatar (a session's load-time measurements): [N, 3, R, R]."""
