@@ -8,7 +8,8 @@ the same driving clip and avatars, each session on its own thread as fast as it 
 Per frame on the cluster it records the round trip of the handle call and the time the frame spent
 inside the replica; their difference is the hop's overhead (serialisation, Serve's routing, the object
 store, the event loops). Aggregate frames/s of both runs, the image stage's p50/p95 in both, and the
-hop's p50/p95. `--json` merges the run into the file under "replicas=R,sessions=N".
+hop's p50/p95. `--json` merges the run into the file under "replicas=R,sessions=N,lru=L" (L: the
+avatars each replica keeps, --avatars-per-replica).
 """
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def run_cluster_sessions(cluster: ClusterConfig, source: Path, avatars: list[Pat
         for r in sessions:
             r.close()
         per = [round(len(lat) / elapsed, 2) for lat in latency]
-        return {"sessions": n, "replicas": cluster.replicas, "seconds": round(elapsed, 2),
+        return {"sessions": n, "replicas": cluster.replicas, "avatars_per_replica": cluster.avatars_per_replica,
+                "avatars": len(set(avatars[i % len(avatars)] for i in range(n))), "seconds": round(elapsed, 2),
                 "fps_per_session": per, "fps_total": round(sum(per), 2),
                 "latency": quantiles([v for lat in latency for v in lat]),
                 "image_stage": quantiles([v for im in image_ms for v in im]),
@@ -108,7 +110,7 @@ def report(res: dict) -> None:
 
 
 def save(res: dict, path: Path) -> None:
-    """Merge this run into `path` under 'replicas=R,sessions=N'."""
+    """Merge this run into `path` under 'replicas=R,sessions=N,lru=L'."""
     data = {}
     if path.is_file():
         try:
@@ -116,7 +118,8 @@ def save(res: dict, path: Path) -> None:
         except ValueError:
             data = {}
     runs = data.setdefault("runs", {})
-    runs[f"replicas={res['cluster']['replicas']},sessions={res['cluster']['sessions']}"] = res
+    c = res["cluster"]
+    runs[f"replicas={c['replicas']},sessions={c['sessions']},lru={c['avatars_per_replica']}"] = res
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
 

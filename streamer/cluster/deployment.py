@@ -26,8 +26,8 @@ from ray import serve
 
 from engines.core.device import resolve_device
 from engines.method.zoos import load_zoo
-from streamer.cluster.config import NAMESPACE, STORE, ClusterConfig
-from streamer.cluster.packs import Unauthorized, load_checked, token_ok
+from streamer.cluster.config import NAMESPACE, STORE, TOKEN_ENV, ClusterConfig
+from streamer.cluster.packs import PackStore, Unauthorized, load_checked, token_ok
 from streamer.reenact.config import ReenactConfig
 from streamer.reenact.generator_stage import GeneratorStage
 
@@ -72,6 +72,9 @@ class LoadedAvatar:
 class GeneratorReplica:
     def __init__(self, spec: dict):
         self._token = spec["token"]
+        # the pack store: the one `deploy` made, or (a Serve config / KubeRay deployment) made here
+        ray.remote(PackStore).options(name=STORE, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
+                                      max_restarts=-1, get_if_exists=True).remote(self._token)
         torch.set_num_threads(spec["threads"])
         self.device = resolve_device(spec["device"])
         self.zoo = load_zoo(spec["zoo"], spec["weights"], spec["directions"])
@@ -196,3 +199,20 @@ def build_app(cfg: ClusterConfig, reenact: ReenactConfig, token: str):
         options["num_replicas"] = cfg.replicas
     return serve.deployment(GeneratorReplica, name="generator").options(**options).bind(
         replica_spec(cfg, reenact, token))
+
+
+def app(args: dict):
+    """The application for a Serve config file (a KubeRay RayService's serveConfigV2, `serve deploy`):
+    import_path streamer.cluster.deployment:app, args {replicas, avatars_per_replica, num_cpus, num_gpus,
+    min_replicas, max_replicas, device, zoo, weights}; the token comes from the environment
+    (REENACT_CLUSTER_TOKEN, e.g. from a Kubernetes Secret), never from the config."""
+    token = os.environ.get(TOKEN_ENV, "")
+    fields = set(ClusterConfig.__dataclass_fields__) - {"address", "token"}
+    unknown = sorted(set(args) - fields - {"zoo", "weights", "directions"})
+    if unknown:
+        raise ValueError(f"streamer.cluster.deployment:app: unknown args {unknown}")
+    cfg = ClusterConfig(address="auto", token=token, **{k: v for k, v in args.items() if k in fields})
+    cfg.check()
+    reenact = ReenactConfig(zoo=args.get("zoo", "default"), weights=args.get("weights"),
+                            directions=args.get("directions"))
+    return build_app(cfg, reenact, token)
