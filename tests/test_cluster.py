@@ -290,7 +290,7 @@ def live_actors() -> list[str]:
 
 def object_store_objects() -> int:
     from ray._private.internal_api import memory_summary
-    text = memory_summary(stats_only=True)
+    text = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
     return int(text.split(" objects,")[0].rsplit(",", 1)[-1].split()[-1])
 
 

@@ -31,10 +31,21 @@ STATE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facere
 PORT = 6380
 
 
+def ensure_ray_token() -> None:
+    """A head started here uses Ray's token authentication: make Ray's token (~/.ray/auth_token) if
+    there is none yet, so this process and the head agree on it from the start."""
+    if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file():
+        return
+    r = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
+                       capture_output=True, text=True)
+    if r.returncode or not (Path.home() / ".ray" / "auth_token").is_file():
+        raise UserError("could not make Ray's auth token (ray get-auth-token --generate): "
+                        + ((r.stderr or r.stdout).strip().splitlines() or ["no output"])[-1][:160])
+
+
 def start_head(host: str, port: int, cpus: int) -> int:
     """`ray start --head --block` in its own process group (so `stop` ends exactly it) -> its pid."""
     STATE.parent.mkdir(parents=True, exist_ok=True)
-    ray_token_auth()      # the head and this process agree on Ray's own token
     with open(STATE.parent / "cluster-head.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
                                  f"--node-ip-address={host}", f"--port={port}", f"--num-cpus={cpus}",
@@ -162,6 +173,9 @@ def main(argv=None) -> int:
     sub.add_parser("show", help="the deployment's replicas and the avatars each holds")
     sub.add_parser("stop", help="remove the deployment (and the Ray head start made)")
     args = ap.parse_args(argv)
+    if args.command == "start" and args.address is None:
+        ensure_ray_token()
+    ray_token_auth()      # this process joins a cluster with Ray's token, as the head it starts uses
     return {"start": start, "show": show, "stop": stop}[args.command](args)
 
 

@@ -38,7 +38,6 @@ class ClusterUnavailable(RuntimeError):
 
 def import_ray():
     """(ray, ray.serve), or UserError with the one line that says how to install them."""
-    ray_token_auth()      # before ray reads its configuration
     try:
         import ray
         from ray import serve
@@ -50,7 +49,9 @@ def import_ray():
 def ray_token_auth() -> None:
     """Use Ray's own token authentication (gRPC between nodes and drivers) whenever a Ray token is at
     hand (RAY_AUTH_TOKEN, or ~/.ray/auth_token, which Ray writes when it starts a cluster): a head
-    started with it refuses drivers without it, and a driver only sends it in token mode."""
+    started with it refuses drivers without it, and a driver only sends it in token mode. Call before
+    ray is first imported (it reads the mode then), and not for a cluster started in-process (Ray
+    decides that one's mode itself)."""
     if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
                                               or (Path.home() / ".ray" / "auth_token").is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -143,6 +144,8 @@ class ClusterClient:
         """cfg.local: start a Ray cluster here and deploy on it (a fresh token unless cfg has one); else join
         the cluster at cfg.address, whose deployment `python -m streamer.cluster start` made."""
         cfg.check()
+        if not cfg.local:
+            ray_token_auth()
         ray, _ = import_ray()
         if cfg.local:
             token = cfg.token or secrets.token_urlsafe(24)
