@@ -89,7 +89,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     start_local_ray(2)
-    cfg = ClusterConfig(replicas=2, avatars_per_replica=2, timeout_s=5.0)
+    cfg = ClusterConfig(replicas=2, avatars_per_replica=2, timeout_s=5.0, session_idle_s=3.0)
     store = deploy(cfg, ReenactConfig(), TOKEN)
     client = ClusterClient(cfg, TOKEN, store=store)
     yield cfg, client
@@ -281,6 +281,91 @@ def test_replica_killed_mid_stream(setup, cluster):
     for s in sessions:
         s.close()
     fe.close()
+
+
+FRONT_END = """
+import sys, time
+import ray, torch
+torch.set_num_threads(1)
+from streamer.cluster.client import ClusterClient, RemoteGeneratorStage
+from streamer.cluster.config import NAMESPACE, ClusterConfig
+from streamer.reenact.engine import Engine
+from tests.media import short_clip
+import av
+address, token, pack, clip = sys.argv[1:5]
+ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+client = ClusterClient(ClusterConfig(address=address, token=token), token)
+engine = Engine("default", log=lambda m: None, progress=False, generator_stage=RemoteGeneratorStage(client))
+session = engine.make_reenactor(pack)
+with av.open(clip) as c:
+    frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+print("session", session.session, flush=True)
+k = 0
+while True:
+    session.process(frames[k % len(frames)], k / 24)
+    print("frame", k, flush=True)
+    k += 1
+"""
+
+
+def test_front_end_killed_mid_stream(setup, cluster, tmp_path):
+    """A second front-end (its own process, a Ray driver of this cluster) streams, then is SIGKILLed:
+    this front-end's session goes on without a failed frame and with the engine's output, no actor is
+    left behind by the dead one, and the replicas forget its session once it has been silent for
+    session_idle_s."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    engine, packs, frames, reference = setup
+    cfg, client = cluster
+    clip = short_clip(tmp_path / "other.mp4", 12)
+    actors_before = live_actors()
+    root = Path(__file__).resolve().parents[1]
+    other = subprocess.Popen([sys.executable, "-c", FRONT_END, ray.get_runtime_context().gcs_address, TOKEN,
+                              str(packs[2]), str(clip)], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "GLOG_minloglevel": "3"})
+    fe = front_end(client)
+    mine = fe.make_reenactor(str(packs[1]), **ReenactConfig().session())
+    try:
+        their_session, their_frames = None, 0
+        k = 0
+        while their_frames < 5:
+            assert other.poll() is None, "the other front-end ended by itself"
+            line = other.stdout.readline().split()
+            if line and line[0] == "session":
+                their_session = line[1]
+            elif line and line[0] == "frame":
+                their_frames += 1
+            out = mine.process(frames[k % CLIP_FRAMES], k / RATE)
+            same(reference[1][0][k], reference[1][1][k], out, f"frame {k} while the other front-end streams")
+            k += 1
+        other.send_signal(signal.SIGKILL)
+        other.wait(10)
+        t_kill = time.monotonic()
+        forgotten = False
+        while k < FRAMES:       # this front-end goes on: no failed frame, the same output
+            out = mine.process(frames[k % CLIP_FRAMES], k / RATE)
+            same(reference[1][0][k], reference[1][1][k], out, f"frame {k} after the other front-end died")
+            k += 1
+            if not forgotten and time.monotonic() - t_kill > cfg.session_idle_s:
+                stats = client.replica_stats(calls=8)
+                forgotten = len(stats) == 2 and sum(s["sessions"] for s in stats.values()) == 1
+            time.sleep(0.05)
+        deadline = time.monotonic() + 15
+        while not forgotten and time.monotonic() < deadline:
+            stats = client.replica_stats(calls=8)
+            forgotten = len(stats) == 2 and sum(s["sessions"] for s in stats.values()) == 1
+            time.sleep(0.5)
+        assert their_session is not None
+        assert forgotten, f"the dead front-end's session is still held: {client.replica_stats(calls=8)}"
+        assert fe.generator_stage.stats.failures == 0
+        assert live_actors() == actors_before
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait(10)
+        mine.close()
+        fe.close()
 
 
 def live_actors() -> list[str]:

@@ -29,6 +29,7 @@ class ClusterConfig:
     device: str = "cpu"                  # where each replica's generator runs ("cuda" with num_gpus)
     threads: int = 1                     # torch threads per replica
     timeout_s: float = 5.0               # one frame's round trip before the front-end gives up on it
+    session_idle_s: float = 30.0         # a replica forgets a session silent this long (its front-end gone)
     local_cpus: int = 2                  # local: the Ray cluster's CPUs
 
     @property

@@ -31,8 +31,6 @@ from streamer.cluster.packs import PackStore, Unauthorized, load_checked, token_
 from streamer.reenact.config import ReenactConfig
 from streamer.reenact.generator_stage import GeneratorStage
 
-SESSION_IDLE_S = 30.0     # a session silent this long (its front-end gone) is forgotten
-
 
 class LoadedAvatar:
     """One avatar in a replica's LRU: its slot in the generator stage. Evicted (`__del__`, which Serve
@@ -87,6 +85,7 @@ class GeneratorReplica:
         self.loads = self.evictions = self.reloads = 0
         self._ever_evicted: set[str] = set()
         self._sessions: dict[str, float] = {}
+        self._idle_s = spec["session_idle_s"]
         self._pruned = time.monotonic()
         try:
             self.name = serve.get_replica_context().replica_id.unique_id
@@ -165,16 +164,21 @@ class GeneratorReplica:
 
     async def stats(self, token: str) -> dict:
         self._check(token)
+        self._prune(time.monotonic())
         return {**self._info(), "avatars": sorted(self.loaded), "sessions": len(self._sessions),
                 "scheduler": self.stage.stats.summary()}
 
     def _seen(self, session: str) -> None:
         now = time.monotonic()
         self._sessions[session] = now
-        if now - self._pruned > SESSION_IDLE_S / 3:      # front-ends that died never said goodbye
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Forget sessions silent for session_idle_s: front-ends that died never said goodbye."""
+        if now - self._pruned > self._idle_s / 3:
             self._pruned = now
             for s, t in list(self._sessions.items()):
-                if now - t > SESSION_IDLE_S:
+                if now - t > self._idle_s:
                     del self._sessions[s]
                     self.stage.end_session(s)
 
@@ -185,7 +189,7 @@ class GeneratorReplica:
 def replica_spec(cfg: ClusterConfig, reenact: ReenactConfig, token: str) -> dict:
     return {"token": token, "threads": cfg.threads, "device": cfg.device, "zoo": reenact.zoo,
             "weights": reenact.weights, "directions": reenact.directions,
-            "avatars_per_replica": cfg.avatars_per_replica}
+            "avatars_per_replica": cfg.avatars_per_replica, "session_idle_s": cfg.session_idle_s}
 
 
 def build_app(cfg: ClusterConfig, reenact: ReenactConfig, token: str):
