@@ -2,8 +2,7 @@
 # The README's test command, alone in a fresh terminal on a fresh clone: creates (or reuses) .venv,
 # installs what is missing (torch, the project and the model files through scripts/install.sh; the
 # test and cluster extras (Ray Serve), which the user install leaves out), checks the import layers
-# (lint-imports, the contract
-# in pyproject.toml), then runs pytest. Extra arguments go to pytest (-x, -k name, -m "not slow",
+# (lint-imports, the contract in pyproject.toml), then runs pytest. Extra arguments go to pytest (-x, -k name, -m "not slow",
 # tests/test_x.py ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
