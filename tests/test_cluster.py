@@ -37,6 +37,7 @@ from streamer.reenact.config import ReenactConfig  # noqa: E402
 from streamer.reenact.engine import Engine  # noqa: E402
 from tests.media import quick_astronaut_pack, short_clip  # noqa: E402
 from tests.same_output import psnr  # noqa: E402
+from tests.stream_support import loopback_ice  # noqa: E402,F401 (fixture)
 
 pytestmark = pytest.mark.slow   # the module's cluster and avatars take ~1 min to set up
 
@@ -281,6 +282,42 @@ def test_replica_killed_mid_stream(setup, cluster):
     for s in sessions:
         s.close()
     fe.close()
+
+
+def test_webrtc_peer_through_the_cluster(setup, cluster, loopback_ice):
+    """The WebRTC server (run_stream.py --webrtc --cluster) with the cluster's factory: a browser-like
+    aiortc peer sends the clip and gets reenacted frames back, rendered on the replicas."""
+    import asyncio
+
+    import aiohttp
+
+    from streamer.cluster.client import ClusterReenactorFactory
+    from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
+    from tests.stream_support import served
+    engine, packs, frames, reference = setup
+    cfg, client = cluster
+    factory = ClusterReenactorFactory(ReenactConfig(progress=False), cfg, default_avatar=str(packs[0]),
+                                      log=quiet, client=client)
+
+    async def main():
+        async with served(factory) as srv, aiohttp.ClientSession() as http:
+            peer = ClientPeer(srv.url, http, send=StampedCameraTrack(frames), keep_frames=20)
+            await peer.connect()
+            await peer.wait_frames(20, timeout=90)
+            async with http.get(f"{srv.url}/status") as r:
+                status = await r.json()
+            await peer.close()
+            return peer, status
+
+    try:
+        peer, status = asyncio.run(main())
+    finally:
+        factory.close()       # a client it was given: the cluster stays
+    stage = factory.engine.generator_stage
+    assert len(peer.frames) >= 20 and peer.frames[-1].shape[2] == 3
+    assert status["peers"][0]["mode"] == "drive" and status["peers"][0]["processed"] >= 20
+    assert stage.stats.frames >= 20 and stage.stats.failures == 0      # rendered on the replicas
+    assert ray.is_initialized()
 
 
 FRONT_END = """
