@@ -8,7 +8,8 @@
   REENACT_CLUSTER_TOKEN=... python run_stream.py --avatar me.png --webrtc --cluster 127.0.0.1:6380
 and keeps both in ~/.cache/facereenact/cluster.json (mode 0600) for `show` and `stop`. `--address`
 deploys on a Ray cluster that is already running (a KubeRay RayService does this for you: docs/scaling.md).
-The head started here advertises 127.0.0.1 unless --host says otherwise (docs/scaling.md, Security).
+The head is started on 127.0.0.1 unless --host says otherwise; Ray's own gRPC ports still bind every
+interface, behind Ray's token (docs/scaling.md, Security).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def start_head(host: str, port: int, cpus: int) -> int:
 
 def stop_head(pid: int) -> None:
     """SIGTERM the head's `ray start --block` (it stops what it started), then its process group."""
-    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:

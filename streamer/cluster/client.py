@@ -161,7 +161,19 @@ class ClusterClient:
             raise UserError(f"--cluster {cfg.address}: cannot reach the deployment ({str(e)[:120]}); start it "
                             f"with python -m streamer.cluster start") from None
         client.check_token()
+        client.check_zoo(reenact.zoo)
         return client
+
+    def check_zoo(self, zoo: str) -> None:
+        """UserError unless the replicas run this front-end's zoo (the latents and packs are the zoo's)."""
+        try:
+            theirs = self.handle.stats.remote(self.token).result(timeout_s=max(self.cfg.timeout_s, 30.0))["zoo"]
+        except PermissionError:
+            raise UserError("the cluster refused the token (--cluster-token / REENACT_CLUSTER_TOKEN)") from None
+        except Exception as e:
+            raise UserError(f"--cluster {self.cfg.address}: the deployment does not answer ({_reason(e)})") from None
+        if theirs != zoo:
+            raise UserError(f"--cluster {self.cfg.address} runs zoo '{theirs}', this front-end '{zoo}' (--zoo)")
 
     def check_token(self) -> None:
         try:
@@ -180,11 +192,18 @@ class ClusterClient:
         with self._lock:
             if aid in self._uploaded and not force:
                 return
-        ray = self.ray
-        if not ray.get(self.store.has.remote(self.token, aid)):
-            if data is None:
-                raise ClusterUnavailable(f"avatar {aid[:12]} left the pack store")
-            ray.get(self.store.put.remote(self.token, aid, data))
+        ray, wait = self.ray, max(self.cfg.timeout_s, 30.0)    # a pack is a few MB
+        try:
+            if not ray.get(self.store.has.remote(self.token, aid), timeout=wait):
+                if data is None:
+                    raise ClusterUnavailable(f"avatar {aid[:12]} left the pack store")
+                ray.get(self.store.put.remote(self.token, aid, data), timeout=wait)
+        except PermissionError:
+            raise UserError("the cluster refused the token (--cluster-token / REENACT_CLUSTER_TOKEN)") from None
+        except ClusterUnavailable:
+            raise
+        except Exception as e:
+            raise ClusterUnavailable(f"the pack store is unavailable ({_reason(e)})") from None
         with self._lock:
             self._uploaded.add(aid)
 
@@ -283,10 +302,10 @@ class RemoteGeneratorStage:
 
     def _call(self, slot: int, method: str, *args):
         aid, data = self._avatars[slot]
-        if aid in self._recheck:   # after a failure: the store may have restarted empty
-            self.client.ensure(aid, data, force=True)
-            self._recheck.discard(aid)
         try:
+            if aid in self._recheck:   # after a failure: the store may have restarted empty
+                self.client.ensure(aid, data, force=True)
+                self._recheck.discard(aid)
             return self.client.call(method, aid, *args)
         except ClusterUnavailable:
             self.stats.failures += 1

@@ -165,7 +165,7 @@ class GeneratorReplica:
     async def stats(self, token: str) -> dict:
         self._check(token)
         self._prune(time.monotonic())
-        return {**self._info(), "avatars": sorted(self.loaded), "sessions": len(self._sessions),
+        return {**self._info(), "zoo": self.zoo.name, "avatars": sorted(self.loaded), "sessions": len(self._sessions),
                 "scheduler": self.stage.stats.summary()}
 
     def _seen(self, session: str) -> None:
