@@ -25,7 +25,7 @@ import torch
 from engines.core.errors import UserError
 from streamer.avatar.pack import AvatarPack
 from streamer.cluster.config import APP, NAMESPACE, STORE, ClusterConfig
-from streamer.cluster.packs import PackStore, pack_bytes, pack_id
+from streamer.cluster.packs import PackStore, pack_bytes, pack_id, put_shared
 from streamer.reenact.config import ReenactConfig
 from streamer.reenact.engine import Engine, ReenactorFactory
 
@@ -192,6 +192,14 @@ class ClusterClient:
         with self._lock:
             if aid in self._uploaded and not force:
                 return
+        if self.cfg.pack_dir and data is not None:     # the shared folder instead of the object store
+            try:
+                put_shared(self.cfg.pack_dir, aid, data)
+            except OSError as e:
+                raise UserError(f"--pack-dir {self.cfg.pack_dir}: cannot write the avatar pack ({e})") from None
+            with self._lock:
+                self._uploaded.add(aid)
+            return
         ray, wait = self.ray, max(self.cfg.timeout_s, 30.0)    # a pack is a few MB
         try:
             if not ray.get(self.store.has.remote(self.token, aid), timeout=wait):

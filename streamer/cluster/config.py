@@ -30,6 +30,8 @@ class ClusterConfig:
     threads: int = 1                     # torch threads per replica
     timeout_s: float = 5.0               # one frame's round trip before the front-end gives up on it
     session_idle_s: float = 30.0         # a replica forgets a session silent this long (its front-end gone)
+    pack_dir: str | None = None          # a folder every node and front-end shares: packs go there, not
+                                         # through the pack store (both are hash-checked on arrival)
     local_cpus: int = 2                  # local: the Ray cluster's CPUs
 
     @property
@@ -64,7 +66,7 @@ class ClusterConfig:
         return cls(address=args.cluster, token=args.cluster_token or None, replicas=args.replicas,
                    avatars_per_replica=args.avatars_per_replica, num_cpus=args.replica_cpus,
                    num_gpus=args.num_gpus, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                   device=args.replica_device)
+                   device=args.replica_device, pack_dir=args.pack_dir)
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, address: bool = True) -> None:
@@ -83,3 +85,5 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, address: bool = True)
     g.add_argument("--replica-device", default="cpu", help="where a replica's generator runs (cpu, cuda)")
     g.add_argument("--min-replicas", type=int, default=0, help="autoscaling: fewest replicas")
     g.add_argument("--max-replicas", type=int, default=0, help="autoscaling: most replicas (0: off, --replicas fixed)")
+    g.add_argument("--pack-dir", default=None, help="a folder front-ends and replicas share: avatar packs go there "
+                                                    "instead of through Ray's object store")

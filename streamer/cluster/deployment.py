@@ -27,7 +27,7 @@ from ray import serve
 from engines.core.device import resolve_device
 from engines.method.zoos import load_zoo
 from streamer.cluster.config import NAMESPACE, STORE, TOKEN_ENV, ClusterConfig
-from streamer.cluster.packs import PackStore, Unauthorized, load_checked, token_ok
+from streamer.cluster.packs import PackStore, Unauthorized, load_checked, read_shared, token_ok
 from streamer.reenact.config import ReenactConfig
 from streamer.reenact.generator_stage import GeneratorStage
 
@@ -86,6 +86,7 @@ class GeneratorReplica:
         self._ever_evicted: set[str] = set()
         self._sessions: dict[str, float] = {}
         self._idle_s = spec["session_idle_s"]
+        self._pack_dir = spec.get("pack_dir")
         self._pruned = time.monotonic()
         try:
             self.name = serve.get_replica_context().replica_id.unique_id
@@ -94,8 +95,12 @@ class GeneratorReplica:
 
     # -- avatars ----------------------------------------------------------------------------------
     async def _load(self, avatar_id: str) -> LoadedAvatar:
-        store = ray.get_actor(STORE, namespace=NAMESPACE)
-        data = await store.get.remote(self._token, avatar_id)
+        data = None
+        if self._pack_dir:
+            data = await asyncio.to_thread(read_shared, self._pack_dir, avatar_id)
+        if data is None:
+            store = ray.get_actor(STORE, namespace=NAMESPACE)
+            data = await store.get.remote(self._token, avatar_id)
         pack = await asyncio.to_thread(load_checked, data, avatar_id)
         pack.check(self.zoo)
         slot = await asyncio.to_thread(self.stage.add_avatar, pack)
@@ -189,7 +194,8 @@ class GeneratorReplica:
 def replica_spec(cfg: ClusterConfig, reenact: ReenactConfig, token: str) -> dict:
     return {"token": token, "threads": cfg.threads, "device": cfg.device, "zoo": reenact.zoo,
             "weights": reenact.weights, "directions": reenact.directions,
-            "avatars_per_replica": cfg.avatars_per_replica, "session_idle_s": cfg.session_idle_s}
+            "avatars_per_replica": cfg.avatars_per_replica, "session_idle_s": cfg.session_idle_s,
+            "pack_dir": cfg.pack_dir}
 
 
 def build_app(cfg: ClusterConfig, reenact: ReenactConfig, token: str):

@@ -1,7 +1,9 @@
 """Avatar packs on their way to replicas: named by their hash, checked against it on arrival.
 
 The front-end uploads a pack's file bytes to the pack store (a small Ray actor; the bytes travel through
-Ray's object store) under their sha256, which is also the avatar's Serve model id. A replica that is
+Ray's object store) under their sha256, which is also the avatar's Serve model id; or, with a shared
+folder (`pack_dir`, e.g. an NFS or a Kubernetes volume every node mounts), writes them there as
+ID.avatar. A replica that is
 asked for an avatar it has not loaded fetches the bytes by that id, checks that they hash to it, and
 loads them with the product's own loader (AvatarPack.load: safetensors, contents checked; nothing is
 unpickled). The store keeps the newest STORE_KEPT packs.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 from engines.core.errors import UserError
 from streamer.avatar.pack import AvatarPack
 
-STORE_KEPT = 64            # packs the store holds (a default-zoo pack is ~3 MB)
+STORE_KEPT = 64            # packs the store holds (default-zoo packs are 3-11 MB: at most ~0.7 GB)
 
 
 def pack_bytes(pack: AvatarPack) -> bytes:
@@ -46,6 +49,31 @@ def load_checked(data: bytes, avatar_id: str) -> AvatarPack:
         pack = AvatarPack.load(path)
     pack.path = None          # the file is gone; messages name the id instead
     return pack
+
+
+def shared_path(pack_dir: str | Path, avatar_id: str) -> Path:
+    if len(avatar_id) != 64 or any(c not in "0123456789abcdef" for c in avatar_id):
+        raise UserError(f"not an avatar id: {avatar_id[:70]!r}")      # never a path of the caller's choosing
+    return Path(pack_dir) / f"{avatar_id}.avatar"
+
+
+def put_shared(pack_dir: str | Path, avatar_id: str, data: bytes) -> None:
+    """Write a pack into the shared folder under its id (atomically; kept if it is there already)."""
+    path = shared_path(pack_dir, avatar_id)
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def read_shared(pack_dir: str | Path, avatar_id: str) -> bytes | None:
+    """The pack's bytes from the shared folder, or None when it is not there (load_checked checks them)."""
+    try:
+        return shared_path(pack_dir, avatar_id).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def token_ok(given: str | None, expected: str) -> bool:
