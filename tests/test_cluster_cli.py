@@ -54,3 +54,23 @@ def test_show_without_a_deployment_is_one_line(tmp_path, monkeypatch, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "python -m streamer.cluster start" in err[0]
+
+
+def test_deployment_is_sized_by_the_flags():
+    """--num-gpus (a fraction), --min/--max-replicas and --avatars-per-replica reach Serve's deployment."""
+    pytest.importorskip("ray.serve")
+    run_stream_args = run_stream.build_parser().parse_args(
+        ["--avatar", "x.png", "--cluster", "local", "--num-gpus", "0.25", "--min-replicas", "1",
+         "--max-replicas", "4", "--avatars-per-replica", "8", "--replica-device", "cuda"])
+    from streamer.cluster.config import ClusterConfig
+    from streamer.cluster.deployment import build_app
+    from streamer.reenact.config import ReenactConfig
+    cfg = ClusterConfig.from_args(run_stream_args)
+    d = build_app(cfg, ReenactConfig(), "t" * 20)._bound_deployment
+    assert d.ray_actor_options["num_gpus"] == 0.25
+    scaling = d._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 4)
+    spec = d.init_args[0]
+    assert spec["avatars_per_replica"] == 8 and spec["device"] == "cuda" and spec["token"] == "t" * 20
+    fixed = build_app(ClusterConfig(replicas=3), ReenactConfig(), "t" * 20)._bound_deployment
+    assert fixed._deployment_config.num_replicas == 3 and fixed._deployment_config.autoscaling_config is None
