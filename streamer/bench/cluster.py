@@ -22,7 +22,7 @@ from pathlib import Path
 
 from engines.core.errors import main_guard
 from streamer.bench.sessions import ROOT, decode, machine, pct, run_sessions
-from streamer.cluster.client import ClusterReenactorFactory
+from streamer.cluster.client import ClusterReenactorFactory, import_ray
 from streamer.cluster.config import ClusterConfig, add_cluster_arguments
 from streamer.reenact.config import ReenactConfig
 
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = ClusterConfig.from_args(args)
     cfg.check()
+    import_ray()          # a missing ray is one line before anything runs
     res = run(cfg, args.source, args.avatars, max(1, args.sessions), args.seconds, args.frames)
     report(res)
     if args.json:
