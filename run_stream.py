@@ -5,6 +5,7 @@ Examples
   python run_stream.py --avatar assets/astronaut.png --source assets/pexels_woman.mp4 --sink out/demo.mp4 --side-by-side
   python run_stream.py --avatar me.png --webrtc            # browser page on http://127.0.0.1:8080
   python run_stream.py --avatar me.png --zoo vox256 --weights DIR
+  python run_stream.py --avatar me.png --webrtc --cluster local    # the generator on Ray Serve replicas (docs/scaling.md)
 
 Keys (live mode, in this terminal)
   r  re-take the neutral reference (the driver's current face becomes "no motion")
@@ -21,6 +22,10 @@ import sys
 
 import torch
 
+from engines.core.errors import UserError
+
+from streamer.cluster.client import MISSING, ClusterReenactorFactory, ray_available
+from streamer.cluster.config import ClusterConfig, add_cluster_arguments
 from streamer.live import LiveConfig, add_live_arguments, run_live
 from streamer.reenact.config import ReenactConfig
 from streamer.reenact.engine import ReenactorFactory
@@ -80,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bars (enrollment)")
     g.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)   # other tools' name
     add_live_arguments(ap)
+    add_cluster_arguments(ap)
     return ap
 
 
@@ -89,9 +95,25 @@ def main(argv=None) -> int:
     torch.set_num_threads(reenact.threads)
     # models load on first use, once, shared by every session; the WebRTC server prepares avatars
     # ahead of sessions through factory.prepare (a new photo enrolls in its own low-priority process)
-    factory = ReenactorFactory(reenact, default_avatar=live.stream.avatar,
-                               log=lambda m: print(m, file=sys.stderr))
-    return run_live(live, factory, factory.prepare)
+    log = lambda m: print(m, file=sys.stderr)   # noqa: E731
+    if args.cluster is None:
+        factory = ReenactorFactory(reenact, default_avatar=live.stream.avatar, log=log)
+        return run_live(live, factory, factory.prepare)
+    # --cluster: Net3D and each session's motion state here, the generator on Ray Serve replicas
+    cluster = ClusterConfig.from_args(args)
+    try:
+        cluster.check()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not ray_available():
+        print(f"error: {MISSING}", file=sys.stderr)
+        return 2
+    factory = ClusterReenactorFactory(reenact, cluster, default_avatar=live.stream.avatar, log=log)
+    try:
+        return run_live(live, factory, factory.prepare)
+    finally:
+        factory.close()
 
 
 if __name__ == "__main__":

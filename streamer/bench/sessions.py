@@ -123,6 +123,7 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
     stats = engine.generator_stage.stats
     calls0, frames0 = stats.batches, stats.frames
     latency: list[list[float]] = [[] for _ in range(n)]
+    image_ms: list[list[float]] = [[] for _ in range(n)]
     start = time.perf_counter() + 0.05
     stop = start + seconds
 
@@ -138,8 +139,9 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
             t0 = time.perf_counter()
             if t0 > stop:
                 return
-            r.process(rgb[k % len(rgb)], k / rate)
+            out = r.process(rgb[k % len(rgb)], k / rate)
             latency[i].append((time.perf_counter() - t0) * 1e3)
+            image_ms[i].append(out.stage_ms["image"])
             k += 1
             if fps:   # a camera does not queue: frames that came while this one ran are skipped
                 k = max(k, int((time.perf_counter() - start) * fps))
@@ -156,10 +158,12 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
     shared.update(calls=stats.batches - calls0, frames=stats.frames - frames0)
     shared["mean_batch"] = round(shared["frames"] / max(1, shared["calls"]), 2)
     everything = [v for lat in latency for v in lat]
+    images = [v for im in image_ms for v in im]
     per = [round(len(lat) / elapsed, 2) for lat in latency]
     return {"sessions": n, "fps_target": fps, "seconds": round(elapsed, 2),
             "fps_per_session": per, "fps_total": round(sum(per), 2),
             "latency": {"p50_ms": round(pct(everything, 50), 2), "p95_ms": round(pct(everything, 95), 2)},
+            "image_stage": {"p50_ms": round(pct(images, 50), 2), "p95_ms": round(pct(images, 95), 2)},
             "generator_stage": shared, "max_batch": engine.generator_stage.max_batch,
             "machine": machine(), "device": describe(engine.device), "zoo": zoo, "source": str(source),
             "avatars": [str(a) for a in avatars]}

@@ -50,7 +50,9 @@ class Engine:
 
     def __init__(self, zoo: str = "default", weights: str | Path | None = None,
                  directions: str | Path | None = None, log=print, progress: bool = True,
-                 device: str | torch.device | None = "cpu", tune_directions: int = 0):
+                 device: str | torch.device | None = "cpu", tune_directions: int = 0, generator_stage=None):
+        """generator_stage: where sessions render (default: a GeneratorStage in this process; the cluster
+        front-end passes streamer.cluster's remote stage, which has the same methods)."""
         self.device = resolve_device(device)   # checked before any model loads
         if tune_directions:   # before any model loads
             check_supported(zoo)
@@ -65,7 +67,8 @@ class Engine:
             torch.backends.cudnn.benchmark = True   # one frame size for the whole session
             log(f"models run on {describe(self.device)}")
         # every session renders through this one stage (batched on a GPU, one frame at a time on the CPU)
-        self.generator_stage = GeneratorStage(self.zoo.generator, self.zoo.recipe.tuning.layers, self.device)
+        self.generator_stage = generator_stage if generator_stage is not None else \
+            GeneratorStage(self.zoo.generator, self.zoo.recipe.tuning.layers, self.device)
         self.progress = progress
         self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
@@ -261,11 +264,14 @@ class ReenactorFactory:
     def engine(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                c = self.config
-                torch.set_num_threads(c.threads)
-                self._engine = Engine(c.zoo, c.weights, c.directions, log=self.log, progress=c.progress,
-                                      device=c.device, tune_directions=c.tune_directions)
+                torch.set_num_threads(self.config.threads)
+                self._engine = self._make_engine()
             return self._engine
+
+    def _make_engine(self, generator_stage=None) -> Engine:
+        c = self.config
+        return Engine(c.zoo, c.weights, c.directions, log=self.log, progress=c.progress, device=c.device,
+                      tune_directions=c.tune_directions, generator_stage=generator_stage)
 
     def __call__(self, avatar: str | Path | None = None, **overrides) -> AvatarReenactor:
         return self.engine.make_reenactor(avatar or self.default_avatar, **{**self.config.session(), **overrides})

@@ -12,6 +12,7 @@ thread runs while the stage has avatars: an engine with no session holds no thre
 """
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import threading
 
@@ -84,7 +85,11 @@ class GeneratorStage:
     # -- frames -----------------------------------------------------------------------------------
     def render(self, session: int, latent: torch.Tensor, slot: int) -> torch.Tensor:
         """latent [1, *latent_shape] -> image [1, 3, R, R] in [-1, 1] on the CPU (blocks until run)."""
-        return self.scheduler.submit(session, (latent, slot)).result()
+        return self.submit(session, latent, slot).result()
+
+    def submit(self, session, latent: torch.Tensor, slot: int) -> concurrent.futures.Future:
+        """render() without waiting: the future of the image (a cluster replica awaits it on its event loop)."""
+        return self.scheduler.submit(session, (latent, slot))
 
     def end_session(self, session: int) -> None:
         with self._lock:
