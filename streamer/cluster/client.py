@@ -30,6 +30,7 @@ from streamer.reenact.config import ReenactConfig
 from streamer.reenact.engine import Engine, ReenactorFactory
 
 MISSING = "--cluster needs ray[serve]: pip install -e .[cluster]"
+REFUSED = "the cluster refused the token (--cluster-token / REENACT_CLUSTER_TOKEN)"
 
 
 class ClusterUnavailable(RuntimeError):
@@ -169,7 +170,7 @@ class ClusterClient:
         try:
             theirs = self.handle.stats.remote(self.token).result(timeout_s=max(self.cfg.timeout_s, 30.0))["zoo"]
         except PermissionError:
-            raise UserError("the cluster refused the token (--cluster-token / REENACT_CLUSTER_TOKEN)") from None
+            raise UserError(REFUSED) from None
         except Exception as e:
             raise UserError(f"--cluster {self.cfg.address}: the deployment does not answer ({_reason(e)})") from None
         if theirs != zoo:
@@ -179,14 +180,7 @@ class ClusterClient:
         try:
             self.ray.get(self.store.count.remote(self.token), timeout=30)
         except PermissionError:
-            raise UserError("the cluster refused the token (--cluster-token / REENACT_CLUSTER_TOKEN)") from None
-
-    def upload(self, pack: AvatarPack) -> str:
-        """Put the pack in the cluster's pack store (once) -> its avatar id."""
-        data = pack_bytes(pack)
-        aid = pack_id(data)
-        self.ensure(aid, data)
-        return aid
+            raise UserError(REFUSED) from None
 
     def ensure(self, aid: str, data: bytes | None = None, force: bool = False) -> None:
         with self._lock:
@@ -207,7 +201,7 @@ class ClusterClient:
                     raise ClusterUnavailable(f"avatar {aid[:12]} left the pack store")
                 ray.get(self.store.put.remote(self.token, aid, data), timeout=wait)
         except PermissionError:
-            raise UserError("the cluster refused the token (--cluster-token / REENACT_CLUSTER_TOKEN)") from None
+            raise UserError(REFUSED) from None
         except ClusterUnavailable:
             raise
         except Exception as e:
@@ -222,7 +216,7 @@ class ClusterClient:
             resp = getattr(self.handle.options(multiplexed_model_id=aid), method).remote(self.token, *args)
             return resp.result(timeout_s=self.cfg.timeout_s)
         except PermissionError:
-            raise UserError("the cluster refused the token (--cluster-token / REENACT_CLUSTER_TOKEN)") from None
+            raise UserError(REFUSED) from None
         except Exception as e:
             if isinstance(e, TimeoutError) and resp is not None:
                 resp.cancel()

@@ -27,7 +27,7 @@ from ray import serve
 from engines.core.device import resolve_device
 from engines.method.zoos import load_zoo
 from streamer.cluster.config import NAMESPACE, STORE, TOKEN_ENV, ClusterConfig
-from streamer.cluster.packs import PackStore, Unauthorized, load_checked, read_shared, token_ok
+from streamer.cluster.packs import PackStore, load_checked, read_shared, require_token
 from streamer.reenact.config import ReenactConfig
 from streamer.reenact.generator_stage import GeneratorStage
 
@@ -126,8 +126,7 @@ class GeneratorReplica:
             await asyncio.sleep(0)    # evicted between the lookup and now: load it again
 
     def _check(self, token) -> None:
-        if not token_ok(token, self._token):
-            raise Unauthorized("generator replica: wrong or missing cluster token")
+        require_token(token, self._token, "generator replica")
 
     def _info(self) -> dict:
         return {"replica": self.name, "pid": os.getpid(), "held": len(self.loaded), "loads": self.loads,

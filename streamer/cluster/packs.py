@@ -84,6 +84,12 @@ class Unauthorized(PermissionError):
     """A request without the cluster's token."""
 
 
+def require_token(given: str | None, expected: str, who: str) -> None:
+    """Unauthorized unless `given` is the cluster's token (every pack-store and replica call)."""
+    if not token_ok(given, expected):
+        raise Unauthorized(f"{who}: wrong or missing cluster token")
+
+
 class PackStore:
     """The avatar packs the front-ends uploaded, by id (run as a Ray actor: streamer.cluster.client)."""
 
@@ -92,8 +98,7 @@ class PackStore:
         self._packs: OrderedDict[str, bytes] = OrderedDict()
 
     def _check(self, token) -> None:
-        if not token_ok(token, self._token):
-            raise Unauthorized("pack store: wrong or missing cluster token")
+        require_token(token, self._token, "pack store")
 
     def has(self, token: str, avatar_id: str) -> bool:
         self._check(token)
