@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "~2.5 min more, cached; docs/reenactment.md)")
     g.add_argument("--device", default="cpu",
                    help="where the per-frame networks run: cpu (default), cuda, cuda:N, or auto")
+    g.add_argument("--net3d", default="auto", choices=["auto", "mediapipe", "torch"],
+                   help="the default zoo's face reader: MediaPipe's runtime (each session its own), torch (its "
+                        "networks ported, batched across sessions on --device), or auto (default): torch on a "
+                        "GPU, MediaPipe on the CPU, where it is faster")
     g.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: capture, MediaPipe and the encoder need the other cores; "
                         "more threads only add waiting on small per-frame work)")

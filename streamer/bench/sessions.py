@@ -52,13 +52,14 @@ def decode(path: Path, max_frames: int | None):
 
 
 def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bool,
-        weights=None, threads: int | None = None, device: str = "cpu") -> dict:
+        weights=None, threads: int | None = None, device: str = "cpu", net3d: str = "auto") -> dict:
     import torch
     if threads:
         torch.set_num_threads(threads)
     from engines.core.device import describe
     from streamer.reenact.engine import Engine
-    engine = Engine(zoo, weights, log=lambda m: print(m, file=sys.stderr), progress=False, device=device)
+    engine = Engine(zoo, weights, log=lambda m: print(m, file=sys.stderr), progress=False, device=device,
+                    net3d=net3d)
     reenactor = engine.make_reenactor(avatar)
     frames, rate = decode(source, max_frames)
     stages: dict[str, list[float]] = {"decode": [], "face": [], "pose": [], "latent": [], "image": []}
@@ -103,7 +104,8 @@ def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bo
 
 
 def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: float, fps: float | None,
-                 weights=None, threads: int | None = None, device: str = "cpu", max_frames: int = 300) -> dict:
+                 weights=None, threads: int | None = None, device: str = "cpu", max_frames: int = 300,
+                 net3d: str = "auto") -> dict:
     """N sessions on one Engine, each driven by `source` from its own thread, for `seconds`: the
     factory run_stream.py builds, with run_stream's defaults (one torch thread unless `threads`)."""
     import threading
@@ -112,7 +114,7 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
     from streamer.reenact.config import ReenactConfig
     from streamer.reenact.engine import ReenactorFactory
     factory = ReenactorFactory(ReenactConfig(zoo=zoo, weights=weights, device=device, threads=threads or 1,
-                                             progress=False), log=lambda m: print(m, file=sys.stderr))
+                                             progress=False, net3d=net3d), log=lambda m: print(m, file=sys.stderr))
     engine = factory.engine
     frames, rate = decode(source, max_frames)
     rgb = [f.to_ndarray(format="rgb24") for f in frames]
@@ -122,6 +124,8 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
         r.reset_reference()
     stats = engine.generator_stage.stats
     calls0, frames0 = stats.batches, stats.frames
+    n3d = engine.net3d_stage.stats if engine.net3d_stage is not None else None
+    n3d0 = (n3d.batches, n3d.frames) if n3d is not None else None
     latency: list[list[float]] = [[] for _ in range(n)]
     image_ms: list[list[float]] = [[] for _ in range(n)]
     start = time.perf_counter() + 0.05
@@ -157,6 +161,11 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
     shared = stats.summary()
     shared.update(calls=stats.batches - calls0, frames=stats.frames - frames0)
     shared["mean_batch"] = round(shared["frames"] / max(1, shared["calls"]), 2)
+    net3d = None
+    if n3d is not None:
+        net3d = n3d.summary()
+        net3d.update(calls=n3d.batches - n3d0[0], frames=n3d.frames - n3d0[1])
+        net3d["mean_batch"] = round(net3d["frames"] / max(1, net3d["calls"]), 2)
     everything = [v for lat in latency for v in lat]
     images = [v for im in image_ms for v in im]
     per = [round(len(lat) / elapsed, 2) for lat in latency]
@@ -165,6 +174,7 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
             "latency": {"p50_ms": round(pct(everything, 50), 2), "p95_ms": round(pct(everything, 95), 2)},
             "image_stage": {"p50_ms": round(pct(images, 50), 2), "p95_ms": round(pct(images, 95), 2)},
             "generator_stage": shared, "max_batch": engine.generator_stage.max_batch,
+            "net3d_stage": net3d or "mediapipe (one runtime per session)",
             "machine": machine(), "device": describe(engine.device), "zoo": zoo, "source": str(source),
             "avatars": [str(a) for a in avatars]}
 
@@ -180,6 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-encode", action="store_true", help="leave H.264 encoding out")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--device", default="cpu", help="where the reenactor's networks run (cpu, cuda, cuda:N, auto)")
+    ap.add_argument("--net3d", default="auto", choices=["auto", "mediapipe", "torch"],
+                    help="the face reader (run_stream's --net3d): auto = the batched torch port on a GPU")
     ap.add_argument("--sessions", type=int, default=0, help="N sessions at once on one engine (see above)")
     ap.add_argument("--avatars", type=Path, nargs="+", help="with --sessions: avatars, taken in turn "
                                                             "(default: --avatar for every session)")
@@ -189,16 +201,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.sessions:
         res = run_sessions(args.zoo, args.source, args.avatars or [args.avatar], args.sessions, args.seconds,
-                           args.fps, args.weights, args.threads, args.device, args.frames or 300)
+                           args.fps, args.weights, args.threads, args.device, args.frames or 300, args.net3d)
         g = res["generator_stage"]
         print(f"{res['sessions']} sessions on {res['device']}: {res['fps_total']:.1f} frames/s in all, per session "
               f"{min(res['fps_per_session']):.1f}..{max(res['fps_per_session']):.1f}; latency p50 "
               f"{res['latency']['p50_ms']} ms p95 {res['latency']['p95_ms']} ms")
         print(f"generator stage: {g['calls']} calls for {g['frames']} frames of {g['sessions']} sessions "
               f"(mean batch {g['mean_batch']}, max {res['max_batch']}); {res['machine']}")
+        n = res["net3d_stage"]
+        print(f"net3d stage: {n['calls']} calls for {n['frames']} frames of {n['sessions']} sessions "
+              f"(mean batch {n['mean_batch']})" if isinstance(n, dict) else f"net3d: {n}")
     else:
         res = run(args.zoo, args.source, args.avatar, args.frames, not args.no_encode, args.weights,
-                  args.threads, args.device)
+                  args.threads, args.device, args.net3d)
         for k, v in res["stages"].items():
             print(f"{k:>7}: p50 {v['p50_ms']:7.2f} ms   p95 {v['p95_ms']:7.2f} ms")
         print(f"end to end: {res['fps']:.1f} fps over {res['frames']} frames ({res['no_face']} without a face); "

@@ -10,6 +10,7 @@ class ReenactConfig:
     weights: str | None = None            # vox256 weight folder
     directions: str | None = None         # A file (default: the zoo's)
     device: str = "cpu"                   # where the per-frame networks run
+    net3d: str = "auto"                   # mediapipe | torch (batched across sessions) | auto: torch on a GPU
     threads: int = 1                      # torch CPU threads
     tune_directions: int = 0              # steps of tuning A to each photo enrolled (0: off)
     progress: bool = True
@@ -22,6 +23,7 @@ class ReenactConfig:
     @classmethod
     def from_args(cls, args) -> "ReenactConfig":
         return cls(zoo=args.zoo, weights=args.weights, directions=args.directions, device=args.device,
+                   net3d=args.net3d,
                    threads=max(1, args.threads), tune_directions=max(0, args.tune_directions),
                    progress=not args.quiet, relative=not args.absolute, smooth=not args.no_smooth,
                    correct=not args.no_correction, feedback_every=max(0, args.feedback))

@@ -28,6 +28,7 @@ from engines.core.device import describe, resolve_device
 from engines.core.errors import UserError
 from engines.core.views import image_uint8
 from engines.method.correction import Correction
+from engines.method.net3d_torch import TorchNet3D
 from engines.method.zoos import load_zoo
 from streamer.avatar.enroll import cached_pack_path, load_or_enroll
 from streamer.avatar.framing import Framer
@@ -38,6 +39,7 @@ from streamer.reenact.config import ReenactConfig
 from streamer.reenact.feedback import HeadFeedback
 from streamer.reenact.generator_stage import GeneratorStage
 from streamer.reenact.motion import Motion
+from streamer.reenact.net3d_stage import Net3DStage
 from streamer.reenact.output_guard import OutputGuard
 from streamer.reenact.side_by_side import side_by_side
 
@@ -50,12 +52,15 @@ class Engine:
 
     def __init__(self, zoo: str = "default", weights: str | Path | None = None,
                  directions: str | Path | None = None, log=print, progress: bool = True,
-                 device: str | torch.device | None = "cpu", tune_directions: int = 0, generator_stage=None):
+                 device: str | torch.device | None = "cpu", tune_directions: int = 0, generator_stage=None,
+                 net3d: str = "auto"):
         """generator_stage: where sessions render (default: a GeneratorStage in this process; the cluster
-        front-end passes streamer.cluster's remote stage, which has the same methods)."""
+        front-end passes streamer.cluster's remote stage, which has the same methods).
+        net3d: the default zoo's face reader (NET3D_CHOICES; `auto`: the batched torch port on a GPU)."""
         self.device = resolve_device(device)   # checked before any model loads
         if tune_directions:   # before any model loads
             check_supported(zoo)
+        use_torch_net3d = net3d_is_torch(net3d, zoo, self.device)
         self.zoo = load_zoo(zoo, weights, directions)
         self.directions = self.zoo.directions()
         self.log = log
@@ -69,6 +74,8 @@ class Engine:
         # every session renders through this one stage (batched on a GPU, one frame at a time on the CPU)
         self.generator_stage = generator_stage if generator_stage is not None else \
             GeneratorStage(self.zoo.generator, self.zoo.recipe.tuning.layers, self.device)
+        # every session reads its driver through this stage (batched), or through its own MediaPipe runtime
+        self.net3d_stage = Net3DStage(TorchNet3D.from_task().to(self.device)) if use_torch_net3d else None
         self.progress = progress
         self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
@@ -116,6 +123,10 @@ class Engine:
         except OSError:
             return False
 
+    def pose_reader(self):
+        """A new session's Net3D reader of driving frames: `.read(rgb, t_ms)` -> reading | None, `.close()`."""
+        return self.net3d_stage.reader() if self.net3d_stage is not None else self.zoo.pose_reader()
+
     def make_reenactor(self, avatar: str | Path | None, **kw) -> "AvatarReenactor":
         if avatar is None:
             raise UserError("no avatar given: pass --avatar PHOTO (or an .avatar pack)")
@@ -123,6 +134,21 @@ class Engine:
 
     def close(self) -> None:
         self.generator_stage.close()
+        if self.net3d_stage is not None:
+            self.net3d_stage.close()
+
+
+NET3D_CHOICES = ("auto", "mediapipe", "torch")
+
+
+def net3d_is_torch(choice: str, zoo: str, device: torch.device) -> bool:
+    """Whether the engine reads drivers with the batched torch Net3D. It ports MediaPipe, the default zoo's
+    Net3D (vox256 reads with DECA); on the CPU MediaPipe's runtime is faster (docs/benchmarks.md)."""
+    if choice not in NET3D_CHOICES:
+        raise UserError(f"--net3d must be one of {', '.join(NET3D_CHOICES)}, not '{choice}'")
+    if choice == "torch" and zoo != "default":
+        raise UserError(f"--net3d torch ports MediaPipe, the default zoo's Net3D; zoo '{zoo}' reads with its own")
+    return choice == "torch" or (choice == "auto" and zoo == "default" and device.type != "cpu")
 
 
 def tuned_spread(pack: AvatarPack, tuning, A) -> list[float] | None:
@@ -150,7 +176,7 @@ class AvatarReenactor:
         self.session = self.stage.new_session()
         self.G = self.stage.generator(self.slot)            # this avatar alone, for load-time measurements
         self.z = pack.latent.float()
-        self.reader = engine.zoo.pose_reader()
+        self.reader = engine.pose_reader()
         self.relative, self.side_by_side, self.out_size = relative, side_by_side, out_size
         self.framer = Framer(pack.display, pack.display_scale, out_size)
         self.motion = Motion(self.A, pack.p, relative=relative, smooth=smooth, hold_s=hold_s, ease_s=ease_s)
@@ -271,7 +297,7 @@ class ReenactorFactory:
     def _make_engine(self, generator_stage=None) -> Engine:
         c = self.config
         return Engine(c.zoo, c.weights, c.directions, log=self.log, progress=c.progress, device=c.device,
-                      tune_directions=c.tune_directions, generator_stage=generator_stage)
+                      tune_directions=c.tune_directions, generator_stage=generator_stage, net3d=c.net3d)
 
     def __call__(self, avatar: str | Path | None = None, **overrides) -> AvatarReenactor:
         return self.engine.make_reenactor(avatar or self.default_avatar, **{**self.config.session(), **overrides})

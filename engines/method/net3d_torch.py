@@ -1,0 +1,86 @@
+"""Net3D for the default zoo as torch modules: MediaPipe FaceLandmarker's own networks and face geometry,
+ported (engines.models.facelandmarker, face_geometry, facedetector), so it runs on any device and
+batches frames of several sessions, each of its own size, through one landmark-net call.
+
+It reads what MediaPipe's runtime reads (the runtime is the reference it is tested against): the
+detector finds a face only when a session has no track; the landmark net reads the tracking crop,
+whose next position comes from these landmarks. The engine's batched Net3D stage
+(streamer.reenact.net3d_stage) runs it on a GPU; on the CPU the runtime (engines.method.net3d) is
+faster and stays the default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.method.net3d import FaceReading
+from engines.models.face_geometry import FaceGeometry
+from engines.models.facedetector import FaceDetectorNet
+from engines.models.facelandmarker import BlendshapeNet, LandmarkNet, crop, roi_from_landmarks, uncrop_landmarks
+
+MIN_PRESENCE = 0.5   # MediaPipe's default min_tracking_confidence
+
+
+def frame_to_float(frame_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]."""
+    return frame_u8.permute(0, 3, 1, 2).float() / 255.0
+
+
+class TorchNet3D(nn.Module):
+    def __init__(self, detector: FaceDetectorNet, landmark_net: LandmarkNet, blendshape_net: BlendshapeNet,
+                 geometry: FaceGeometry):
+        super().__init__()
+        self.detector, self.landmark_net = detector, landmark_net
+        self.blendshape_net, self.geometry = blendshape_net, geometry
+
+    @classmethod
+    def from_task(cls, path: str | Path | None = None) -> "TorchNet3D":
+        return cls(FaceDetectorNet.from_task(path), LandmarkNet.from_task(path), BlendshapeNet.from_task(path),
+                   FaceGeometry(path)).eval().requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.geometry.canonical.device
+
+    @torch.no_grad()
+    def detect(self, frame: torch.Tensor) -> torch.Tensor | None:
+        """frame uint8 [H, W, 3] on this device -> the best face's tracking ROI [5], or None."""
+        found = self.detector(frame_to_float(frame[None]), max_faces=1)[0]
+        return found["rois"][0].float() if found["rois"].shape[0] else None
+
+    @torch.no_grad()
+    def crop(self, frame: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
+        """frame uint8 [H, W, 3], roi [5] -> the landmark net's input [3, 256, 256]."""
+        return crop(frame_to_float(frame[None]), roi[None])[0]
+
+    @torch.no_grad()
+    def forward(self, patches: torch.Tensor, rois: torch.Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
+        """patches [B, 3, 256, 256], rois [B, 5], sizes: each frame's (W, H) -> one dict per frame:
+        landmarks [478, 3] (image pixels, MediaPipe's x*W, y*H, z*W), blendshapes [52], rotation [3, 3],
+        presence (float), roi_next [5]. The landmark net runs once for the batch; the rest per frame size
+        (a call's sessions usually share one)."""
+        lm_crop, presence = self.landmark_net(patches)
+        out: list[dict] = [{} for _ in sizes]
+        for (wid, hgt) in set(sizes):
+            idx = [i for i, s in enumerate(sizes) if s == (wid, hgt)]
+            sel = torch.as_tensor(idx, device=patches.device)
+            lm = uncrop_landmarks(lm_crop[sel], rois[sel], image_wh=(wid, hgt))
+            scores = self.blendshape_net(lm[..., :2])
+            rot = self.geometry(lm, wid, hgt)
+            roi_next = roi_from_landmarks(lm[..., :2], wid, hgt)
+            for j, i in enumerate(idx):
+                out[i] = {"landmarks": lm[j], "blendshapes": scores[j], "rotation": rot[j],
+                          "presence": float(presence[i]), "roi_next": roi_next[j]}
+        return out
+
+
+def reading(result: dict) -> FaceReading:
+    """One frame's result of TorchNet3D -> the reading MediaPipe's runtime gives (engines.method.net3d);
+    the transformation matrix carries the rotation only (p needs no more)."""
+    matrix = np.eye(4, dtype=np.float32)
+    matrix[:3, :3] = result["rotation"].float().cpu().numpy()
+    return FaceReading(result["landmarks"].float().cpu().numpy(), result["blendshapes"].float().cpu().numpy(),
+                       matrix)

@@ -1,0 +1,103 @@
+"""The Net3D stage: every session's driving frame -> its face reading, with the landmark net batched
+across sessions by one micro-batching scheduler (streamer.reenact.scheduler).
+
+Each session gets a reader with the interface of MediaPipe's (`read(rgb, t_ms) -> FaceReading | None`,
+`close()`), so the motion state after it does not know which Net3D it has. Per session, in its own
+thread: the frame goes to the device, the detector port runs when the session has no track, and the
+tracking crop is cut. The scheduler's worker then runs the landmark net, blendshapes and face geometry
+on all the crops it has gathered in one call (engines.method.net3d_torch).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import torch
+
+from engines.method.net3d import FaceReading
+from engines.method.net3d_torch import MIN_PRESENCE, TorchNet3D, reading
+from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
+
+BUDGET_MS = 8.0     # how long a frame may wait for companions (Net3D is the first of two batched stages)
+
+
+class Net3DStage:
+    def __init__(self, net: TorchNet3D, max_batch: int | None = None, budget_ms: float = BUDGET_MS):
+        self.net, self.budget_ms = net, budget_ms
+        self.device = net.device
+        self.max_batch = max_batch or (1 if self.device.type == "cpu" else 16)
+        self.stats = SchedulerStats()          # over every worker this stage has run
+        self.scheduler: MicroBatchScheduler | None = None
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._readers = 0
+
+    def reader(self) -> "StageReader":
+        with self._lock:
+            if self.scheduler is None:
+                self.scheduler = MicroBatchScheduler(self._run, max_batch=self.max_batch, budget_ms=self.budget_ms,
+                                                     name="net3d-stage", stats=self.stats)
+            self._readers += 1
+        return StageReader(self, next(self._ids))
+
+    def _release(self, session: int) -> None:
+        with self._lock:
+            if self.scheduler is None:
+                return
+            self.scheduler.forget(session)
+            self._readers -= 1
+            if self._readers == 0:   # the last session ended: no idle worker thread
+                self.scheduler.close()
+                self.scheduler = None
+
+    def _run(self, items: list) -> list[dict]:
+        patches = torch.stack([patch for patch, _, _ in items])
+        rois = torch.stack([roi for _, roi, _ in items])
+        return self.net(patches, rois, [size for _, _, size in items])
+
+    def close(self) -> None:
+        with self._lock:
+            if self.scheduler is not None:
+                self.scheduler.close()
+                self.scheduler = None
+
+
+class StageReader:
+    """One session's Net3D on the shared stage: its face track and its place in the scheduler."""
+
+    def __init__(self, stage: Net3DStage, session: int, min_presence: float = MIN_PRESENCE):
+        self.stage, self.session, self.min_presence = stage, session, min_presence
+        self.roi: torch.Tensor | None = None
+        self.detections = 0
+        self._closed = False
+
+    def read(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceReading | None:
+        """The face in an RGB uint8 frame, or None. A track that loses the face looks again with the
+        detector on the same frame, as MediaPipe's image mode would find it."""
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        if not image.flags.writeable:   # torch shares the array's memory and wants it writable
+            image = image.copy()
+        frame = torch.from_numpy(image).to(self.stage.device)
+        for _ in range(2):
+            tracked = self.roi is not None
+            if not tracked:
+                self.detections += 1
+                self.roi = self.stage.net.detect(frame)
+                if self.roi is None:
+                    return None
+            size = (frame.shape[1], frame.shape[0])
+            item = (self.stage.net.crop(frame, self.roi), self.roi, size)
+            result = self.stage.scheduler.submit(self.session, item).result()
+            if result["presence"] >= self.min_presence and bool(torch.isfinite(result["roi_next"]).all()):
+                self.roi = result["roi_next"]
+                return reading(result)
+            self.roi = None
+            if not tracked:   # a fresh detection the landmark net does not confirm: no face
+                return None
+        return None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.stage._release(self.session)

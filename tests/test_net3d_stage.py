@@ -1,0 +1,139 @@
+"""The engine's batched Net3D stage (streamer.reenact.net3d_stage): MediaPipe's networks ported to torch,
+one landmark-net call for the frames of several sessions. Checked against MediaPipe's own runtime."""
+import threading
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engines.core.errors import UserError
+from engines.method.net3d import MediaPipeNet3D
+from engines.method.net3d_torch import TorchNet3D
+from streamer.reenact.engine import Engine, net3d_is_torch
+from streamer.reenact.net3d_stage import Net3DStage
+from tests.media import CLIP
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    """Every 4th of the bundled clip's first 120 frames (640x360, a talking head that turns)."""
+    out = []
+    with av.open(str(CLIP)) as c:
+        for k, f in enumerate(c.decode(video=0)):
+            if k >= 120:
+                break
+            if k % 4 == 0:
+                out.append(f.to_ndarray(format="rgb24"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def net() -> TorchNet3D:
+    return TorchNet3D.from_task()
+
+
+def test_the_stage_reads_what_mediapipes_runtime_reads(frames, net):
+    """Pose and expressions against the runtime in video mode (it tracks the same way): angles within
+    a degree or two, expression scores within a few hundredths (the runtime also smooths its
+    landmarks, the port does not)."""
+    stage = Net3DStage(net)
+    reader = stage.reader()
+    ours, ref = [], []
+    with MediaPipeNet3D("video") as mp:
+        for k, f in enumerate(frames):
+            a, b = mp.read(f, k * 133), reader.read(f)
+            assert a is not None and b is not None, k
+            ref.append(a.p)
+            ours.append(b.p)
+    reader.close()
+    ours, ref = np.array(ours), np.array(ref)
+    diff = np.abs(ours - ref)
+    assert np.median(diff[:, :3]) < 0.5 and diff[:, :3].max() < 2.0, diff[:, :3].max(0)
+    assert np.median(diff[:, 3:]) < 0.02 and diff[:, 3:].max() < 0.2, diff[:, 3:].max(0)
+    assert np.std(ref[:, 0]) > 2.0      # the head turns, so the angles are a real check
+    assert np.corrcoef(ours[:, 0], ref[:, 0])[0, 1] > 0.97
+    assert reader.detections == 1       # the detector ran once; the track held for the rest
+    assert stage.scheduler is None      # the last reader closed: no worker thread left
+
+
+def test_sessions_share_landmark_net_calls_and_read_as_if_alone(frames, net):
+    """Two sessions with frames of different sizes (640x360 and 480x270) read in one call each frame
+    and get what each reads alone."""
+    small = [np.asarray(Image.fromarray(f).resize((480, 270), Image.BILINEAR)) for f in frames[:12]]
+    big = frames[:12]
+
+    def alone(seq):
+        stage = Net3DStage(net, max_batch=1)
+        r = stage.reader()
+        out = [r.read(f).p for f in seq]
+        r.close()
+        return np.array(out)
+
+    ref_big, ref_small = alone(big), alone(small)
+    # a budget that covers a CPU batch of two (a GPU's is a fraction of a millisecond)
+    stage = Net3DStage(net, max_batch=2, budget_ms=300)
+    readers = [stage.reader(), stage.reader()]
+    # these drivers run in lock-step, not at a camera's steady rate, so the scheduler's arrival
+    # prediction has nothing to go on: it waits for the pair (or the budget) instead
+    stage.scheduler.predict = False
+    got: list[list] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def drive(i, seq):
+        for f in seq:
+            barrier.wait()   # both sessions' frames arrive together, as two cameras at one rate
+            got[i].append(readers[i].read(f).p)
+
+    threads = [threading.Thread(target=drive, args=(i, s)) for i, s in enumerate((big, small))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    summary = stage.stats.summary()
+    for r in readers:
+        r.close()
+    np.testing.assert_allclose(np.array(got[0]), ref_big, atol=1e-3)
+    np.testing.assert_allclose(np.array(got[1]), ref_small, atol=1e-3)
+    assert summary["sessions"] == 2 and summary["frames"] >= 24
+    assert summary["mean_batch"] > 1.5, summary   # one call served both sessions on most frames
+    # the two sizes really were read as different frames: the same face, pose within a degree
+    assert np.abs(ref_big[:, :3] - ref_small[:, :3]).max() < 1.5
+
+
+def test_no_face_reads_none_then_the_face_is_found_again(frames, net):
+    stage = Net3DStage(net)
+    r = stage.reader()
+    assert r.read(frames[0]) is not None
+    # the track is lost, the detector looks again on the same frame and finds nothing: dropped
+    assert r.read(np.full_like(frames[0], 127)) is None and r.roi is None and r.detections == 2
+    assert r.read(frames[1]) is not None and r.detections == 3
+    r.close()
+
+
+def test_the_engine_reads_with_the_stage_when_asked(frames, tmp_path):
+    from tests.media import quick_astronaut_pack
+    engine = Engine("default", log=lambda m: None, progress=False, net3d="torch")
+    try:
+        pack = quick_astronaut_pack(engine.zoo, tmp_path)
+        r = engine.make_reenactor(pack)
+        outs = [r.process(f, k / 7.5) for k, f in enumerate(frames[:8])]
+        assert all(o.face_found for o in outs)
+        assert engine.net3d_stage.stats.frames == 8
+        assert np.abs(r.dp[:3].numpy()).max() > 0.01   # the driver's turn reached the motion state
+        r.close()
+    finally:
+        engine.close()
+
+
+def test_which_net3d_runs():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not net3d_is_torch("auto", "default", cpu)     # MediaPipe's runtime is faster on the CPU
+    assert net3d_is_torch("auto", "default", gpu)
+    assert not net3d_is_torch("auto", "vox256", gpu)      # vox256 reads with DECA
+    assert net3d_is_torch("torch", "default", cpu)
+    with pytest.raises(UserError, match="default zoo"):
+        net3d_is_torch("torch", "vox256", cpu)
+    with pytest.raises(UserError, match="must be one of"):
+        net3d_is_torch("tflite", "default", cpu)
