@@ -19,6 +19,7 @@ import threading
 import torch
 
 from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
+from engines.accel.buckets import Buckets
 from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
 
 BUDGET_MS = 15.0     # how long a request may wait for companions (half a 30 fps frame)
@@ -26,7 +27,7 @@ BUDGET_MS = 15.0     # how long a request may wait for companions (half a 30 fps
 
 class GeneratorStage:
     def __init__(self, generator, tuned_layers: tuple[str, ...], device: torch.device,
-                 max_batch: int | None = None, slots: int = 64):
+                 max_batch: int | None = None, slots: int = 64, log=print):
         self.base, self.device = generator, device
         self.max_batch = max_batch or (1 if device.type == "cpu" else 8)
         self.batched = self.max_batch > 1
@@ -38,7 +39,10 @@ class GeneratorStage:
         if self.batched:
             self.bank = AvatarBank(generator, tuned_layers, slots).to(device)
             batch_cls = StyleGAN2Batch if hasattr(generator, "n_latent") else DCGANBatch
-            self.run_batched = batch_cls(generator.to(device), self.bank)
+            # one compiled engine per batch size; the bank's weights change in place as avatars come and
+            # go, which a CUDA graph reads at replay but TensorRT would bake in: no tensorrt here
+            self.run_batched = Buckets(batch_cls(generator.to(device), self.bank), device, "generator",
+                                       prefer=None if device.type == "cpu" else ("cuda-graph", "eager"), log=log)
         self.stats = SchedulerStats()                     # over every worker this stage has run
         self.scheduler: MicroBatchScheduler | None = None
         self._avatars = 0
@@ -103,6 +107,10 @@ class GeneratorStage:
         z = torch.cat([z for z, _ in items]).to(self.device)
         slots = torch.as_tensor([s for _, s in items], device=self.device)
         return list(self.run_batched(z, slots).cpu().split(1))
+
+    def engines(self) -> list[str]:
+        """The compile chain's choice for each batch size built so far (none at batch 1)."""
+        return list(self.run_batched.built.values()) if self.batched else []
 
     def close(self) -> None:
         with self._lock:
