@@ -81,9 +81,10 @@ class Correction:
     @classmethod
     @torch.no_grad()
     def measure(cls, A, render: Callable[[torch.Tensor], torch.Tensor], step: float = 2.0,
-                probe: float = 4.0, spread=None) -> "Correction | None":
+                probe: float = 4.0, spread=None, image_reader=None) -> "Correction | None":
         """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU;
-        spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: no reach limit).
+        spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: no reach limit);
+        image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode).
         None when a render shows no face."""
         k = A.k
         m = k - 3
@@ -96,7 +97,7 @@ class Correction:
         e = torch.eye(k)[3:]
         dps = torch.cat([torch.zeros(1, k), *sweeps, e * step, -e * step, e * probe, -e * probe])
         imgs = render(dps)
-        with MediaPipeNet3D("image") as reader:
+        with (image_reader or (lambda: MediaPipeNet3D("image")))() as reader:
             faces = [reader.read(a) for a in to_uint8(net3d_view(imgs))]
         if any(f is None for f in faces):
             return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engines.core.errors import UserError
 from engines.core.modelfiles import model_path
 from engines.core.quiet import native_quiet
 from engines.method.pose import PARAM_NAMES, pose_vector
@@ -63,8 +64,12 @@ class MediaPipeNet3D:
     param_names = PARAM_NAMES
 
     def __init__(self, mode: str = "image", num_faces: int = 1, min_confidence: float = 0.5):
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
+        try:
+            import mediapipe as mp
+            from mediapipe.tasks.python import BaseOptions, vision
+        except ImportError as e:
+            raise UserError(f"MediaPipe's runtime is not installed ({e}): pip install mediapipe, or read "
+                            f"with its networks ported to torch (--net3d torch)") from None
         self._mp = mp
         running = {"image": vision.RunningMode.IMAGE, "video": vision.RunningMode.VIDEO}[mode]
         opts = vision.FaceLandmarkerOptions(

@@ -57,12 +57,14 @@ class TorchNet3D(nn.Module):
         return crop(frame_to_float(frame[None]), roi[None])[0]
 
     @torch.no_grad()
-    def forward(self, patches: torch.Tensor, rois: torch.Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
+    def forward(self, patches: torch.Tensor, rois: torch.Tensor, sizes: list[tuple[int, int]],
+                landmark_net=None) -> list[dict]:
         """patches [B, 3, 256, 256], rois [B, 5], sizes: each frame's (W, H) -> one dict per frame:
         landmarks [478, 3] (image pixels, MediaPipe's x*W, y*H, z*W), blendshapes [52], rotation [3, 3],
         presence (float), roi_next [5]. The landmark net runs once for the batch; the rest per frame size
-        (a call's sessions usually share one)."""
-        lm_crop, presence = self.landmark_net(patches)
+        (a call's sessions usually share one). landmark_net: what runs the landmark net (default: the
+        module itself; the stage passes its compiled engines, engines.accel.buckets)."""
+        lm_crop, presence = (landmark_net or self.landmark_net)(patches)
         out: list[dict] = [{} for _ in sizes]
         for (wid, hgt) in set(sizes):
             idx = [i for i, s in enumerate(sizes) if s == (wid, hgt)]
@@ -75,6 +77,39 @@ class TorchNet3D(nn.Module):
                 out[i] = {"landmarks": lm[j], "blendshapes": scores[j], "rotation": rot[j],
                           "presence": float(presence[i]), "roi_next": roi_next[j]}
         return out
+
+
+def frame_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An RGB uint8 frame -> uint8 [H, W, 3] on device."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if not image.flags.writeable:   # torch shares the array's memory and wants it writable
+        image = image.copy()
+    return torch.from_numpy(image).to(device)
+
+
+class ImageReader:
+    """MediaPipe's image mode with the ported networks: each frame on its own (detect, then read), on
+    the net's device, unbatched. For renders read at load time and by the feedback loop."""
+
+    def __init__(self, net: TorchNet3D, min_presence: float = MIN_PRESENCE):
+        self.net, self.min_presence = net, min_presence
+
+    def read(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceReading | None:
+        frame = frame_tensor(image, self.net.device)
+        roi = self.net.detect(frame)
+        if roi is None:
+            return None
+        result = self.net(self.net.crop(frame, roi)[None], roi[None], [(frame.shape[1], frame.shape[0])])[0]
+        return reading(result) if result["presence"] >= self.min_presence else None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def reading(result: dict) -> FaceReading:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from engines.core.errors import main_guard
-from streamer.bench.sessions import ROOT, decode, machine, pct, run_sessions
+from streamer.bench.sessions import ROOT, machine, pct, rgb_frames, run_sessions
 from streamer.cluster.client import ClusterReenactorFactory, import_ray
 from streamer.cluster.config import ClusterConfig, add_cluster_arguments
 from streamer.reenact.config import ReenactConfig
@@ -39,8 +39,7 @@ def run_cluster_sessions(cluster: ClusterConfig, source: Path, avatars: list[Pat
     log = lambda m: print(m, file=sys.stderr)   # noqa: E731
     factory = ClusterReenactorFactory(ReenactConfig(progress=False), cluster, log=log)
     try:
-        frames, rate = decode(source, max_frames)
-        rgb = [f.to_ndarray(format="rgb24") for f in frames]
+        rgb, rate = rgb_frames(source, max_frames)
         sessions = [factory(avatars[i % len(avatars)]) for i in range(n)]
         for r in sessions:     # warm-up: each avatar loaded on its replica, first-call allocations
             for k in range(3):

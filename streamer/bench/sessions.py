@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from engines.core.errors import UserError, main_guard
 from streamer.bench.machine import cpu_model
 
@@ -34,6 +36,22 @@ def machine() -> str:
 def pct(v, q):
     s = sorted(v)
     return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
+
+
+def rgb_frames(path: Path, max_frames: int | None) -> tuple[list, float]:
+    """A clip's frames as RGB arrays and its frame rate. A `.npz` (arrays `frames` uint8 [N, H, W, 3] and
+    `rate`, scripts/gpu_bench.sh --prep) needs no video decoder, for machines without PyAV."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path) as z:
+                frames, rate = list(z["frames"][:max_frames]), float(z["rate"])
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"{path}: not a frames file (arrays 'frames' and 'rate'): {e}") from None
+        if not frames or frames[0].ndim != 3 or frames[0].shape[2] != 3 or frames[0].dtype != np.uint8:
+            raise UserError(f"{path}: 'frames' must be uint8 [N, H, W, 3] with N >= 1")
+        return frames, rate
+    frames, rate = decode(path, max_frames)
+    return [f.to_ndarray(format="rgb24") for f in frames], rate
 
 
 def decode(path: Path, max_frames: int | None):
@@ -105,7 +123,7 @@ def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bo
 
 def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: float, fps: float | None,
                  weights=None, threads: int | None = None, device: str = "cpu", max_frames: int = 300,
-                 net3d: str = "auto") -> dict:
+                 net3d: str = "auto", warmup: float = 0.0) -> dict:
     """N sessions on one Engine, each driven by `source` from its own thread, for `seconds`: the
     factory run_stream.py builds, with run_stream's defaults (one torch thread unless `threads`)."""
     import threading
@@ -116,22 +134,16 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
     factory = ReenactorFactory(ReenactConfig(zoo=zoo, weights=weights, device=device, threads=threads or 1,
                                              progress=False, net3d=net3d), log=lambda m: print(m, file=sys.stderr))
     engine = factory.engine
-    frames, rate = decode(source, max_frames)
-    rgb = [f.to_ndarray(format="rgb24") for f in frames]
+    rgb, rate = rgb_frames(source, max_frames)
     sessions = [factory(avatars[i % len(avatars)]) for i in range(n)]
     for r in sessions:   # warm-up (first-call allocations), then the driver's reference again
         r.process(rgb[0], 0.0)
         r.reset_reference()
-    stats = engine.generator_stage.stats
-    calls0, frames0 = stats.batches, stats.frames
-    n3d = engine.net3d_stage.stats if engine.net3d_stage is not None else None
-    n3d0 = (n3d.batches, n3d.frames) if n3d is not None else None
     latency: list[list[float]] = [[] for _ in range(n)]
     image_ms: list[list[float]] = [[] for _ in range(n)]
-    start = time.perf_counter() + 0.05
-    stop = start + seconds
+    media = [0.0] * n   # each session's last media time: it never goes back
 
-    def drive(i: int) -> None:
+    def drive(i: int, start: float, stop: float, media0: float) -> None:
         r, k = sessions[i], 0
         while True:
             due = start + k / fps if fps else time.perf_counter()
@@ -143,18 +155,36 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
             t0 = time.perf_counter()
             if t0 > stop:
                 return
-            out = r.process(rgb[k % len(rgb)], k / rate)
+            media[i] = media0 + k / rate
+            out = r.process(rgb[k % len(rgb)], media[i])
             latency[i].append((time.perf_counter() - t0) * 1e3)
             image_ms[i].append(out.stage_ms["image"])
             k += 1
             if fps:   # a camera does not queue: frames that came while this one ran are skipped
                 k = max(k, int((time.perf_counter() - start) * fps))
 
-    workers = [threading.Thread(target=drive, args=(i,), daemon=True) for i in range(n)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    def phase(seconds: float, media0: float = 0.0) -> tuple[float, float]:
+        start = time.perf_counter() + 0.05
+        workers = [threading.Thread(target=drive, args=(i, start, start + seconds, media0), daemon=True)
+                   for i in range(n)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return start, start + seconds
+
+    if warmup > 0:   # the sessions together: each batch size they make builds its engine (GPU) here
+        phase(warmup)
+        for lat, im in zip(latency, image_ms):
+            lat.clear()
+            im.clear()
+        for r in sessions:
+            r.reset_reference()
+    stats = engine.generator_stage.stats
+    calls0, frames0 = stats.batches, stats.frames
+    n3d = engine.net3d_stage.stats if engine.net3d_stage is not None else None
+    n3d0 = (n3d.batches, n3d.frames) if n3d is not None else None
+    start, stop = phase(seconds, media0=max(media) + 1.0)
     elapsed = max(1e-9, min(time.perf_counter(), stop) - start)
     for r in sessions:
         r.close()
@@ -175,6 +205,7 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
             "image_stage": {"p50_ms": round(pct(images, 50), 2), "p95_ms": round(pct(images, 95), 2)},
             "generator_stage": shared, "max_batch": engine.generator_stage.max_batch,
             "net3d_stage": net3d or "mediapipe (one runtime per session)",
+            "engines": engine.generator_stage.engines() + (engine.net3d_stage.engines() if n3d is not None else []),
             "machine": machine(), "device": describe(engine.device), "zoo": zoo, "source": str(source),
             "avatars": [str(a) for a in avatars]}
 
@@ -197,11 +228,14 @@ def main(argv=None) -> int:
                                                             "(default: --avatar for every session)")
     ap.add_argument("--seconds", type=float, default=10.0, help="with --sessions: how long (default 10)")
     ap.add_argument("--fps", type=float, default=None, help="with --sessions: pace each session like a camera")
+    ap.add_argument("--warmup", type=float, default=0.0,
+                    help="with --sessions: seconds run together before measuring (a GPU builds an engine for "
+                         "each batch size as it first occurs)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.sessions:
         res = run_sessions(args.zoo, args.source, args.avatars or [args.avatar], args.sessions, args.seconds,
-                           args.fps, args.weights, args.threads, args.device, args.frames or 300, args.net3d)
+                           args.fps, args.weights, args.threads, args.device, args.frames or 300, args.net3d, args.warmup)
         g = res["generator_stage"]
         print(f"{res['sessions']} sessions on {res['device']}: {res['fps_total']:.1f} frames/s in all, per session "
               f"{min(res['fps_per_session']):.1f}..{max(res['fps_per_session']):.1f}; latency p50 "

@@ -28,7 +28,8 @@ from engines.core.device import describe, resolve_device
 from engines.core.errors import UserError
 from engines.core.views import image_uint8
 from engines.method.correction import Correction
-from engines.method.net3d_torch import TorchNet3D
+from engines.method.net3d import MediaPipeNet3D
+from engines.method.net3d_torch import ImageReader, TorchNet3D
 from engines.method.zoos import load_zoo
 from streamer.avatar.enroll import cached_pack_path, load_or_enroll
 from streamer.avatar.framing import Framer
@@ -65,17 +66,17 @@ class Engine:
         self.directions = self.zoo.directions()
         self.log = log
         if self.device.type != "cpu":
-            # the per-frame networks (each avatar's generator, vox256's DECA) run there; enrollment,
-            # MediaPipe and the small pose maths stay on the CPU
+            # the per-frame networks (each avatar's generator, vox256's DECA, the torch Net3D) run there;
+            # enrollment, MediaPipe's runtime and the small pose maths stay on the CPU
             for m in self.zoo.device_modules:
                 m.to(self.device)
             torch.backends.cudnn.benchmark = True   # one frame size for the whole session
             log(f"models run on {describe(self.device)}")
         # every session renders through this one stage (batched on a GPU, one frame at a time on the CPU)
         self.generator_stage = generator_stage if generator_stage is not None else \
-            GeneratorStage(self.zoo.generator, self.zoo.recipe.tuning.layers, self.device)
+            GeneratorStage(self.zoo.generator, self.zoo.recipe.tuning.layers, self.device, log=log)
         # every session reads its driver through this stage (batched), or through its own MediaPipe runtime
-        self.net3d_stage = Net3DStage(TorchNet3D.from_task().to(self.device)) if use_torch_net3d else None
+        self.net3d_stage = Net3DStage(TorchNet3D.from_task().to(self.device), log=log) if use_torch_net3d else None
         self.progress = progress
         self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
@@ -122,6 +123,10 @@ class Engine:
             return cached_pack_path(path, self.zoo, self.tune_directions).is_file()
         except OSError:
             return False
+
+    def image_reader(self):
+        """A Net3D reader of single images (the avatar's own renders): the same Net3D as the drivers'."""
+        return ImageReader(self.net3d_stage.net) if self.net3d_stage is not None else MediaPipeNet3D("image")
 
     def pose_reader(self):
         """A new session's Net3D reader of driving frames: `.read(rgb, t_ms)` -> reading | None, `.close()`."""
@@ -192,8 +197,9 @@ class AvatarReenactor:
             # with head-pose feedback on, the shown angles are measured and steered: the reach limit (an
             # open-loop guard) would cap what the feedback asks for, so it is left off
             spread = None if feedback_every > 0 else tuned_spread(pack, engine.zoo.recipe.tuning, self.A)
-            self.correction = Correction.measure(self.A, self._render_requests, spread=spread) if correct else None
-            self.feedback = HeadFeedback.start(self.A, self._small, feedback_every)
+            self.correction = Correction.measure(self.A, self._render_requests, spread=spread,
+                                                 image_reader=engine.image_reader) if correct else None
+            self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)
         self._t0 = time.monotonic()
 
     @property

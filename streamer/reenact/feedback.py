@@ -25,11 +25,13 @@ class HeadFeedback:
         self.integral = torch.zeros(3)
 
     @classmethod
-    def start(cls, A, avatar_render: torch.Tensor, every: int) -> "HeadFeedback | None":
-        """None when off or when Net3D finds no face in the avatar's own render [1,3,R,R]."""
+    def start(cls, A, avatar_render: torch.Tensor, every: int, image_reader=None) -> "HeadFeedback | None":
+        """None when off or when Net3D finds no face in the avatar's own render [1,3,R,R].
+        image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime)."""
         if every <= 0:
             return None
-        reader = MediaPipeNet3D("image")   # each output frame on its own: no tracking lag
+        # image mode: each output frame on its own, no tracking lag
+        reader = image_reader() if image_reader is not None else MediaPipeNet3D("image")
         p0 = read_angles(A, reader, avatar_render)
         if p0 is None:
             reader.close()

@@ -15,18 +15,21 @@ import threading
 import numpy as np
 import torch
 
+from engines.accel.buckets import Buckets
 from engines.method.net3d import FaceReading
-from engines.method.net3d_torch import MIN_PRESENCE, TorchNet3D, reading
+from engines.method.net3d_torch import MIN_PRESENCE, TorchNet3D, frame_tensor, reading
 from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
 
 BUDGET_MS = 8.0     # how long a frame may wait for companions (Net3D is the first of two batched stages)
 
 
 class Net3DStage:
-    def __init__(self, net: TorchNet3D, max_batch: int | None = None, budget_ms: float = BUDGET_MS):
+    def __init__(self, net: TorchNet3D, max_batch: int | None = None, budget_ms: float = BUDGET_MS, log=print):
         self.net, self.budget_ms = net, budget_ms
         self.device = net.device
         self.max_batch = max_batch or (1 if self.device.type == "cpu" else 16)
+        # on a GPU through the compile chain, one engine per batch size (the CPU: the module itself)
+        self.landmark_net = Buckets(net.landmark_net, self.device, "landmark net", log=log)
         self.stats = SchedulerStats()          # over every worker this stage has run
         self.scheduler: MicroBatchScheduler | None = None
         self._lock = threading.Lock()
@@ -54,7 +57,11 @@ class Net3DStage:
     def _run(self, items: list) -> list[dict]:
         patches = torch.stack([patch for patch, _, _ in items])
         rois = torch.stack([roi for _, roi, _ in items])
-        return self.net(patches, rois, [size for _, _, size in items])
+        return self.net(patches, rois, [size for _, _, size in items], self.landmark_net)
+
+    def engines(self) -> list[str]:
+        """The compile chain's choice for each batch size built so far (none on the CPU)."""
+        return list(self.landmark_net.built.values())
 
     def close(self) -> None:
         with self._lock:
@@ -75,10 +82,7 @@ class StageReader:
     def read(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceReading | None:
         """The face in an RGB uint8 frame, or None. A track that loses the face looks again with the
         detector on the same frame, as MediaPipe's image mode would find it."""
-        image = np.ascontiguousarray(image, dtype=np.uint8)
-        if not image.flags.writeable:   # torch shares the array's memory and wants it writable
-            image = image.copy()
-        frame = torch.from_numpy(image).to(self.stage.device)
+        frame = frame_tensor(image, self.stage.device)
         for _ in range(2):
             tracked = self.roi is not None
             if not tracked:

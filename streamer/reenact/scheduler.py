@@ -1,8 +1,9 @@
 """Micro-batching across sessions: several streams share one model stage (one GPU) within a latency budget.
 
-    sched = MicroBatchScheduler(runner.run, max_batch=8, budget_ms=33)
-    session = ModelSession(sched, runner, source, p_source, tuned=pack.tuned)   # one per stream
-    out = session.process(frame)          # blocking: the Reenactor shape (streamer.reenact.api)
+    sched = MicroBatchScheduler(run_batch, max_batch=8, budget_ms=15)   # run_batch(items) -> results
+    result = sched.submit(session_id, item).result()                     # from each session's thread
+
+The engine's two batched stages use it (streamer.reenact.net3d_stage, streamer.reenact.generator_stage).
 
 The scheduler's worker thread takes the oldest queued frame, then waits for companions until either
 `max_batch` frames are queued or the oldest one's deadline comes: arrival + budget - the expected run
@@ -14,11 +15,7 @@ two frames queued: a newer frame replaces the queued one (its caller gets `Dropp
 pipeline's newest-wins channels do. Each session has one frame in flight (process() blocks), so its
 frame rate is 1 / latency: keep the budget under one frame period (bench default: half of one).
 
-`StageRunner` adapts an engines.method.frame_stage stage to this: it stacks the sessions' inputs, pads the
-batch up to a fixed size when the engine needs static shapes (CUDA graphs, TensorRT, compiled), runs
-one engine per batch size (built lazily by engines.accel.compile.build_engine), and splits the outputs.
-Avatars live in the stage's AvatarBank: `add_avatar(tuned) -> slot`; samples gather their own tuned
-weights by slot inside the batch, so no generator is copied per session or per frame.
+A stage pads each batch to a fixed size where its engine needs static shapes (engines.accel.buckets).
 """
 from __future__ import annotations
 
@@ -27,12 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
-
-import numpy as np
-import torch
-
-from streamer.reenact.api import Output
+from typing import Any, Callable, Hashable
 
 IDLE_S = 1.0    # a session silent this long is not waited for
 SLACK_S = 0.002  # how late a predicted frame may be before the batch goes without it
@@ -209,195 +201,3 @@ class MicroBatchScheduler:
                 st.per_session[r.session] = st.per_session.get(r.session, 0) + 1
             for r, res in zip(live, results):
                 r.future.set_result(res)
-
-
-# -- the frame stage as a batch function ----------------------------------------------------------------
-@dataclass
-class StageRequest:
-    frame: torch.Tensor     # uint8 [H, W, 3] (any device)
-    roi: torch.Tensor       # [5]
-    source: torch.Tensor    # the session's source code, [*latent_shape]
-    p_ref: torch.Tensor     # [K] normalised
-    slot: int
-
-
-@dataclass
-class StageResult:
-    image: np.ndarray       # uint8 [R, R, 3]
-    presence: float
-    roi_next: torch.Tensor  # [5], on the stage's device
-    p: torch.Tensor         # [K] normalised, on the stage's device
-
-
-STATIC_BACKENDS = ("tensorrt", "compile", "cuda-graph")
-
-
-class StageRunner:
-    """Runs an engines.method.frame_stage stage on a list of StageRequests as one batch."""
-
-    def __init__(self, stage, device="cpu", buckets: Sequence[int] = (1, 2, 4, 8, 16),
-                 prefer: Sequence[str] | None = None, dtype: torch.dtype | str = torch.float32,
-                 log: Callable[[str], Any] | None = print):
-        self.stage = stage
-        self.device = torch.device(device)
-        self.buckets = tuple(sorted(buckets))
-        self.prefer = tuple(prefer) if prefer else (("eager",) if self.device.type == "cpu" else
-                                                    ("tensorrt", "cuda-graph", "eager"))
-        if isinstance(dtype, str):
-            from engines.accel.compile import DTYPES
-            dtype = DTYPES[dtype]
-        self.dtype = dtype
-        self.log = log
-        self.engines: dict[int, tuple[Callable, Any]] = {}
-        self._lock = threading.Lock()
-        self._free_slots = list(range(stage.bank.slots - 1, 0, -1))
-
-    @property
-    def static(self) -> bool:
-        return any(b in STATIC_BACKENDS for b in self.prefer)
-
-    # -- avatars ----------------------------------------------------------------------------------
-    def add_avatar(self, tuned: dict[str, torch.Tensor] | None) -> int:
-        """Load an avatar's tuned weights into a free bank slot; 0 (the base weights) if untuned."""
-        if not tuned:
-            return 0
-        with self._lock:
-            if not self._free_slots:
-                raise RuntimeError(f"all {self.stage.bank.slots - 1} avatar slots are in use")
-            slot = self._free_slots.pop()
-        self.stage.bank.set(slot, {k: v.to(self.device) for k, v in tuned.items()})
-        return slot
-
-    def remove_avatar(self, slot: int) -> None:
-        if slot:
-            self.stage.bank.reset(slot)
-            with self._lock:
-                self._free_slots.append(slot)
-
-    def normalise(self, p_raw) -> torch.Tensor:
-        d = self.stage.directions
-        return d.normalise(torch.as_tensor(p_raw, dtype=torch.float32, device=self.device)).reshape(-1)
-
-    # -- engines ----------------------------------------------------------------------------------
-    def bucket(self, n: int) -> int:
-        if not self.static:
-            return n
-        for b in self.buckets:
-            if b >= n:
-                return b
-        raise ValueError(f"batch of {n} exceeds the largest bucket {self.buckets[-1]}")
-
-    def engine(self, n: int, frame_hw: tuple[int, int], inputs: tuple | None = None):
-        """The callable for batch n at this frame size. Static engines are verified on `inputs` (the
-        first real batch of this size; run() passes it) and on its mirror image: a face's error says
-        whether a reduced precision or a captured graph is good enough, a noise frame's does not
-        (its landmarks are chaotic, so tiny differences look like 1e-1 errors and every candidate
-        gets rejected). Without inputs the stage's synthetic examples are used."""
-        key = (n, frame_hw)
-        if key not in self.engines:
-            if self.static:
-                from engines.accel.compile import build_engine
-                if inputs is None:
-                    ex = self.stage.example_inputs(n, self.device, frame_hw)
-                    chk = self.stage.example_inputs(n, self.device, frame_hw, seed=1)
-                else:
-                    ex, chk = tuple(inputs), mirrored(inputs)
-                self.engines[key] = build_engine(self.stage, ex, self.device, self.dtype, self.prefer,
-                                                 check_inputs=[chk], name=f"frame-stage b{n}", log=self.log)
-            else:
-                mod = self.stage if self.dtype == torch.float32 else self.stage.with_precision(self.dtype)
-                self.engines[key] = (_no_grad(mod), None)
-        return self.engines[key][0]
-
-    def run(self, items: list[StageRequest]) -> list[StageResult]:
-        n = len(items)
-        b = self.bucket(n)
-        pad = items + [items[-1]] * (b - n)  # padded rows repeat the last request; results dropped
-        dev = self.device
-        frame = torch.stack([torch.as_tensor(r.frame) for r in pad]).to(dev, non_blocking=True)
-        roi = torch.stack([r.roi.to(dev) for r in pad]).float()
-        source = torch.stack([r.source.to(dev) for r in pad]).float()
-        p_ref = torch.stack([r.p_ref.to(dev) for r in pad]).float()
-        slot = torch.tensor([r.slot for r in pad], device=dev)
-        inputs = (frame, roi, source, p_ref, slot)
-        out = self.engine(b, tuple(frame.shape[1:3]), inputs)(*inputs)
-        images = out["image"][:n].cpu().numpy()
-        presence = out["presence"][:n].float().cpu().tolist()
-        return [StageResult(images[i], presence[i], out["roi_next"][i], out["p"][i]) for i in range(n)]
-
-
-def mirrored(inputs: tuple) -> tuple:
-    """A stage batch seen in a mirror: frames flipped left-right, ROIs reflected (x -> W - x, angle
-    negated), sources / references / slots in reverse order. Still faces, but different inputs, so an
-    engine that replays its capture inputs instead of reading new ones fails the check."""
-    frame, roi, source, p_ref, slot = inputs
-    roi = roi.clone()
-    roi[:, 0] = frame.shape[2] - roi[:, 0]
-    roi[:, 4] = -roi[:, 4]
-    return frame.flip(2), roi, source.flip(0), p_ref.flip(0), slot.flip(0)
-
-
-def _no_grad(fn):
-    def run(*args):
-        with torch.no_grad():
-            return fn(*args)
-    return run
-
-
-class ModelSession:
-    """One stream on a shared stage: face tracker, avatar slot, source code and reference p.
-
-    process(image uint8 HxWx3) -> streamer.reenact.api.Output (blocking). mode 'absolute' drives the avatar
-    to the driver's p (official: dp = p_t - p_source); 'relative' moves it by the driver's change
-    from its first face frame (dp = p_t - p_t0; reset_reference() takes a new p_t0)."""
-
-    side_by_side = False
-
-    def __init__(self, scheduler: MicroBatchScheduler, runner: StageRunner, source: torch.Tensor,
-                 p_source, tuned: dict | None = None, detector=None, mode: str = "absolute"):
-        from engines.method.frame_stage import FaceTracker
-        if mode not in ("absolute", "relative"):
-            raise ValueError("mode must be 'absolute' or 'relative'")
-        self.scheduler, self.runner, self.mode = scheduler, runner, mode
-        self.source = torch.as_tensor(source, dtype=torch.float32).to(runner.device).reshape(
-            runner.stage.source_shape)
-        self.p_source = runner.normalise(p_source)
-        self.p_ref = self.p_source
-        self._take_reference = mode == "relative"
-        self.slot = runner.add_avatar(tuned)
-        self.tracker = FaceTracker(detector)
-        self.last_image: np.ndarray | None = None
-        self.frames = 0
-
-    def reset_reference(self) -> None:
-        self._take_reference = True
-
-    def process(self, image: np.ndarray, t: float | None = None) -> Output:
-        t0 = time.perf_counter()
-        frame = torch.from_numpy(np.ascontiguousarray(image))
-        roi = self.tracker.roi_for(frame.to(self.runner.device))
-        t_detect = time.perf_counter()
-        if roi is None:
-            return self._no_face(t0, t_detect)
-        req = StageRequest(frame, roi, self.source, self.p_ref, self.slot)
-        res: StageResult = self.scheduler.submit(id(self), req).result()
-        t_done = time.perf_counter()
-        face = self.tracker.update(res.presence, res.roi_next)
-        if face and self._take_reference:
-            self.p_ref, self._take_reference = res.p.clone(), False
-        if face or self.last_image is None:
-            self.last_image = res.image
-        self.frames += 1
-        return Output(self.last_image, face, {"detect": (t_detect - t0) * 1000, "model": (t_done - t_detect) * 1000})
-
-    def _no_face(self, t0, t_detect) -> Output:
-        img = self.last_image
-        if img is None:
-            side = self.runner.stage.synth.g.resolution
-            img = np.zeros((side, side, 3), np.uint8)
-        return Output(img, False, {"detect": (t_detect - t0) * 1000})
-
-    def close(self) -> None:
-        self.scheduler.forget(id(self))
-        self.runner.remove_avatar(self.slot)
-        self.slot = 0
