@@ -61,7 +61,8 @@ class ScriptedReader:
 def run_reenactor(device: str, ps, pack, engine_cache: dict):
     from streamer.reenact.engine import AvatarReenactor, Engine
     if device not in engine_cache:
-        engine_cache[device] = Engine("default", log=lambda m: None, progress=False, device=device)
+        # the zoo's per-session reader (here the scripted one), not the batched torch Net3D a GPU picks
+        engine_cache[device] = Engine("default", log=lambda m: None, progress=False, device=device, net3d="mediapipe")
     engine = engine_cache[device]
     engine.zoo.reader_factory = lambda: ScriptedReader(ps)
     try:

@@ -235,7 +235,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.sessions:
         res = run_sessions(args.zoo, args.source, args.avatars or [args.avatar], args.sessions, args.seconds,
-                           args.fps, args.weights, args.threads, args.device, args.frames or 300, args.net3d, args.warmup)
+                           args.fps, args.weights, args.threads, args.device, args.frames or 300, args.net3d,
+                           args.warmup)
         g = res["generator_stage"]
         print(f"{res['sessions']} sessions on {res['device']}: {res['fps_total']:.1f} frames/s in all, per session "
               f"{min(res['fps_per_session']):.1f}..{max(res['fps_per_session']):.1f}; latency p50 "
