@@ -70,3 +70,25 @@ def test_mirror_and_cut():
     assert torch.equal(mirror(torch.tensor([1, 2, 3])), torch.tensor([3, 2, 1]))
     out = cut((torch.zeros(4, 2), [torch.ones(4)], {"a": torch.zeros(4, 1)}), 2)
     assert out[0].shape == (2, 2) and out[1][0].shape == (2,) and out[2]["a"].shape == (2, 1)
+
+
+def test_engines_are_built_and_checked_on_the_real_batch_and_its_mirror(monkeypatch):
+    """A face's error says whether an engine is good enough, a noise input's does not (the landmark
+    net's presence flips under rounding on noise): each bucket's engine is verified on the first real
+    batch, padded, and on its mirror image."""
+    import engines.accel.buckets as eb
+    seen = {}
+
+    def fake_build(module, example, device, prefer, check_inputs, name, log):
+        seen.update(example=example, checks=check_inputs, name=name)
+        return module, type("Info", (), {"line": lambda self: "engine: stand-in"})()
+
+    monkeypatch.setattr(eb, "build_engine", fake_build)
+    run = Buckets(RowSum(), torch.device("cpu"), "rowsum", prefer=("cuda-graph", "eager"), buckets=(4,), log=None)
+    x = torch.randn(3, 2, 4, 4)
+    run(x, torch.tensor([5, 6, 7]))
+    real, mirrored = seen["checks"]
+    assert torch.equal(real[0][:3], x) and torch.equal(real[0][3], x[2])        # padded with the last row
+    assert torch.equal(mirrored[0], real[0].flip(-1))                          # images flipped left-right
+    assert torch.equal(mirrored[1], torch.tensor([7, 7, 6, 5]))                # other inputs reversed
+    assert torch.equal(seen["example"][0], real[0]) and seen["name"] == "rowsum b4"
