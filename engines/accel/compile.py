@@ -166,7 +166,9 @@ class CudaGraphEngine:
                 fn(*self.static_inputs)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
+        # thread_local: the engine's stages capture in their own worker threads while session threads
+        # keep moving frames and running the detector; only this thread's unsafe calls break its capture
+        with torch.no_grad(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_outputs = fn(*self.static_inputs)
 
     def __call__(self, *inputs):
