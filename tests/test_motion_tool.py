@@ -23,6 +23,17 @@ def test_portrait_variants_do_what_their_names_say():
     flat = np.full((50, 50, 3), 120, np.uint8)
     assert (portrait_variant(flat, "rot+10") == 120).all()   # filled with the edge colour, no black wedge
     assert split_name("a.png~rot-10") == ("a.png", "rot-10") and split_name("a.png") == ("a.png", None)
+    grey_card = np.full((200, 300, 3), 200, np.uint8)
+    dark = portrait_variant(grey_card, "dark")
+    assert abs(dark.mean() - 0.5 * (200 / 255) ** 1.3 * 255) < 1   # half the light, deeper shadows: 93
+    warm = portrait_variant(grey_card, "warm").reshape(-1, 3).mean(0)
+    assert warm[0] > warm[1] > warm[2]                           # more red, less blue: an orange cast
+    edge = np.zeros((200, 300, 3), np.uint8)
+    edge[:, 150:] = 255
+    low = portrait_variant(edge, "lowres")
+    row = low[100, :, 0]
+    assert low.shape == edge.shape and ((row > 0) & (row < 255)).sum() >= 6   # the sharp edge is now a ramp
+    assert (low[100, :100] == 0).all()                           # far from the edge nothing changes
 
 
 def test_clip_variants_mirror_and_reverse_keep_the_clock():

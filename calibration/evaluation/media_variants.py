@@ -1,6 +1,8 @@
 """Widened test media for the motion tool: variants of portraits and driving clips.
 
-Portraits: mirrored, cropped tight, rotated by +-10 degrees, grey-scale. Clips: mirrored, played in
+Portraits: mirrored, cropped tight, rotated by +-10 degrees, grey-scale, under-exposed ("dark"), with
+an orange colour cast ("warm"), and seen at low resolution ("lowres": the longer side through 96
+pixels and back up, a webcam snapshot's blur). Clips: mirrored, played in
 reverse, and "wide mouth": the clip with the driver's mouth opened wide and closed again about once a
 second (a thin-plate-spline warp that drops the lower lip and chin, the gap painted as a dark mouth),
 since none of the available clips opens its mouth wide (jawOpen sd <= 0.12) and wide-open mouths are
@@ -13,7 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-PORTRAIT_VARIANTS = ("mirror", "crop", "rot+10", "rot-10", "grey")
+PORTRAIT_VARIANTS = ("mirror", "crop", "rot+10", "rot-10", "grey", "dark", "warm", "lowres")
+DARK_GAIN, DARK_GAMMA = 0.5, 1.3           # an under-exposed photo: half the light, deeper shadows
+WARM_GAINS = (1.15, 1.0, 0.72)             # a white balance gone orange (tungsten light)
+LOWRES_SIDE = 96                           # a small snapshot: the whole photo seen through this many pixels
 CLIP_VARIANTS = ("mirror", "reverse", "widemouth")
 
 # MediaPipe FaceMesh indices: inner lip contours (corner 78 to corner 308), lower outer lip, chin
@@ -48,6 +53,16 @@ def portrait_variant(rgb: np.ndarray, variant: str | None, face_box=None) -> np.
         # fill with the edge colour so no black wedge gives the face a hard new border
         edge = tuple(int(v) for v in np.median(np.concatenate([rgb[0], rgb[-1]]), 0))
         im = im.rotate(float(variant[3:]), resample=Image.BICUBIC, fillcolor=edge)
+    elif variant == "dark":
+        x = np.asarray(im, np.float32) / 255.0
+        im = Image.fromarray(np.clip(255 * DARK_GAIN * x ** DARK_GAMMA, 0, 255).round().astype(np.uint8))
+    elif variant == "warm":
+        x = np.asarray(im, np.float32) * np.asarray(WARM_GAINS, np.float32)
+        im = Image.fromarray(np.clip(x, 0, 255).round().astype(np.uint8))
+    elif variant == "lowres":
+        scale = LOWRES_SIDE / max(im.size)
+        small = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+        im = small.resize(im.size, Image.BICUBIC)
     elif variant == "crop":
         x0, y0, x1, y1 = face_box
         cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 0.8 * max(x1 - x0, y1 - y0)
