@@ -43,6 +43,52 @@ def test_batched_stage_renders_each_avatar_like_its_own_generator():
         many.close()
 
 
+def _low_rank_pack(g, seed: int, rank: int) -> AvatarPack:
+    """A pack as enrollment at Tuning.rank writes it: each tuned conv weight the base plus a rank-r
+    delta (folded into plain weights), the other tuned tensors changed freely."""
+    from engines.accel.lowrank import matrix_shape, worth_factoring
+    gen = torch.Generator().manual_seed(seed)
+    tuned = {}
+    for n, p in g.named_parameters():
+        if not n.startswith(RECIPE.tuning.layers):
+            continue
+        if p.dim() >= 4 and worth_factoring(p.shape, rank):
+            rows, cols = matrix_shape(p.shape)
+            u, v = torch.randn(rows, rank, generator=gen), torch.randn(rank, cols, generator=gen)
+            delta = (u @ v).reshape(p.shape)
+            tuned[n] = p.detach() + 0.02 * p.abs().mean() * delta / delta.std()
+        else:
+            tuned[n] = p.detach() + 0.02 * torch.randn(p.shape, generator=gen)
+    crop = np.zeros((64, 64, 3), np.uint8)
+    return AvatarPack("default", torch.randn(1, 100, generator=gen), tuned, crop, crop,
+                      {"p": [0.0] * 13, "tuning": {"rank": rank}})
+
+
+def test_a_low_rank_recipe_batches_shared_convs_and_renders_each_avatar_like_its_own_generator():
+    """Tuning.rank > 0: the batched stage keeps each avatar's conv deltas as rank-r factors and runs
+    one shared conv plus every sample's low-rank term; the images are each avatar's own G's."""
+    from engines.accel.lowrank import LowRankBank
+    from engines.core.errors import UserError
+    g = DCGAN.from_checkpoint()
+    packs = [_low_rank_pack(g, s, rank=8) for s in (4, 5, 6)]
+    stage = GeneratorStage(g, RECIPE.tuning.layers, torch.device("cpu"), max_batch=4, rank=8)
+    try:
+        assert isinstance(stage.bank, LowRankBank) and stage.bank.factored   # convs held as factors
+        slots = [stage.add_avatar(p) for p in packs]
+        z = torch.randn(3, 100, generator=torch.Generator().manual_seed(11))
+        together = stage._run([(z[i:i + 1], s) for i, s in enumerate(slots)])
+        for i, p in enumerate(packs):
+            ref = p.generator(g).synthesize(z[i:i + 1])
+            assert (together[i] - ref).abs().max() < 1e-4
+        assert not torch.allclose(together[0], together[1], atol=1e-3)
+        full = _pack(g, 7)                                   # tuned at full rank: cutting it would change it
+        full.meta["tuning"] = {"rank": 0}
+        with pytest.raises(UserError, match="full rank"):
+            stage.add_avatar(full)
+    finally:
+        stage.close()
+
+
 @pytest.mark.slow
 def test_sessions_of_one_engine_share_its_generator_stage(engine, tmp_path):
     """Three sessions (as three WebRTC peers) on one engine, each on its own thread: every frame goes

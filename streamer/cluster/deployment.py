@@ -77,7 +77,8 @@ class GeneratorReplica:
         self.device = resolve_device(spec["device"])
         self.zoo = load_zoo(spec["zoo"], spec["weights"], spec["directions"])
         generator = self.zoo.generator.to(self.device)
-        self.stage = GeneratorStage(generator, self.zoo.recipe.tuning.layers, self.device)
+        self.stage = GeneratorStage(generator, self.zoo.recipe.tuning.layers, self.device,
+                                    rank=self.zoo.recipe.tuning.rank)
         async def load(avatar_id: str) -> LoadedAvatar:    # the LRU's size is the deployment's setting
             return await self._load(avatar_id)
         self.avatar = serve.multiplexed(max_num_models_per_replica=spec["avatars_per_replica"])(load)

@@ -74,7 +74,8 @@ class Engine:
             log(f"models run on {describe(self.device)}")
         # every session renders through this one stage (batched on a GPU, one frame at a time on the CPU)
         self.generator_stage = generator_stage if generator_stage is not None else \
-            GeneratorStage(self.zoo.generator, self.zoo.recipe.tuning.layers, self.device, log=log)
+            GeneratorStage(self.zoo.generator, self.zoo.recipe.tuning.layers, self.device, log=log,
+                           rank=self.zoo.recipe.tuning.rank)
         # every session reads its driver through this stage (batched), or through its own MediaPipe runtime
         self.net3d_stage = Net3DStage(TorchNet3D.from_task().to(self.device), log=log) if use_torch_net3d else None
         self.progress = progress

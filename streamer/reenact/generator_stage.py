@@ -20,6 +20,8 @@ import torch
 
 from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
 from engines.accel.buckets import Buckets
+from engines.accel.lowrank import DCGANLowRank, LowRankBank, StyleGAN2LowRank
+from engines.core.errors import UserError
 from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
 
 BUDGET_MS = 15.0     # how long a request may wait for companions (half a 30 fps frame)
@@ -27,7 +29,10 @@ BUDGET_MS = 15.0     # how long a request may wait for companions (half a 30 fps
 
 class GeneratorStage:
     def __init__(self, generator, tuned_layers: tuple[str, ...], device: torch.device,
-                 max_batch: int | None = None, slots: int = 64, log=print):
+                 max_batch: int | None = None, slots: int = 64, log=print, rank: int = 0):
+        """rank > 0 (the zoo's recipe tunes rank-r deltas, Tuning.rank): batched, each tuned conv runs once
+        with the shared weight plus every sample's own low-rank term (engines.accel.lowrank), not as a
+        grouped conv with per-sample weights."""
         self.base, self.device = generator, device
         self.max_batch = max_batch or (1 if device.type == "cpu" else 8)
         self.batched = self.max_batch > 1
@@ -36,9 +41,15 @@ class GeneratorStage:
         self._free = list(range(slots - 1, 0, -1))       # the bank's slots; 0 is the untuned base
         self._ids = itertools.count()
         self._copy_slots = itertools.count(1)            # batch 1: as many avatars as memory holds
+        self.rank, self.log = rank, log
         if self.batched:
-            self.bank = AvatarBank(generator, tuned_layers, slots).to(device)
-            batch_cls = StyleGAN2Batch if hasattr(generator, "n_latent") else DCGANBatch
+            style = hasattr(generator, "n_latent")
+            if rank:
+                self.bank = LowRankBank(generator, tuned_layers, rank, slots).to(device)
+                batch_cls = StyleGAN2LowRank if style else DCGANLowRank
+            else:
+                self.bank = AvatarBank(generator, tuned_layers, slots).to(device)
+                batch_cls = StyleGAN2Batch if style else DCGANBatch
             # one compiled engine per batch size; the bank's weights change in place as avatars come and
             # go, which a CUDA graph reads at replay but TensorRT would bake in: no tensorrt here
             self.run_batched = Buckets(batch_cls(generator.to(device), self.bank), device, "generator",
@@ -59,6 +70,8 @@ class GeneratorStage:
             slot = next(self._copy_slots)
             self._copies[slot] = pack.generator(self.base).for_streaming().to(self.device)
             return slot
+        if self.rank:
+            check_rank(pack, self.rank)
         with self._lock:
             if not self._free:
                 raise RuntimeError("generator stage: every avatar slot of the bank is in use")
@@ -117,6 +130,16 @@ class GeneratorStage:
             if self.scheduler is not None:
                 self.scheduler.close()
                 self.scheduler = None
+
+
+def check_rank(pack, rank: int) -> None:
+    """A low-rank bank holds a pack exactly only when it was tuned at rank <= the bank's (the bank
+    recovers the factors by SVD); a full-tuned delta's spectrum is flat, so cutting it would change the
+    avatar: such a pack is refused (cached photos are enrolled again under the recipe's rank anyway)."""
+    tuned_at = (pack.meta.get("tuning") or {}).get("rank", 0) if pack.tuned else rank
+    if not 0 < tuned_at <= rank:
+        raise UserError(f"this avatar was tuned at {'full rank' if not tuned_at else f'rank {tuned_at}'}; "
+                        f"this engine serves avatars tuned at rank <= {rank}: enroll its photo again")
 
 
 class _SlotView:
