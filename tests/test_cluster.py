@@ -25,6 +25,9 @@ import numpy as np
 import pytest
 import torch
 
+from streamer.cluster.client import keep_ray_on_loopback  # noqa: E402  (imports no ray)
+
+keep_ray_on_loopback()   # as the product's local cluster does, before this process first imports ray
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
@@ -197,6 +200,29 @@ def test_wrong_token_is_refused_and_no_http_proxy(cluster):
     with pytest.raises(UserError, match="refused the token"):
         intruder.call("stats", "x" * 64)
     assert not serve.status().proxies     # front-ends call by handle; nothing serves HTTP
+
+
+def test_the_local_cluster_listens_on_loopback_only(cluster):
+    """Every listening socket of this process and of the Ray processes it started (GCS, raylet,
+    workers, agents) is bound to loopback, with one exception Ray Serve 2.60 hard-codes: each
+    replica's inter-deployment gRPC server binds [::]:0 (ray/serve/_private/replica.py), whatever the
+    node address (docs/scaling.md, Security). Before keep_ray_on_loopback, 12 servers bound every
+    interface."""
+    import psutil
+    me = psutil.Process()
+    listening = []
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections("inet")
+            name = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        listening += [(proc.pid, name, c.laddr.ip) for c in conns if c.status == psutil.CONN_LISTEN]
+    ray_procs = {p.pid for p in me.children(recursive=True)}
+    assert len([1 for pid, _, _ in listening if pid in ray_procs]) >= 4, listening   # GCS, raylet, workers...
+    outside = [(pid, name[:60], ip) for pid, name, ip in listening if ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert all("ServeReplica" in name for _, name, _ in outside), outside
+    assert len(outside) <= cluster[0].replicas, outside     # one per replica at most
 
 
 def test_replica_killed_mid_stream(setup, cluster):

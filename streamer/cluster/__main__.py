@@ -8,8 +8,9 @@
   REENACT_CLUSTER_TOKEN=... python run_stream.py --avatar me.png --webrtc --cluster 127.0.0.1:6380
 and keeps both in ~/.cache/facereenact/cluster.json (mode 0600) for `show` and `stop`. `--address`
 deploys on a Ray cluster that is already running (a KubeRay RayService does this for you: docs/scaling.md).
-The head is started on 127.0.0.1 unless --host says otherwise; Ray's own gRPC ports still bind every
-interface, behind Ray's token (docs/scaling.md, Security).
+The head is started on 127.0.0.1 unless --host says otherwise, and then every Ray server of it binds
+127.0.0.1 only (client.keep_ray_on_loopback); a head on another host binds what Ray binds, behind Ray's
+token (docs/scaling.md, Security).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 
 from engines.core.errors import UserError, main_guard
-from streamer.cluster.client import ClusterClient, deploy, import_ray, ray_token_auth, undeploy
+from streamer.cluster.client import (ClusterClient, deploy, import_ray, keep_ray_on_loopback, ray_token_auth,
+                                     undeploy)
 from streamer.cluster.config import APP, NAMESPACE, TOKEN_ENV, ClusterConfig, add_cluster_arguments
 from streamer.reenact.config import ReenactConfig
 
@@ -103,6 +105,7 @@ def start(args) -> int:
     token = cfg.token or secrets.token_urlsafe(24)
     cfg = ClusterConfig(**{**cfg.__dict__, "token": token})
     cfg.check()
+    keep_ray_on_loopback(args.address or args.host)   # before ray is imported; the head inherits it
     ray, _ = import_ray()
     if STATE.is_file():
         raise UserError(f"a deployment was started here already ({STATE}): python -m streamer.cluster stop")
@@ -125,6 +128,7 @@ def start(args) -> int:
 
 def show(args) -> int:
     state = load_state()
+    keep_ray_on_loopback(state["address"])
     ray, serve = import_ray()
     join(ray, state["address"])
     status = serve.status().applications.get(APP)
@@ -142,6 +146,7 @@ def show(args) -> int:
 
 def stop(args) -> int:
     state = load_state()
+    keep_ray_on_loopback(state["address"])
     ray, serve = import_ray()
     try:
         join(ray, state["address"])

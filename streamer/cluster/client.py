@@ -58,13 +58,29 @@ def ray_token_auth() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def keep_ray_on_loopback(host: str = "127.0.0.1") -> None:
+    """A cluster on this machine only binds loopback. Ray turns a node address of 127.0.0.1 into the
+    machine's network address (services.resolve_ip_for_localhost) unless its multi-node mode is off,
+    and then its GCS, raylet, workers and agents bind every interface; with the switch off (its
+    documented name says Windows/macOS, where it is off by default) the node address stays 127.0.0.1
+    and every one of them binds 127.0.0.1. Ray reads it when first imported, and its processes inherit
+    it: call before import_ray(). A host that is not loopback (a multi-node head) leaves Ray as it is."""
+    if host.split(":")[0].strip("[]") in LOOPBACK_HOSTS or host.startswith("[::1]"):
+        os.environ[LOOPBACK_SWITCH] = "0"
+
+
 def ray_available() -> bool:
     """Whether ray is installed (without importing it; the [cluster] extra brings Serve with it)."""
     return importlib.util.find_spec("ray") is not None
 
 
 def start_local_ray(cpus: int) -> None:
-    """A Ray cluster in this process, its addresses on loopback, no dashboard, quiet."""
+    """A Ray cluster in this process, every server of it on loopback, no dashboard, quiet."""
+    keep_ray_on_loopback()
     ray, _ = import_ray()
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=cpus, namespace=NAMESPACE, _node_ip_address="127.0.0.1",
@@ -147,6 +163,7 @@ class ClusterClient:
         cfg.check()
         if not cfg.local:
             ray_token_auth()
+        keep_ray_on_loopback("127.0.0.1" if cfg.local else cfg.address)   # this driver's own servers too
         ray, _ = import_ray()
         if cfg.local:
             token = cfg.token or secrets.token_urlsafe(24)
