@@ -27,7 +27,7 @@ from engines.core.errors import UserError
 from streamer.cluster.client import MISSING, ClusterReenactorFactory, ray_available
 from streamer.cluster.config import ClusterConfig, add_cluster_arguments
 from streamer.live import LiveConfig, add_live_arguments, run_live
-from streamer.reenact.config import ReenactConfig
+from streamer.reenact.config import NET3D_CHOICES, ReenactConfig
 from streamer.reenact.engine import ReenactorFactory
 
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "~2.5 min more, cached; docs/reenactment.md)")
     g.add_argument("--device", default="cpu",
                    help="where the per-frame networks run: cpu (default), cuda, cuda:N, or auto")
-    g.add_argument("--net3d", default="auto", choices=["auto", "mediapipe", "torch"],
+    g.add_argument("--net3d", default="auto", choices=NET3D_CHOICES,
                    help="the default zoo's face reader: MediaPipe's runtime (each session its own), torch (its "
                         "networks ported, batched across sessions on --device), or auto (default): torch on a "
                         "GPU, MediaPipe on the CPU, where it is faster")

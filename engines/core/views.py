@@ -27,6 +27,12 @@ def image_uint8(img: torch.Tensor) -> torch.Tensor:
     return ((img.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
+def frame_to_float(frame_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] RGB frames (any device) -> float [B, 3, H, W] in [0, 1]: what the ported
+    MediaPipe and SFace networks read."""
+    return frame_u8.permute(0, 3, 1, 2).float() / 255.0
+
+
 def to_uint8(img01: torch.Tensor) -> np.ndarray:
     """[B,3,H,W] in [0,1] -> [B,H,W,3] uint8 RGB."""
     return (img01.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).contiguous().cpu().numpy()

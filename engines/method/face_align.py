@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines.core.views import frame_to_float
+
 TEMPLATE_112 = np.array([[38.2946, 51.6963],   # image-left eye (the subject's right eye)
                          [73.5318, 51.5014],   # image-right eye
                          [56.0252, 71.7366],   # nose tip
@@ -139,4 +141,4 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [H,W,3] or [B,H,W,3] RGB -> float [B,3,H,W] in [0,1] (the input SFace.forward wants)."""
     a = np.asarray(images)
     a = a[None] if a.ndim == 3 else a
-    return torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).float() / 255.0  # copy: input may be read-only
+    return frame_to_float(torch.from_numpy(np.array(a)))  # copy: input may be read-only

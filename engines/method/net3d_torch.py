@@ -16,17 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.core.views import frame_to_float
 from engines.method.net3d import FaceReading
 from engines.models.face_geometry import FaceGeometry
 from engines.models.facedetector import FaceDetectorNet
 from engines.models.facelandmarker import BlendshapeNet, LandmarkNet, crop, roi_from_landmarks, uncrop_landmarks
 
 MIN_PRESENCE = 0.5   # MediaPipe's default min_tracking_confidence
-
-
-def frame_to_float(frame_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]."""
-    return frame_u8.permute(0, 3, 1, 2).float() / 255.0
 
 
 class TorchNet3D(nn.Module):

@@ -23,6 +23,7 @@ import numpy as np
 
 from engines.core.errors import UserError, main_guard
 from streamer.bench.machine import cpu_model
+from streamer.reenact.config import NET3D_CHOICES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,6 +122,14 @@ def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bo
             "machine": machine(), "device": describe(engine.device), "zoo": zoo, "source": str(source)}
 
 
+def in_window(stats, calls0: int, frames0: int) -> dict:
+    """A shared stage's scheduler summary, its calls and frames counted from (calls0, frames0) on."""
+    out = stats.summary()
+    out.update(calls=stats.batches - calls0, frames=stats.frames - frames0)
+    out["mean_batch"] = round(out["frames"] / max(1, out["calls"]), 2)
+    return out
+
+
 def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: float, fps: float | None,
                  weights=None, threads: int | None = None, device: str = "cpu", max_frames: int = 300,
                  net3d: str = "auto", warmup: float = 0.0) -> dict:
@@ -188,14 +197,8 @@ def run_sessions(zoo: str, source: Path, avatars: list[Path], n: int, seconds: f
     elapsed = max(1e-9, min(time.perf_counter(), stop) - start)
     for r in sessions:
         r.close()
-    shared = stats.summary()
-    shared.update(calls=stats.batches - calls0, frames=stats.frames - frames0)
-    shared["mean_batch"] = round(shared["frames"] / max(1, shared["calls"]), 2)
-    net3d = None
-    if n3d is not None:
-        net3d = n3d.summary()
-        net3d.update(calls=n3d.batches - n3d0[0], frames=n3d.frames - n3d0[1])
-        net3d["mean_batch"] = round(net3d["frames"] / max(1, net3d["calls"]), 2)
+    shared = in_window(stats, calls0, frames0)
+    net3d = in_window(n3d, *n3d0) if n3d is not None else None
     everything = [v for lat in latency for v in lat]
     images = [v for im in image_ms for v in im]
     per = [round(len(lat) / elapsed, 2) for lat in latency]
@@ -221,7 +224,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-encode", action="store_true", help="leave H.264 encoding out")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--device", default="cpu", help="where the reenactor's networks run (cpu, cuda, cuda:N, auto)")
-    ap.add_argument("--net3d", default="auto", choices=["auto", "mediapipe", "torch"],
+    ap.add_argument("--net3d", default="auto", choices=NET3D_CHOICES,
                     help="the face reader (run_stream's --net3d): auto = the batched torch port on a GPU")
     ap.add_argument("--sessions", type=int, default=0, help="N sessions at once on one engine (see above)")
     ap.add_argument("--avatars", type=Path, nargs="+", help="with --sessions: avatars, taken in turn "

@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+NET3D_CHOICES = ("auto", "mediapipe", "torch")   # the default zoo's face reader (ReenactConfig.net3d)
+
+
 @dataclass(frozen=True)
 class ReenactConfig:
     zoo: str = "default"

@@ -36,7 +36,7 @@ from streamer.avatar.framing import Framer
 from streamer.avatar.pack import AvatarPack
 from streamer.avatar.preparing import enroll_in_subprocess
 from streamer.reenact.api import Output
-from streamer.reenact.config import ReenactConfig
+from streamer.reenact.config import NET3D_CHOICES, ReenactConfig
 from streamer.reenact.feedback import HeadFeedback
 from streamer.reenact.generator_stage import GeneratorStage
 from streamer.reenact.motion import Motion
@@ -142,9 +142,6 @@ class Engine:
         self.generator_stage.close()
         if self.net3d_stage is not None:
             self.net3d_stage.close()
-
-
-NET3D_CHOICES = ("auto", "mediapipe", "torch")
 
 
 def net3d_is_torch(choice: str, zoo: str, device: torch.device) -> bool:

@@ -41,7 +41,7 @@ class GeneratorStage:
         self._free = list(range(slots - 1, 0, -1))       # the bank's slots; 0 is the untuned base
         self._ids = itertools.count()
         self._copy_slots = itertools.count(1)            # batch 1: as many avatars as memory holds
-        self.rank, self.log = rank, log
+        self.rank = rank
         if self.batched:
             style = hasattr(generator, "n_latent")
             if rank:
