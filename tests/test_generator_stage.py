@@ -35,7 +35,7 @@ def test_batched_stage_renders_each_avatar_like_its_own_generator():
         together = many._run([(z[i:i + 1], s) for i, s in enumerate(slots_many)])   # one call, three avatars
         for i, (a, b, p) in enumerate(zip(alone, together, packs)):
             ref = p.generator(g).for_streaming().synthesize(z[i:i + 1])
-            assert torch.equal(a, ref)                        # batch 1: the avatar's own tuned G exactly
+            assert (a - ref).abs().max() < 1e-5               # batch 1: the avatar's own tuned G (ONNX Runtime)
             assert (a - b).abs().max() < 1e-4                 # the bank's gathered weights: same image
         assert not torch.allclose(alone[0], alone[1], atol=1e-3)   # and the avatars differ
     finally:

@@ -4,9 +4,10 @@ Sessions submit (latent, avatar slot) to one micro-batching scheduler (streamer.
 its worker runs the requests it has gathered in one call:
   * batched (a GPU): the zoo's generator in its batched form (engines.accel.avatar_batch), each sample
     gathering its own avatar's pivotal-tuned layers from the avatar bank by slot;
-  * batch 1 (the CPU): each request on its avatar's own tuned copy of G, stored channels-last where the
-    generator prefers it. On the CPU one frame at a time is fastest, and it renders exactly what an
-    eager per-session generator renders.
+  * batch 1 (the CPU): each request on its avatar's own tuned copy of G, in its fastest verified CPU
+    form (the DCGAN through ONNX Runtime, engines.accel.onnx_cpu; else stored channels-last where the
+    generator prefers it). On the CPU one frame at a time is fastest, and it renders what an eager
+    per-session generator renders (to 1e-4 relative error, checked for each avatar).
 Either way the scheduler's statistics count the calls every session shared. The scheduler's worker
 thread runs while the stage has avatars: an engine with no session holds no thread.
 """
@@ -21,6 +22,7 @@ import torch
 from engines.accel.avatar_batch import AvatarBank, DCGANBatch, StyleGAN2Batch
 from engines.accel.buckets import Buckets
 from engines.accel.lowrank import DCGANLowRank, LowRankBank, StyleGAN2LowRank
+from engines.accel.onnx_cpu import cpu_generator
 from engines.core.errors import UserError
 from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
 
@@ -36,6 +38,7 @@ class GeneratorStage:
         self.base, self.device = generator, device
         self.max_batch = max_batch or (1 if device.type == "cpu" else 8)
         self.batched = self.max_batch > 1
+        self.log = log
         self._lock = threading.Lock()
         self._copies: dict[int, torch.nn.Module] = {}      # batch 1: slot -> the avatar's own G
         self._free = list(range(slots - 1, 0, -1))       # the bank's slots; 0 is the untuned base
@@ -68,7 +71,8 @@ class GeneratorStage:
             self._avatars += 1
         if not self.batched:
             slot = next(self._copy_slots)
-            self._copies[slot] = pack.generator(self.base).for_streaming().to(self.device)
+            g = pack.generator(self.base).for_streaming().to(self.device)
+            self._copies[slot] = cpu_generator(g, log=self.log) if self.device.type == "cpu" else g
             return slot
         if self.rank:
             check_rank(pack, self.rank)
