@@ -55,7 +55,7 @@ def test_the_stage_reads_what_mediapipes_runtime_reads(frames, net):
     assert np.std(ref[:, 0]) > 2.0      # the head turns, so the angles are a real check
     assert np.corrcoef(ours[:, 0], ref[:, 0])[0, 1] > 0.97
     assert reader.detections == 1       # the detector ran once; the track held for the rest
-    assert stage.scheduler is None      # the last reader closed: no worker thread left
+    assert stage.worker.scheduler is None      # the last reader closed: no worker thread left
 
 
 def test_sessions_share_landmark_net_calls_and_read_as_if_alone(frames, net):
@@ -77,7 +77,7 @@ def test_sessions_share_landmark_net_calls_and_read_as_if_alone(frames, net):
     readers = [stage.reader(), stage.reader()]
     # these drivers run in lock-step, not at a camera's steady rate, so the scheduler's arrival
     # prediction has nothing to go on: it waits for the pair (or the budget) instead
-    stage.scheduler.predict = False
+    stage.worker.scheduler.predict = False
     got: list[list] = [[], []]
     barrier = threading.Barrier(2)
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from streamer.reenact.scheduler import Dropped, MicroBatchScheduler
+from streamer.reenact.scheduler import Dropped, MicroBatchScheduler, StageWorker
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -121,3 +121,25 @@ def test_expected_run_time_by_batch_size():
         assert s.expected_run(1) == 0.010 and s.expected_run(3) == 0.020 and s.expected_run(8) == 0.020
     finally:
         s.close()
+
+
+def test_stage_worker_runs_only_while_it_has_users_and_keeps_its_statistics():
+    worker = StageWorker(lambda items: [x * 2 for x in items], max_batch=4, budget_ms=1.0, name="test-stage")
+    with pytest.raises(RuntimeError, match="no session has joined"):
+        worker.submit("a", 1)
+    worker.join()
+    worker.join()                                     # two users share one worker thread
+    first = worker.scheduler
+    assert worker.submit("a", 3).result(timeout=5) == 6
+    worker.leave("a")
+    assert worker.scheduler is first                  # one user left
+    assert worker.submit("b", 4).result(timeout=5) == 8
+    worker.leave("b")
+    assert worker.scheduler is None and not first._thread.is_alive()   # the last one left: no thread
+    worker.join()                                     # a new session starts a new worker ...
+    assert worker.scheduler is not first
+    assert worker.submit("c", 5).result(timeout=5) == 10
+    assert worker.stats.frames == 3                   # ... and the statistics span both
+    worker.close()
+    worker.leave("c")                                 # a session ending after the stage closed: harmless
+    assert worker.scheduler is None

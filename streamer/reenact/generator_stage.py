@@ -9,7 +9,7 @@ its worker runs the requests it has gathered in one call:
     generator prefers it). On the CPU one frame at a time is fastest, and it renders what an eager
     per-session generator renders (to 1e-4 relative error, checked for each avatar).
 Either way the scheduler's statistics count the calls every session shared. The scheduler's worker
-thread runs while the stage has avatars: an engine with no session holds no thread.
+thread runs while the stage has avatars (StageWorker): an engine with no session holds no thread.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from engines.accel.buckets import Buckets
 from engines.accel.lowrank import DCGANLowRank, LowRankBank, StyleGAN2LowRank
 from engines.accel.onnx_cpu import cpu_generator
 from engines.core.errors import UserError
-from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
+from streamer.reenact.scheduler import StageWorker
 
 BUDGET_MS = 15.0     # how long a request may wait for companions (half a 30 fps frame)
 
@@ -57,18 +57,13 @@ class GeneratorStage:
             # go, which a CUDA graph reads at replay but TensorRT would bake in: no tensorrt here
             self.run_batched = Buckets(batch_cls(generator.to(device), self.bank), device, "generator",
                                        prefer=None if device.type == "cpu" else ("cuda-graph", "eager"), log=log)
-        self.stats = SchedulerStats()                     # over every worker this stage has run
-        self.scheduler: MicroBatchScheduler | None = None
-        self._avatars = 0
+        self.worker = StageWorker(self._run, max_batch=self.max_batch, budget_ms=BUDGET_MS, name="generator-stage")
+        self.stats = self.worker.stats
 
     # -- avatars ----------------------------------------------------------------------------------
     def add_avatar(self, pack) -> int:
         """Load an avatar's tuned layers; -> its slot."""
-        with self._lock:
-            if self.scheduler is None:
-                self.scheduler = MicroBatchScheduler(self._run, max_batch=self.max_batch, budget_ms=BUDGET_MS,
-                                                     name="generator-stage", stats=self.stats)
-            self._avatars += 1
+        self.worker.join()
         if not self.batched:
             slot = next(self._copy_slots)
             g = pack.generator(self.base).for_streaming().to(self.device)
@@ -88,13 +83,10 @@ class GeneratorStage:
             self.bank.reset(slot)
         else:
             self._copies.pop(slot, None)
-        with self._lock:
-            if self.batched:
+        if self.batched:
+            with self._lock:
                 self._free.append(slot)
-            self._avatars -= 1
-            if self._avatars == 0 and self.scheduler is not None:   # the last session ended
-                self.scheduler.close()
-                self.scheduler = None
+        self.worker.leave()
 
     def generator(self, slot: int):
         """The module that renders this slot alone (batch 1), for measurements at load time."""
@@ -110,12 +102,10 @@ class GeneratorStage:
 
     def submit(self, session, latent: torch.Tensor, slot: int) -> concurrent.futures.Future:
         """render() without waiting: the future of the image (a cluster replica awaits it on its event loop)."""
-        return self.scheduler.submit(session, (latent, slot))
+        return self.worker.submit(session, (latent, slot))
 
     def end_session(self, session: int) -> None:
-        with self._lock:
-            if self.scheduler is not None:
-                self.scheduler.forget(session)
+        self.worker.forget(session)
 
     @torch.no_grad()
     def _run(self, items: list) -> list[torch.Tensor]:
@@ -130,10 +120,7 @@ class GeneratorStage:
         return list(self.run_batched.built.values()) if self.batched else []
 
     def close(self) -> None:
-        with self._lock:
-            if self.scheduler is not None:
-                self.scheduler.close()
-                self.scheduler = None
+        self.worker.close()
 
 
 def check_rank(pack, rank: int) -> None:

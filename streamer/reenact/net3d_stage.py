@@ -10,7 +10,6 @@ on all the crops it has gathered in one call (engines.method.net3d_torch).
 from __future__ import annotations
 
 import itertools
-import threading
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ import torch
 from engines.accel.buckets import Buckets
 from engines.method.net3d import FaceReading
 from engines.method.net3d_torch import MIN_PRESENCE, TorchNet3D, frame_tensor, reading
-from streamer.reenact.scheduler import MicroBatchScheduler, SchedulerStats
+from streamer.reenact.scheduler import StageWorker
 
 BUDGET_MS = 8.0     # how long a frame may wait for companions (Net3D is the first of two batched stages)
 
@@ -30,29 +29,13 @@ class Net3DStage:
         self.max_batch = max_batch or (1 if self.device.type == "cpu" else 16)
         # on a GPU through the compile chain, one engine per batch size (the CPU: the module itself)
         self.landmark_net = Buckets(net.landmark_net, self.device, "landmark net", log=log)
-        self.stats = SchedulerStats()          # over every worker this stage has run
-        self.scheduler: MicroBatchScheduler | None = None
-        self._lock = threading.Lock()
+        self.worker = StageWorker(self._run, max_batch=self.max_batch, budget_ms=budget_ms, name="net3d-stage")
+        self.stats = self.worker.stats
         self._ids = itertools.count()
-        self._readers = 0
 
     def reader(self) -> "StageReader":
-        with self._lock:
-            if self.scheduler is None:
-                self.scheduler = MicroBatchScheduler(self._run, max_batch=self.max_batch, budget_ms=self.budget_ms,
-                                                     name="net3d-stage", stats=self.stats)
-            self._readers += 1
+        self.worker.join()
         return StageReader(self, next(self._ids))
-
-    def _release(self, session: int) -> None:
-        with self._lock:
-            if self.scheduler is None:
-                return
-            self.scheduler.forget(session)
-            self._readers -= 1
-            if self._readers == 0:   # the last session ended: no idle worker thread
-                self.scheduler.close()
-                self.scheduler = None
 
     def _run(self, items: list) -> list[dict]:
         patches = torch.stack([patch for patch, _, _ in items])
@@ -64,10 +47,7 @@ class Net3DStage:
         return list(self.landmark_net.built.values())
 
     def close(self) -> None:
-        with self._lock:
-            if self.scheduler is not None:
-                self.scheduler.close()
-                self.scheduler = None
+        self.worker.close()
 
 
 class StageReader:
@@ -92,7 +72,7 @@ class StageReader:
                     return None
             size = (frame.shape[1], frame.shape[0])
             item = (self.stage.net.crop(frame, self.roi), self.roi, size)
-            result = self.stage.scheduler.submit(self.session, item).result()
+            result = self.stage.worker.submit(self.session, item).result()
             if result["presence"] >= self.min_presence and bool(torch.isfinite(result["roi_next"]).all()):
                 self.roi = result["roi_next"]
                 return reading(result)
@@ -104,4 +84,4 @@ class StageReader:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.stage._release(self.session)
+            self.stage.worker.leave(self.session)

@@ -201,3 +201,55 @@ class MicroBatchScheduler:
                 st.per_session[r.session] = st.per_session.get(r.session, 0) + 1
             for r, res in zip(live, results):
                 r.future.set_result(res)
+
+
+class StageWorker:
+    """A shared stage's scheduler, running only while the stage has users: the first `join` starts its
+    worker thread and the last `leave` closes it, so an engine with no session holds no thread. Its
+    `stats` span every worker it has run (the benchmarks read them across sessions coming and going)."""
+
+    def __init__(self, run_batch: Callable[[list], list], *, max_batch: int, budget_ms: float, name: str):
+        self.run_batch, self.max_batch, self.budget_ms, self.name = run_batch, max_batch, budget_ms, name
+        self.stats = SchedulerStats()
+        self.scheduler: MicroBatchScheduler | None = None
+        self._lock = threading.Lock()
+        self._users = 0
+
+    def join(self) -> None:
+        with self._lock:
+            if self.scheduler is None:
+                self.scheduler = MicroBatchScheduler(self.run_batch, max_batch=self.max_batch,
+                                                     budget_ms=self.budget_ms, name=self.name, stats=self.stats)
+            self._users += 1
+
+    def leave(self, session: Hashable | None = None) -> None:
+        """A user is done (and `session`, when given, sends no more frames)."""
+        with self._lock:
+            if self.scheduler is None:     # closed already
+                return
+            if session is not None:
+                self.scheduler.forget(session)
+            self._users -= 1
+            if self._users == 0:
+                self._close()
+
+    def submit(self, session: Hashable, item) -> concurrent.futures.Future:
+        scheduler = self.scheduler
+        if scheduler is None:
+            raise RuntimeError(f"{self.name}: no session has joined (or the stage was closed)")
+        return scheduler.submit(session, item)
+
+    def forget(self, session: Hashable) -> None:
+        with self._lock:
+            if self.scheduler is not None:
+                self.scheduler.forget(session)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+            self.scheduler = None
+        self._users = 0
