@@ -10,7 +10,7 @@ from PIL import Image
 
 from engines.core.errors import UserError
 from engines.method.net3d import MediaPipeNet3D
-from engines.method.net3d_torch import TorchNet3D
+from engines.method.net3d_torch import Reader, TorchNet3D
 from streamer.reenact.engine import Engine, net3d_is_torch
 from streamer.reenact.net3d_stage import Net3DStage
 from tests.media import CLIP
@@ -110,6 +110,19 @@ def test_no_face_reads_none_then_the_face_is_found_again(frames, net):
     assert r.read(np.full_like(frames[0], 127)) is None and r.roi is None and r.detections == 2
     assert r.read(frames[1]) is not None and r.detections == 3
     r.close()
+
+
+def test_image_mode_reads_each_frame_on_its_own_like_the_runtimes_image_mode(frames, net):
+    """The same reader without a track (the avatar's renders at load time, the feedback loop): the
+    detector runs on every frame, and it reads what MediaPipe's image mode reads."""
+    reader = Reader(net)
+    with MediaPipeNet3D("image") as mp:
+        for f in frames[:6]:
+            ours, ref = reader.read(f), mp.read(f)
+            assert ours is not None and ref is not None
+            assert np.abs(ours.p[:3] - ref.p[:3]).max() < 2.0 and np.abs(ours.p[3:] - ref.p[3:]).max() < 0.2
+    assert reader.detections == 6 and reader.roi is None
+    assert reader.read(np.zeros((360, 640, 3), np.uint8)) is None
 
 
 def test_the_engine_reads_with_the_stage_when_asked(frames, tmp_path):

@@ -83,20 +83,42 @@ def frame_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(image).to(device)
 
 
-class ImageReader:
-    """MediaPipe's image mode with the ported networks: each frame on its own (detect, then read), on
-    the net's device, unbatched. For renders read at load time and by the feedback loop."""
+class Reader:
+    """A Net3D reader on the ported networks, with the interface of MediaPipe's runtime: detect, crop,
+    read. `track=True` is its video mode: the next frame's crop comes from this frame's landmarks and
+    the detector runs only when the track is lost (then again on the same frame, as the image mode
+    would find the face); `track=False` is its image mode, every frame on its own. `run` reads one
+    crop (patch, roi, frame size) -> the net's result; the engine's stage passes its scheduler's."""
 
-    def __init__(self, net: TorchNet3D, min_presence: float = MIN_PRESENCE):
-        self.net, self.min_presence = net, min_presence
+    def __init__(self, net: TorchNet3D, track: bool = False, run=None, min_presence: float = MIN_PRESENCE):
+        self.net, self.track, self.min_presence = net, track, min_presence
+        self._run = run or self._run_alone
+        self.roi: torch.Tensor | None = None
+        self.detections = 0
+
+    def _run_alone(self, item) -> dict:
+        patch, roi, size = item
+        return self.net(patch[None], roi[None], [size])[0]
 
     def read(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceReading | None:
+        """The face in an RGB uint8 frame, or None."""
         frame = frame_tensor(image, self.net.device)
-        roi = self.net.detect(frame)
-        if roi is None:
-            return None
-        result = self.net(self.net.crop(frame, roi)[None], roi[None], [(frame.shape[1], frame.shape[0])])[0]
-        return reading(result) if result["presence"] >= self.min_presence else None
+        size = (frame.shape[1], frame.shape[0])
+        for _ in range(2):
+            tracked = self.roi is not None
+            if not tracked:
+                self.detections += 1
+                self.roi = self.net.detect(frame)
+                if self.roi is None:
+                    return None
+            result = self._run((self.net.crop(frame, self.roi), self.roi, size))
+            if result["presence"] >= self.min_presence and bool(torch.isfinite(result["roi_next"]).all()):
+                self.roi = result["roi_next"] if self.track else None
+                return reading(result)
+            self.roi = None
+            if not tracked:   # a fresh detection the landmark net does not confirm: no face
+                return None
+        return None
 
     def close(self) -> None:
         pass

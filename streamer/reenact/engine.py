@@ -29,7 +29,7 @@ from engines.core.errors import UserError
 from engines.core.views import image_uint8
 from engines.method.correction import Correction
 from engines.method.net3d import MediaPipeNet3D
-from engines.method.net3d_torch import ImageReader, TorchNet3D
+from engines.method.net3d_torch import Reader, TorchNet3D
 from engines.method.zoos import load_zoo
 from streamer.avatar.enroll import cached_pack_path, load_or_enroll
 from streamer.avatar.framing import Framer
@@ -127,7 +127,7 @@ class Engine:
 
     def image_reader(self):
         """A Net3D reader of single images (the avatar's own renders): the same Net3D as the drivers'."""
-        return ImageReader(self.net3d_stage.net) if self.net3d_stage is not None else MediaPipeNet3D("image")
+        return Reader(self.net3d_stage.net) if self.net3d_stage is not None else MediaPipeNet3D("image")
 
     def pose_reader(self):
         """A new session's Net3D reader of driving frames: `.read(rgb, t_ms)` -> reading | None, `.close()`."""

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import torch
 
 from engines.accel.buckets import Buckets
-from engines.method.net3d import FaceReading
-from engines.method.net3d_torch import MIN_PRESENCE, TorchNet3D, frame_tensor, reading
+from engines.method.net3d_torch import Reader, TorchNet3D
 from streamer.reenact.scheduler import StageWorker
 
 BUDGET_MS = 8.0     # how long a frame may wait for companions (Net3D is the first of two batched stages)
@@ -50,36 +48,14 @@ class Net3DStage:
         self.worker.close()
 
 
-class StageReader:
-    """One session's Net3D on the shared stage: its face track and its place in the scheduler."""
+class StageReader(Reader):
+    """One session's Net3D on the shared stage: its own face track, its crops read through the stage's
+    scheduler together with the other sessions'."""
 
-    def __init__(self, stage: Net3DStage, session: int, min_presence: float = MIN_PRESENCE):
-        self.stage, self.session, self.min_presence = stage, session, min_presence
-        self.roi: torch.Tensor | None = None
-        self.detections = 0
+    def __init__(self, stage: Net3DStage, session: int):
+        super().__init__(stage.net, track=True, run=lambda item: stage.worker.submit(session, item).result())
+        self.stage, self.session = stage, session
         self._closed = False
-
-    def read(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceReading | None:
-        """The face in an RGB uint8 frame, or None. A track that loses the face looks again with the
-        detector on the same frame, as MediaPipe's image mode would find it."""
-        frame = frame_tensor(image, self.stage.device)
-        for _ in range(2):
-            tracked = self.roi is not None
-            if not tracked:
-                self.detections += 1
-                self.roi = self.stage.net.detect(frame)
-                if self.roi is None:
-                    return None
-            size = (frame.shape[1], frame.shape[0])
-            item = (self.stage.net.crop(frame, self.roi), self.roi, size)
-            result = self.stage.worker.submit(self.session, item).result()
-            if result["presence"] >= self.min_presence and bool(torch.isfinite(result["roi_next"]).all()):
-                self.roi = result["roi_next"]
-                return reading(result)
-            self.roi = None
-            if not tracked:   # a fresh detection the landmark net does not confirm: no face
-                return None
-        return None
 
     def close(self) -> None:
         if not self._closed:
