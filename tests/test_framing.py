@@ -54,3 +54,21 @@ def test_published_avatar_frame_is_the_photo_around_the_render(engine, astronaut
     bg = np.asarray(Image.fromarray(pack.display).resize((256, 256), Image.BICUBIC))
     assert np.array_equal(r.avatar_img[:o], bg[:o]) and np.array_equal(r.avatar_img[o + s:], bg[o + s:])
     r.close()
+
+
+def test_the_frame_is_the_whole_frame_blend_to_the_byte():
+    """Only the face square is blended per frame; the result is the closed-form blend of the whole frame
+    (photo + (render - photo) * mask, the mask 0 outside the square), rounded."""
+    rng = np.random.default_rng(1)
+    surroundings = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    framer = Framer(surroundings, 1.6, 256)
+    o, s = face_square(256, 1.6)
+    mask = np.zeros((256, 256, 1), np.float32)
+    mask[o:o + s, o:o + s] = square_mask(s, 0.12)[..., None]
+    for _ in range(3):
+        face = rng.integers(0, 255, (s, s, 3), dtype=np.uint8)
+        placed = np.zeros((256, 256, 3), np.float32)
+        placed[o:o + s, o:o + s] = face
+        bg = framer.background
+        want = (bg + (placed - bg) * mask).round().astype(np.uint8)
+        assert np.array_equal(framer(face), want)
