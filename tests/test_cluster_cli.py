@@ -74,3 +74,27 @@ def test_deployment_is_sized_by_the_flags():
     assert spec["avatars_per_replica"] == 8 and spec["device"] == "cuda" and spec["token"] == "t" * 20
     fixed = build_app(ClusterConfig(replicas=3), ReenactConfig(), "t" * 20)._bound_deployment
     assert fixed._deployment_config.num_replicas == 3 and fixed._deployment_config.autoscaling_config is None
+
+
+def test_rays_token_file_is_made_the_owners_alone(tmp_path, monkeypatch):
+    """Ray writes ~/.ray/auth_token with the umask (0644); the cluster commands make it 0600, whether
+    they generate it or find it."""
+    monkeypatch.setattr(cluster_main.Path, "home", staticmethod(lambda: tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+
+    def ray_generates(*args, **kwargs):   # what `ray get-auth-token --generate` leaves behind
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text("x" * 64)
+        token.chmod(0o644)
+        return cluster_main.subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(cluster_main.subprocess, "run", ray_generates)
+    cluster_main.ensure_ray_token()
+    assert token.stat().st_mode & 0o777 == 0o600
+    token.chmod(0o644)                    # one Ray wrote earlier, e.g. for an in-process cluster
+    cluster_main.ensure_ray_token()
+    assert token.stat().st_mode & 0o777 == 0o600
+    client.protect_ray_token()            # idempotent, and quiet without a file
+    token.unlink()
+    client.protect_ray_token()

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from engines.core.errors import UserError, main_guard
-from streamer.cluster.client import (ClusterClient, deploy, import_ray, keep_ray_on_loopback, ray_token_auth,
-                                     undeploy)
+from streamer.cluster.client import (ClusterClient, deploy, import_ray, keep_ray_on_loopback, protect_ray_token,
+                                     ray_token_auth, ray_token_path, undeploy)
 from streamer.cluster.config import APP, NAMESPACE, TOKEN_ENV, ClusterConfig, add_cluster_arguments
 from streamer.reenact.config import ReenactConfig
 
@@ -37,13 +37,15 @@ PORT = 6380
 def ensure_ray_token() -> None:
     """A head started here uses Ray's token authentication: make Ray's token (~/.ray/auth_token) if
     there is none yet, so this process and the head agree on it from the start."""
-    if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file():
+    if os.environ.get("RAY_AUTH_TOKEN") or ray_token_path().is_file():
+        protect_ray_token()
         return
     r = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
                        capture_output=True, text=True)
-    if r.returncode or not (Path.home() / ".ray" / "auth_token").is_file():
+    if r.returncode or not ray_token_path().is_file():
         raise UserError("could not make Ray's auth token (ray get-auth-token --generate): "
                         + ((r.stderr or r.stdout).strip().splitlines() or ["no output"])[-1][:160])
+    protect_ray_token()
 
 
 def start_head(host: str, port: int, cpus: int) -> int:

@@ -49,13 +49,28 @@ def import_ray():
 
 def ray_token_auth() -> None:
     """Use Ray's own token authentication (gRPC between nodes and drivers) whenever a Ray token is at
-    hand (RAY_AUTH_TOKEN, or ~/.ray/auth_token, which Ray writes when it starts a cluster): a head
+    hand (RAY_AUTH_TOKEN, or ray_token_path(), which Ray writes when it starts a cluster): a head
     started with it refuses drivers without it, and a driver only sends it in token mode. Call before
     ray is first imported (it reads the mode then), and not for a cluster started in-process (Ray
     decides that one's mode itself)."""
     if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
-                                              or (Path.home() / ".ray" / "auth_token").is_file()):
+                                              or ray_token_path().is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def ray_token_path() -> Path:
+    return Path.home() / ".ray" / "auth_token"
+
+
+def protect_ray_token() -> None:
+    """Ray writes its token file with the process umask (0644 as a rule): make it the owner's alone, as
+    any credential, once Ray (or `ensure_ray_token`) has written it."""
+    path = ray_token_path()
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except FileNotFoundError:
+        pass
 
 
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -85,6 +100,7 @@ def start_local_ray(cpus: int) -> None:
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=cpus, namespace=NAMESPACE, _node_ip_address="127.0.0.1",
                  include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    protect_ray_token()
 
 
 def deploy(cfg: ClusterConfig, reenact: ReenactConfig, token: str, detached: bool = False):
