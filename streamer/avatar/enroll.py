@@ -321,10 +321,10 @@ def _cache_problem(cached: Path) -> str | None:
     return None
 
 
-def cached_pack_path(path: Path, zoo, tune_directions: int = 0) -> Path:
-    """Where the enrollment of photo `path` is cached: by (content hash, zoo, A file, enrollment thread
-    count, recipe, steps of tuning A to it)."""
-    key = sha256_file(path)[:24]
+def cached_pack_path(path: Path, zoo, tune_directions: int = 0, photo_sha: str | None = None) -> Path:
+    """Where the enrollment of photo `path` is cached: by (content hash — `photo_sha` when the caller
+    has it —, zoo, A file, enrollment thread count, recipe, steps of tuning A to it)."""
+    key = (photo_sha or sha256_file(path))[:24]
     a_sha = sha256_file(Path(zoo.directions_path))[:12] if zoo.directions_path else "none"
     # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
     # nor packs enrolled by another recipe (steps, layers, pose targets)
@@ -347,7 +347,8 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
             log(f"avatar: {path.name} was enrolled without --tune-directions; it uses the zoo's A "
                 f"(enroll the photo with --tune-directions to tune A to it)")
     else:
-        cached = cached_pack_path(path, zoo, tune_directions)
+        photo_sha = sha256_file(path)
+        cached = cached_pack_path(path, zoo, tune_directions, photo_sha)
         pack = None
         if cached.is_file():
             try:
@@ -370,7 +371,7 @@ def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,
                 log(f"avatar: enrolling {path.name} (once; cached at {cached})")
             pack = Enroller(zoo, progress, log, on_progress=on_progress).enroll(photo, path.name,
                                                                                 tune_directions=tune_directions)
-            pack.meta["photo_sha256"] = sha256_file(path)
+            pack.meta["photo_sha256"] = photo_sha
             if problem is None:
                 try:
                     pack.save(cached)
