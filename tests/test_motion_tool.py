@@ -34,6 +34,16 @@ def test_portrait_variants_do_what_their_names_say():
     row = low[100, :, 0]
     assert low.shape == edge.shape and ((row > 0) & (row < 255)).sum() >= 6   # the sharp edge is now a ramp
     assert (low[100, :100] == 0).all()                           # far from the edge nothing changes
+    smooth = np.repeat(np.repeat(rng_image(), 8, 0), 8, 1)             # flat colour patches
+    jpeg = portrait_variant(smooth, "jpeg").astype(int)
+    assert jpeg.shape == smooth.shape and 1 < np.abs(jpeg - smooth).mean() < 20   # lossy, still the photo
+    grainy = portrait_variant(grey_card, "noise").astype(float) - 200
+    assert abs(grainy.std() - 12) < 0.5 and abs(grainy.mean()) < 0.5            # grain of sd 12 levels
+    assert np.array_equal(portrait_variant(grey_card, "noise"), portrait_variant(grey_card, "noise"))
+
+
+def rng_image() -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 255, (25, 40, 3), dtype=np.uint8)
 
 
 def test_clip_variants_mirror_and_reverse_keep_the_clock():

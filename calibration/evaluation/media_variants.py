@@ -1,7 +1,8 @@
 """Widened test media for the motion tool: variants of portraits and driving clips.
 
 Portraits: mirrored, cropped tight, rotated by +-10 degrees, grey-scale, under-exposed ("dark"), with
-an orange colour cast ("warm"), and seen at low resolution ("lowres": the longer side through 96
+an orange colour cast ("warm"), saved as a heavy JPEG ("jpeg": quality 12), with sensor grain ("noise":
+sd 12 levels), and seen at low resolution ("lowres": the longer side through 96
 pixels and back up, a webcam snapshot's blur). Clips: mirrored, played in
 reverse, and "wide mouth": the clip with the driver's mouth opened wide and closed again about once a
 second (a thin-plate-spline warp that drops the lower lip and chin, the gap painted as a dark mouth),
@@ -10,15 +11,18 @@ where avatars break. A variant is named `<stem>~<variant>`.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-PORTRAIT_VARIANTS = ("mirror", "crop", "rot+10", "rot-10", "grey", "dark", "warm", "lowres")
+PORTRAIT_VARIANTS = ("mirror", "crop", "rot+10", "rot-10", "grey", "dark", "warm", "lowres", "jpeg", "noise")
 DARK_GAIN, DARK_GAMMA = 0.5, 1.3           # an under-exposed photo: half the light, deeper shadows
 WARM_GAINS = (1.15, 1.0, 0.72)             # a white balance gone orange (tungsten light)
 LOWRES_SIDE = 96                           # a small snapshot: the whole photo seen through this many pixels
+JPEG_QUALITY = 12                          # a photo saved and forwarded too often: 8x8 blocks, colour bleed
+NOISE_SD = 12.0                            # a phone photo in poor light: sensor grain, grey levels per channel
 CLIP_VARIANTS = ("mirror", "reverse", "widemouth")
 
 # MediaPipe FaceMesh indices: inner lip contours (corner 78 to corner 308), lower outer lip, chin
@@ -63,6 +67,13 @@ def portrait_variant(rgb: np.ndarray, variant: str | None, face_box=None) -> np.
         scale = LOWRES_SIDE / max(im.size)
         small = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
         im = small.resize(im.size, Image.BICUBIC)
+    elif variant == "jpeg":
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=JPEG_QUALITY)
+        im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    elif variant == "noise":
+        grain = np.random.default_rng(0).normal(0.0, NOISE_SD, rgb.shape)   # the same grain every time
+        im = Image.fromarray(np.clip(rgb + grain, 0, 255).round().astype(np.uint8))
     elif variant == "crop":
         x0, y0, x1, y1 = face_box
         cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 0.8 * max(x1 - x0, y1 - y0)
