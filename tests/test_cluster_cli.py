@@ -98,3 +98,15 @@ def test_rays_token_file_is_made_the_owners_alone(tmp_path, monkeypatch):
     client.protect_ray_token()            # idempotent, and quiet without a file
     token.unlink()
     client.protect_ray_token()
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1", True), ("127.0.0.1:6380", True), ("127.0.1.1:6380", True), ("localhost:6380", True),
+    ("::1", True), ("[::1]:6380", True), ("ray://127.0.0.1:10001", True),
+    ("10.0.0.5:6380", False), ("0.0.0.0:6380", False), ("ray://head.example:10001", False),
+    ("auto", False), ("[::1:6380", False)])
+def test_which_cluster_addresses_keep_ray_on_loopback(address, loopback, monkeypatch):
+    monkeypatch.delenv(client.LOOPBACK_SWITCH, raising=False)
+    assert client.is_loopback(address) is loopback
+    client.keep_ray_on_loopback(address)
+    assert (client.os.environ.get(client.LOOPBACK_SWITCH) == "0") is loopback

@@ -11,6 +11,7 @@ routed to a live replica. Ray is imported on first use, so the product runs with
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import itertools
 import os
 import secrets
@@ -19,6 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -74,7 +76,25 @@ def protect_ray_token() -> None:
 
 
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a host or cluster address names this machine's loopback: 'HOST', 'HOST:PORT',
+    '[V6]:PORT', a bare IPv6 address or 'ray://HOST:PORT'; 127.0.0.0/8, ::1 or localhost."""
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
+    except ValueError:     # a malformed port or bracket: not an address this machine binds
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def keep_ray_on_loopback(host: str = "127.0.0.1") -> None:
@@ -84,7 +104,7 @@ def keep_ray_on_loopback(host: str = "127.0.0.1") -> None:
     documented name says Windows/macOS, where it is off by default) the node address stays 127.0.0.1
     and every one of them binds 127.0.0.1. Ray reads it when first imported, and its processes inherit
     it: call before import_ray(). A host that is not loopback (a multi-node head) leaves Ray as it is."""
-    if host.split(":")[0].strip("[]") in LOOPBACK_HOSTS or host.startswith("[::1]"):
+    if is_loopback(host):
         os.environ[LOOPBACK_SWITCH] = "0"
 
 
