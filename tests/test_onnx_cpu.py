@@ -52,7 +52,11 @@ def test_cpu_generator_prefers_onnxruntime_and_falls_back_in_one_line(g, monkeyp
     monkeypatch.undo()
     monkeypatch.setattr(onnx_cpu.OrtGenerator, "synthesize", lambda self, z: torch.zeros(len(z), 3, 64, 64))
     assert cpu_generator(g, log=lines.append) is g                 # a wrong engine is never used
-    assert len(lines) == 2 and "not installed" in lines[0] and "differs" in lines[1]
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "onnx", None)                 # nor the package that writes the graph
+    assert cpu_generator(g, log=lines.append) is g
+    assert len(lines) == 3 and "onnxruntime not installed" in lines[0] and "differs" in lines[1]
+    assert "onnx not installed" in lines[2]
     assert all("\n" not in line for line in lines)
 
 

@@ -96,8 +96,8 @@ def cpu_generator(g: nn.Module, threads: int | None = None, log=print):
         return g
     try:
         fast = OrtGenerator(g, threads or 1)
-    except ImportError:
-        log("generator: onnxruntime not installed, running torch eager on the CPU")
+    except ImportError as e:   # onnxruntime, or the onnx package that writes the graph
+        log(f"generator: {e.name or 'onnxruntime'} not installed, running torch eager on the CPU")
         return g
     except Exception as e:    # an onnx/onnxruntime that cannot build this graph
         log(f"generator: onnxruntime failed ({type(e).__name__}: {str(e)[:80]}), running torch eager on the CPU")
