@@ -11,7 +11,6 @@ routed to a live replica. Ray is imported on first use, so the product runs with
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import itertools
 import os
 import secrets
@@ -20,7 +19,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 
@@ -30,6 +28,7 @@ from streamer.cluster.config import APP, NAMESPACE, STORE, ClusterConfig
 from streamer.cluster.packs import PackStore, pack_bytes, pack_id, put_shared
 from streamer.reenact.config import ReenactConfig
 from streamer.reenact.engine import Engine, ReenactorFactory
+from streamer.web.config import is_loopback
 
 MISSING = "--cluster needs ray[serve]: pip install -e .[cluster]"
 REFUSED = "the cluster refused the token (--cluster-token / REENACT_CLUSTER_TOKEN)"
@@ -76,25 +75,6 @@ def protect_ray_token() -> None:
 
 
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a host or cluster address names this machine's loopback: 'HOST', 'HOST:PORT',
-    '[V6]:PORT', a bare IPv6 address or 'ray://HOST:PORT'; 127.0.0.0/8, ::1 or localhost."""
-    try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
-    except ValueError:     # a malformed port or bracket: not an address this machine binds
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def keep_ray_on_loopback(host: str = "127.0.0.1") -> None:

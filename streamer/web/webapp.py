@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import hmac
 import io
-import ipaddress
 import json
 import math
 import secrets
@@ -32,7 +31,7 @@ from aiohttp import web
 from engines.core.errors import UserError
 from streamer.avatar.preparing import Preparer, display_name
 from streamer.stream.controls import Controller
-from streamer.web.config import ServeConfig
+from streamer.web.config import ServeConfig, is_loopback
 from streamer.web.webrtc import PeerManager, SignalingError
 
 WEB_DIR = Path(__file__).resolve().parent
@@ -66,15 +65,6 @@ def short(text, limit: int = 60) -> str:
 def normalize_token(token: str | None) -> str | None:
     """An empty token (`--token ""`, an empty REENACT_TOKEN) means no token."""
     return token if token and token.strip() else None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, token: str | None) -> None:
