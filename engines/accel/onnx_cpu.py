@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.accel.compile import relative_error
 from engines.models.dcgan import DCGAN
 
 OPSET = 17
@@ -83,10 +84,6 @@ class OrtGenerator:
         if torch.device(device).type != "cpu":
             raise ValueError("OrtGenerator runs on the CPU only")
         return self
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out.double() - ref.double()).norm() / ref.double().norm())
 
 
 def cpu_generator(g: nn.Module, threads: int | None = None, log=print):

@@ -38,13 +38,12 @@ class GeneratorStage:
         self.base, self.device = generator, device
         self.max_batch = max_batch or (1 if device.type == "cpu" else 8)
         self.batched = self.max_batch > 1
-        self.log = log
         self._lock = threading.Lock()
         self._copies: dict[int, torch.nn.Module] = {}      # batch 1: slot -> the avatar's own G
         self._free = list(range(slots - 1, 0, -1))       # the bank's slots; 0 is the untuned base
         self._ids = itertools.count()
         self._copy_slots = itertools.count(1)            # batch 1: as many avatars as memory holds
-        self.rank = rank
+        self.rank, self.log = rank, log
         if self.batched:
             style = hasattr(generator, "n_latent")
             if rank:
