@@ -118,6 +118,49 @@ def test_first_frame_reproduces_the_avatar_and_no_face_eases_back(engine, pack):
     r.close()
 
 
+def test_a_packs_next_sessions_share_its_correction(pack):
+    """The response correction is measured by a pack's first session and shared by the next ones (no
+    ~2 s of renders read by MediaPipe while other calls run); it is the same as a fresh measurement and
+    is measured apart for another reach (feedback on: no reach limit)."""
+    from engines.method.correction import Correction
+    from streamer.reenact.engine import Engine
+    engine = Engine("default", log=lambda m: None, progress=False)
+    a, b = engine.make_reenactor(pack), engine.make_reenactor(pack)
+    assert a.correction is not None and a.correction.reach is not None and b.correction is a.correction
+    fb = engine.make_reenactor(pack, feedback_every=3)
+    assert fb.correction is not a.correction and fb.correction.reach is None
+    fresh = Correction.measure(a.A, a._render_requests, spread=a.correction.reach[0].tolist(),
+                               image_reader=engine.image_reader)
+    assert torch.equal(fresh.gates, a.correction.gates) and torch.allclose(fresh.drift, a.correction.drift)
+    assert fresh.curves.keys() == a.correction.curves.keys()
+    assert all(np.allclose(fresh.curves[i][1], a.correction.curves[i][1]) for i in fresh.curves)
+    assert len(engine.per_pack) == 2
+    for r in (a, b, fb):
+        r.close()
+
+
+def test_per_pack_measurements_are_made_once_and_forgotten_with_their_pack():
+    import gc
+
+    from streamer.reenact.engine import PerPack
+
+    class Pack:
+        pass
+    memo, made = PerPack(), []
+
+    def make(tag):
+        return lambda: made.append(tag) or tag
+    one, two = Pack(), Pack()
+    assert memo.get(one, ("c", 1), make("one")) == "one" and memo.get(one, ("c", 1), make("again")) == "one"
+    assert memo.get(one, ("c", 2), make("one-2")) == "one-2" and memo.get(two, ("c", 1), make("two")) == "two"
+    assert made == ["one", "one-2", "two"] and len(memo) == 3
+    del one
+    gc.collect()
+    assert len(memo) == 1
+    three = Pack()            # may reuse the dead pack's id: must not get its measurement
+    assert memo.get(three, ("c", 1), make("three")) == "three" and len(memo) == 2
+
+
 def test_driver_head_turn_turns_the_avatar(engine, pack):
     """Frame 0 of the bundled clip is the reference; frame 350 has the driver's head turned ~15 deg
     (read by the MediaPipe runtime on the driver). The avatar's yaw, read the same way on the output,

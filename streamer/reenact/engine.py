@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,33 @@ from streamer.reenact.side_by_side import side_by_side
 
 OUT_SIZE = 256
 PACKS_KEPT = 4   # avatar packs an Engine keeps in memory (a default-zoo pack is ~3 MB)
+
+
+class PerPack:
+    """Measurements that depend only on an avatar pack (and the engine): made by the pack's first session
+    and shared by its next ones while the pack object lives. A session then starts in ~0.1 s instead of
+    ~2 s of renders read by MediaPipe, CPU that the calls already running would feel."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: dict[tuple, tuple[weakref.ref, object]] = {}
+
+    def get(self, pack: AvatarPack, key: tuple, make: Callable[[], object]):
+        k = (id(pack), *key)
+        with self._lock:
+            hit = self._items.get(k)
+            if hit is not None and hit[0]() is pack:   # an id can be reused once its pack is gone
+                return hit[1]
+        value = make()     # outside the lock: two new packs measure at once
+        with self._lock:
+            for dead in [d for d, (ref, _) in self._items.items() if ref() is None]:
+                del self._items[dead]
+            self._items[k] = (weakref.ref(pack), value)
+        return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for ref, _ in self._items.values() if ref() is not None)
 
 
 class Engine:
@@ -82,6 +111,7 @@ class Engine:
         self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
         self._packs: dict[tuple, AvatarPack] = {}   # the last few packs, by file and its mtime/size
+        self.per_pack = PerPack()                   # each pack's response correction
 
     def pack(self, avatar: str | Path, on_progress=None) -> AvatarPack:
         """avatar's pack (enrolled once and cached; kept in memory for the next sessions).
@@ -195,8 +225,10 @@ class AvatarReenactor:
             # with head-pose feedback on, the shown angles are measured and steered: the reach limit (an
             # open-loop guard) would cap what the feedback asks for, so it is left off
             spread = None if feedback_every > 0 else tuned_spread(pack, engine.zoo.recipe.tuning, self.A)
-            self.correction = Correction.measure(self.A, self._render_requests, spread=spread,
-                                                 image_reader=engine.image_reader) if correct else None
+            self.correction = engine.per_pack.get(
+                pack, ("correction", None if spread is None else tuple(spread)),
+                lambda: Correction.measure(self.A, self._render_requests, spread=spread,
+                                           image_reader=engine.image_reader)) if correct else None
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)
         self._t0 = time.monotonic()
 
