@@ -54,6 +54,33 @@ def test_clip_variants_mirror_and_reverse_keep_the_clock():
     assert all(np.array_equal(m, f[:, ::-1]) for (_, m), (_, f) in zip(mirror, frames))
 
 
+def test_camera_clip_variants_keep_the_clock_and_do_what_their_names_say():
+    card = np.full((180, 320, 3), (200, 120, 60), np.uint8)
+    card[60:120, 130:190] = 30                                     # a dark "face" in the middle
+    frames = [(i / 30, card) for i in range(3)]
+
+    def run(variant):
+        out = list(clip_variant_frames(iter(frames), variant))
+        assert [t for t, _ in out] == [t for t, _ in frames]
+        return [f for _, f in out]
+    grey = run("grey")[0].astype(int)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert run("dark")[0].mean() < 0.5 * card.mean()
+    low = run("lowres")[0]
+    assert max(low.shape[:2]) == 320 and low.shape[:2] == (180, 320)      # already small: unchanged size
+    big = np.repeat(np.repeat(card, 4, 0), 4, 1)
+    low = list(clip_variant_frames(iter([(0.0, big)]), "lowres"))[0][1]
+    assert low.shape[:2] == (180, 320) and abs(int(low[90, 160, 0]) - 30) <= 2
+    far = run("far")[0]
+    assert far.shape == card.shape and (far[:40] == card[0, 0]).all()      # the border is the edge colour
+    assert (far[76:104, 146:174] == 30).all() and (far[60:70, 130:140] == card[0, 0]).all()   # face: half size
+    grainy = [f.astype(float) - card for f in run("noise")]
+    assert 6 < grainy[0].std() < 10 and not np.array_equal(grainy[0], grainy[1])            # fresh every frame
+    assert np.array_equal(run("noise")[1], run("noise")[1])                                  # reproducible
+    tilted = run("rot+10")[0]
+    assert tilted.shape == card.shape and not np.array_equal(tilted, card)
+
+
 def test_wide_mouth_variant_opens_the_drivers_mouth():
     """On the bundled clip's first second: where the variant opens the mouth, MediaPipe reads a far
     larger jawOpen than on the original frame, and elsewhere the frame is untouched."""

@@ -4,10 +4,13 @@ Portraits: mirrored, cropped tight, rotated by +-10 degrees, grey-scale, under-e
 an orange colour cast ("warm"), saved as a heavy JPEG ("jpeg": quality 12), with sensor grain ("noise":
 sd 12 levels), and seen at low resolution ("lowres": the longer side through 96
 pixels and back up, a webcam snapshot's blur). Clips: mirrored, played in
-reverse, and "wide mouth": the clip with the driver's mouth opened wide and closed again about once a
+reverse, "wide mouth": the clip with the driver's mouth opened wide and closed again about once a
 second (a thin-plate-spline warp that drops the lower lip and chin, the gap painted as a dark mouth),
 since none of the available clips opens its mouth wide (jawOpen sd <= 0.12) and wide-open mouths are
-where avatars break. A variant is named `<stem>~<variant>`.
+where avatars break; and the cameras a caller may have: grey-scale, under-exposed ("dark"), a small
+webcam ("lowres": frames delivered at LOWRES_CLIP_SIDE pixels on the longer side), a driver sitting
+further away ("far": the frame shrunk to half inside the same canvas), a tilted camera ("rot+10"), and
+sensor grain that changes every frame ("noise"). A variant is named `<stem>~<variant>`.
 """
 from __future__ import annotations
 
@@ -23,7 +26,10 @@ WARM_GAINS = (1.15, 1.0, 0.72)             # a white balance gone orange (tungst
 LOWRES_SIDE = 96                           # a small snapshot: the whole photo seen through this many pixels
 JPEG_QUALITY = 12                          # a photo saved and forwarded too often: 8x8 blocks, colour bleed
 NOISE_SD = 12.0                            # a phone photo in poor light: sensor grain, grey levels per channel
-CLIP_VARIANTS = ("mirror", "reverse", "widemouth")
+CLIP_VARIANTS = ("mirror", "reverse", "widemouth", "grey", "dark", "lowres", "far", "rot+10", "noise")
+LOWRES_CLIP_SIDE = 320                     # a 320x240 webcam (or a 320x180 one)
+FAR_SCALE = 0.5                            # the driver twice as far from the camera: half the face size
+CLIP_NOISE_SD = 8.0                        # a webcam's grain in a dim room, fresh every frame
 
 # MediaPipe FaceMesh indices: inner lip contours (corner 78 to corner 308), lower outer lip, chin
 UPPER_INNER = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
@@ -97,6 +103,19 @@ def clip_variant_frames(frames, variant: str | None, reader=None):
         times = [t for t, _ in items]
         for t, (_, rgb) in zip(times, reversed(items)):
             yield t, rgb
+    elif variant in ("grey", "dark", "rot+10"):
+        for t, rgb in frames:
+            yield t, portrait_variant(rgb, variant)
+    elif variant == "lowres":
+        for t, rgb in frames:
+            yield t, _resized(rgb, LOWRES_CLIP_SIDE / max(rgb.shape[:2]))
+    elif variant == "far":
+        for t, rgb in frames:
+            yield t, _shrunk_in_place(rgb, FAR_SCALE)
+    elif variant == "noise":
+        for i, (t, rgb) in enumerate(frames):
+            grain = np.random.default_rng(i).normal(0.0, CLIP_NOISE_SD, rgb.shape)  # fresh, but reproducible
+            yield t, np.clip(rgb + grain, 0, 255).round().astype(np.uint8)
     elif variant == "widemouth":
         for t, rgb in frames:
             face = reader.read(rgb)
@@ -104,6 +123,24 @@ def clip_variant_frames(frames, variant: str | None, reader=None):
             yield t, rgb if face is None or amount < 0.01 else open_mouth(rgb, face.landmarks, amount)
     else:
         raise ValueError(f"unknown clip variant {variant!r}")
+
+
+def _resized(rgb: np.ndarray, scale: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    size = (max(2, round(w * scale)) & ~1, max(2, round(h * scale)) & ~1)   # even: video encoders need it
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+
+
+def _shrunk_in_place(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """The frame shrunk by `scale`, centred on a canvas of its own size filled with its border's median
+    colour (a flat fill: a reflected border would add mirrored faces)."""
+    small = _resized(rgb, scale)
+    edge = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), 0).astype(np.uint8)
+    out = np.empty_like(rgb)
+    out[:] = edge
+    y, x = (rgb.shape[0] - small.shape[0]) // 2, (rgb.shape[1] - small.shape[1]) // 2
+    out[y:y + small.shape[0], x:x + small.shape[1]] = small
+    return out
 
 
 def _arch(n: int) -> list[float]:

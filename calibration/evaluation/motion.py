@@ -21,7 +21,7 @@ Goals (issue 14): yaw r >= 0.8, jawOpen r >= 0.6 where checked; SFace to the ava
 max(10, driver's + 5).
 
 Widened media (calibration.evaluation.media_variants): `PHOTO~mirror|crop|rot+10|rot-10|grey`, a frame of a clip as
-a portrait `CLIP@N`, and `CLIP~mirror|reverse|widemouth`; `--widen` adds every variant of every item.
+a portrait `CLIP@N`, and `CLIP~mirror|reverse|widemouth|grey|dark|lowres|far|rot+10|noise`; `--widen` adds every variant of every item.
 """
 from __future__ import annotations
 
