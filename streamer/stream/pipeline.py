@@ -351,7 +351,10 @@ class Pipeline:
         self._executor.shutdown(wait=False, cancel_futures=True)
         engine, self._engine_to_close = self._engine_to_close, None
         if engine is not None:  # release the engine's own resources (e.g. its MediaPipe tracker)
-            threading.Thread(target=_close_after, args=(self._executor, engine), daemon=True).start()
+            # not a daemon: the interpreter waits for it at exit. A daemon thread still freeing the
+            # session's tensors while Python finalizes is killed inside torch's destructor, which
+            # aborts the process ("terminate called without an active exception", exit 134)
+            threading.Thread(target=_close_after, args=(self._executor, engine), name="close-session").start()
 
 
 def _close_engine(engine) -> None:
