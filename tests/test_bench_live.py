@@ -30,6 +30,26 @@ def test_clients_receive_frames(frames, client_process, peers, watch):
         assert all(p["roundtrip_ms_p50"] is not None for p in r["per_peer"])
 
 
+def test_peers_take_the_avatars_in_turn(frames, tmp_path):
+    """Each peer its own avatar: a list of avatars is handed out in turn, from the first in every run,
+    and the run's window opens once every peer receives frames."""
+    from PIL import Image
+    paths = [tmp_path / f"{n}.png" for n in "abc"]
+    for i, path in enumerate(paths):
+        Image.new("RGB", (64, 64), (60 * i, 90, 120)).save(path)
+    make = bench_live.PeerAvatars(bench_live.load_factory(None), [str(p) for p in paths])
+    r = asyncio.run(bench_live._run(make, peers=2, watch=False, seconds=1.0, warmup=0.2, fps=30,
+                                    frames=frames, avatar=str(paths[0]), client_process=False))
+    assert r["avatars"] == ["a.png", "b.png"] and all(p["fps"] > 5 for p in r["per_peer"])
+    made = []
+    turns = bench_live.PeerAvatars(lambda avatar, **kw: made.append(avatar), ["x", "y"])
+    for _ in range(3):
+        turns()
+    turns("x")           # the server's default avatar counts as "none named"
+    turns("elsewhere")   # a peer that names its own keeps it
+    assert made == ["x", "y", "x", "y", "elsewhere"] and turns.given == ["x", "y", "x", "y"]
+
+
 def test_client_process_failure_is_reported(monkeypatch):
     """A child that dies before its result -> an error naming its exit status, not a hang."""
     async def go():

@@ -1,12 +1,16 @@
 """Streaming benchmark through the WebRTC path, all on 127.0.0.1 in one process.
 
     python -m streamer.bench.live [--peers 3] [--seconds 10] [--fps 30] [--factory MODULE:FUNCTION]
+                                  [--avatar A [B C ...]]
 
 Three runs: one peer sending its (synthetic, 30 fps) camera and receiving the reenacted stream; N such
 peers at once, each with its own reenactor; N peers watching the server's own reenacted stream (lavfi
 source). Printed per run: server capture-to-publish latency p50/p95 (frame received or captured ->
 handed to the encoder), the client's round trip p50/p95 (its send -> its decode, read from a barcode
 in the frame; only with reenactors that keep the barcode, like the default fake), and fps per peer.
+With several avatars, the peers take them in turn (each peer its own avatar, as in a call); they are
+loaded (or enrolled) before the first run. Each run's window opens once every peer receives frames
+(its reenactor is built) and `--warmup` seconds more have passed.
 The clients share the CPU with the server, so these numbers are a lower bound for a real deployment.
 By default the clients also share the server's process (and its GIL: aiortc's RTP, jitter buffer and
 codec glue are Python); `--client-process` runs them in a second Python process instead, as real
@@ -18,9 +22,11 @@ import argparse
 import asyncio
 import importlib
 import json
+import itertools
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +51,29 @@ def load_factory(spec: str | None, fake_delay_ms: float = 0.0):
     return getattr(importlib.import_module(mod), fn or "make_reenactor")
 
 
+class PeerAvatars:
+    """A factory that gives each new peer the next avatar of a list, in turn. The server asks its
+    factory for its default avatar (the first of the list) for every peer that names none."""
+
+    def __init__(self, make_reenactor, avatars: list):
+        self.make, self.avatars = make_reenactor, list(avatars)
+        self._next, self._lock = itertools.cycle(self.avatars), threading.Lock()
+        self.stage_stats = getattr(make_reenactor, "stage_stats", None)
+        self.given: list[str] = []     # the avatar of each reenactor made, in order
+
+    def __call__(self, avatar=None, **kw):
+        if avatar is None or avatar == self.avatars[0]:
+            with self._lock:
+                avatar = next(self._next)
+                self.given.append(Path(str(avatar)).name)
+        return self.make(avatar, **kw)
+
+
+async def _settle(clients, timeout: float = 120.0, frames: int = 15) -> None:
+    """Until every client receives frames: its reenactor is built (a new avatar's takes seconds)."""
+    await asyncio.gather(*(c.wait_frames(frames, timeout) for c in clients))
+
+
 async def _clients(url: str, peers: int, watch: bool, seconds: float, warmup: float, fps: float, frames,
                    mark=lambda what: None) -> list[dict]:
     """Connect `peers` client peers, let them settle `warmup` s, then count what each receives for
@@ -59,6 +88,7 @@ async def _clients(url: str, peers: int, watch: bool, seconds: float, warmup: fl
                 c = ClientPeer(url, http, send=None if watch else StampedCameraTrack(frames, fps))
                 await c.connect()
                 clients.append(c)
+            await _settle(clients)
             await asyncio.sleep(warmup)
             for c in clients:
                 c.latencies_ms.clear()
@@ -168,7 +198,7 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
         done = [n - before.get(k, 0) for k, n in b["frames_per_session"].items()]
         stage = {"calls": b["calls"] - a["calls"], "frames": b["frames"] - a["frames"],
                  "sessions_sharing": sum(1 for d in done if d > 0), "sessions_ever": b["sessions"]}
-    return {"peers": peers, "generator_stage": stage, "mode": "watch" if watch else "send+receive", "seconds": seconds,
+    return {"peers": peers, "avatars": getattr(make_reenactor, "given", None), "generator_stage": stage, "mode": "watch" if watch else "send+receive", "seconds": seconds,
             "clients": "own process" if client_process else "server's process",
             "capture_to_publish_ms_p50": c50, "capture_to_publish_ms_p95": c95,
             "per_peer": per_peer, "server_process_ms": [s["stage_ms"].get("process") for s in snap],
@@ -178,17 +208,24 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
 def bench(make_reenactor=None, *, peers: int = 3, seconds: float = 10.0, warmup: float = 3.0,
           fps: float = 30.0, size: tuple[int, int] = (640, 360), avatar=None,
           client_process: bool = False) -> list[dict]:
-    """Run the three scenarios; returns their results (also what main prints)."""
+    """Run the three scenarios; returns their results (also what main prints). avatar: one, or a list
+    the peers take in turn."""
     from streamer.testing.rtc_client import clip_frames
     from streamer.web.webrtc import allow_loopback_candidates
 
     make_reenactor = make_reenactor or load_factory(None)
+    avatars = list(avatar) if isinstance(avatar, (list, tuple)) else None
+    for a in avatars or []:      # enrolled or loaded now, not while a run is measured
+        if hasattr(make_reenactor, "prepare"):
+            make_reenactor.prepare(a)
     allow_loopback_candidates(only=True)
     frames = clip_frames(str(ASSET_CLIP), count=72, size=size)
     out = []
     for n, watch in ((1, False), (peers, False), (peers, True)):
-        out.append(asyncio.run(_run(make_reenactor, peers=n, watch=watch, seconds=seconds, warmup=warmup,
-                                    fps=fps, frames=frames, avatar=avatar, client_process=client_process)))
+        make = PeerAvatars(make_reenactor, avatars) if avatars else make_reenactor   # each run from the first
+        out.append(asyncio.run(_run(make, peers=n, watch=watch, seconds=seconds, warmup=warmup, fps=fps,
+                                    frames=frames, avatar=avatars[0] if avatars else avatar,
+                                    client_process=client_process)))
     return out
 
 
@@ -209,6 +246,8 @@ def report(results: list[dict]) -> str:
             f"p95 {_fmt(r['capture_to_publish_ms_p95'])} ms | round trip p50 "
             f"{_fmt(max(rt50) if rt50 else None)} p95 {_fmt(max(rt95) if rt95 else None)} ms | "
             f"fps per peer {', '.join(f'{f:.1f}' for f in fps)} | server dropped {sum(r['server_dropped'])}")
+        if r.get("avatars"):
+            lines.append(f"    avatars: {', '.join(r['avatars'])}")
         g = r.get("generator_stage")
         if g:
             lines.append(f"    generator stage: {g['calls']} calls, {g['frames']} frames, shared by "
@@ -227,7 +266,8 @@ def main(argv=None) -> int:
                     help="MODULE:FUNCTION returning a reenactor for an avatar (default: the fast fake)")
     ap.add_argument("--fake-delay-ms", type=float, default=0.0,
                     help="make the default fake engine sleep this long per frame (a heavier engine)")
-    ap.add_argument("--avatar", default=None)
+    ap.add_argument("--avatar", nargs="+", default=None,
+                    help="the avatar (photo or pack), or several: the peers take them in turn")
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     ap.add_argument("--client-process", action="store_true",
                     help="run the client peers in a second Python process (as real peers would be)")
@@ -238,7 +278,8 @@ def main(argv=None) -> int:
     if a.clients_for:
         return _clients_child(a.clients_for, a.peers, a.watch, a.seconds, a.warmup, a.fps, (w, h))
     results = bench(load_factory(a.factory, a.fake_delay_ms), peers=a.peers, seconds=a.seconds, warmup=a.warmup, fps=a.fps,
-                    size=(w, h), avatar=a.avatar, client_process=a.client_process)
+                    size=(w, h), avatar=a.avatar if a.avatar is None or len(a.avatar) > 1 else a.avatar[0],
+                    client_process=a.client_process)
     print(report(results))
     if a.json:
         print(json.dumps(results, indent=1))
