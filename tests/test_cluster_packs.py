@@ -64,3 +64,26 @@ def test_shared_folder_round_trip_is_hash_checked(tmp_path):
         load_checked(read_shared(tmp_path, aid), aid)
     with pytest.raises(UserError, match="not an avatar id"):
         read_shared(tmp_path, "../../etc/passwd")
+
+
+def test_remote_stage_reads_and_hashes_a_pack_once_for_all_its_sessions(monkeypatch):
+    """A front-end's sessions of one avatar share its pack's bytes and id (a pack is a few MB to read
+    and hash); another pack gets its own."""
+    import streamer.cluster.client as client_mod
+
+    class Client:
+        def __init__(self):
+            self.ensured = []
+
+        def ensure(self, aid, data, force=False):
+            self.ensured.append((aid, data))
+    reads = []
+    real = client_mod.pack_bytes
+    monkeypatch.setattr(client_mod, "pack_bytes", lambda pack: reads.append(pack) or real(pack))
+    stage = client_mod.RemoteGeneratorStage(Client())
+    one, two = small_pack(1), small_pack(2)
+    slots = [stage.add_avatar(one), stage.add_avatar(one), stage.add_avatar(two)]
+    assert len(reads) == 2 and len(set(slots)) == 3
+    assert stage.avatar_id(slots[0]) == stage.avatar_id(slots[1]) == pack_id(real(one))
+    assert stage.avatar_id(slots[2]) == pack_id(real(two)) != stage.avatar_id(slots[0])
+    assert [aid for aid, _ in stage.client.ensured] == [stage.avatar_id(s) for s in slots]   # each session checks

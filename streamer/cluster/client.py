@@ -27,7 +27,7 @@ from streamer.avatar.pack import AvatarPack
 from streamer.cluster.config import APP, NAMESPACE, STORE, ClusterConfig
 from streamer.cluster.packs import PackStore, pack_bytes, pack_id, put_shared
 from streamer.reenact.config import ReenactConfig
-from streamer.reenact.engine import Engine, ReenactorFactory
+from streamer.reenact.engine import Engine, PerPack, ReenactorFactory
 from streamer.web.config import is_loopback
 
 MISSING = "--cluster needs ray[serve]: pip install -e .[cluster]"
@@ -298,6 +298,11 @@ def _reason(e: BaseException) -> str:
     return type(e).__name__
 
 
+def _named(pack: AvatarPack) -> tuple[str, bytes]:
+    data = pack_bytes(pack)
+    return pack_id(data), data
+
+
 class RemoteGeneratorStage:
     """GeneratorStage's methods (streamer.reenact.generator_stage), rendering on the cluster's replicas."""
 
@@ -312,10 +317,10 @@ class RemoteGeneratorStage:
         self._ids = itertools.count()
         self._recheck: set[str] = set()
         self._lock = threading.Lock()
+        self._named = PerPack()     # each pack's bytes and id: read and hashed by its first session only
 
     def add_avatar(self, pack: AvatarPack) -> int:
-        data = pack_bytes(pack)
-        aid = pack_id(data)
+        aid, data = self._named.get(pack, ("id",), lambda: _named(pack))
         self.client.ensure(aid, data)
         with self._lock:
             slot = next(self._slots)
