@@ -63,3 +63,12 @@ def test_cli_passes_client_process(capsys):
     assert bench_live.main(["--peers", "1", "--seconds", "1", "--warmup", "0.5", "--client-process", "--json"]) == 0
     out = capsys.readouterr().out
     assert out.count('"clients": "own process"') == 3 and "server's process" not in out
+
+
+def test_cli_bad_avatar_is_one_line(capsys):
+    """Every avatar is prepared before the first run: a missing one stops the benchmark in one line."""
+    with pytest.raises(SystemExit) as e:
+        bench_live.main(["--factory", "streamer.reenact.engine:default_zoo_factory", "--avatar", "nosuch.png",
+                         str(bench_live.ASSET_CLIP.parent / "astronaut.png"), "--peers", "2", "--seconds", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip() == "error: avatar not found: nosuch.png"

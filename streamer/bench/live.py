@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.core.errors import main_guard
 from streamer.bench.machine import cpu_model
 
 ASSET_CLIP = Path(__file__).resolve().parents[2] / "assets" / "pexels_woman.mp4"
@@ -255,6 +256,7 @@ def report(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@main_guard
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", type=int, default=3)
