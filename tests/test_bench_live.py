@@ -2,6 +2,7 @@
 server's process and in a second process both receive the reenacted stream, and the server-side
 statistics cover the clients' measured window."""
 import asyncio
+import os
 
 import pytest
 
@@ -26,6 +27,10 @@ def test_clients_receive_frames(frames, client_process, peers, watch):
     # the server's own statistics: one source per peer (send+receive) or the shared pipeline (watch)
     assert len(r["server_process_ms"]) == (1 if watch else peers)
     assert r["capture_to_publish_ms_p50"] is not None and r["capture_to_publish_ms_p50"] > 0
+    c = r["cpu"]   # CPU over the window: this process's threads, and the clients' own process if apart
+    cores = os.cpu_count() + 0.5
+    assert 0 < c["server_cores"] <= cores and c["server_ms_per_frame"] > 0
+    assert (0 < c["client_cores"] <= cores) if client_process else c["client_cores"] is None
     if not watch:  # the fake keeps the client's barcode: the round trip was measured
         assert all(p["roundtrip_ms_p50"] is not None for p in r["per_peer"])
 

@@ -7,7 +7,8 @@ Three runs: one peer sending its (synthetic, 30 fps) camera and receiving the re
 peers at once, each with its own reenactor; N peers watching the server's own reenacted stream (lavfi
 source). Printed per run: server capture-to-publish latency p50/p95 (frame received or captured ->
 handed to the encoder), the client's round trip p50/p95 (its send -> its decode, read from a barcode
-in the frame; only with reenactors that keep the barcode, like the default fake), and fps per peer.
+in the frame; only with reenactors that keep the barcode, like the default fake), fps per peer, and the
+CPU the server process (and the clients' process) used in the window, in cores and per frame received.
 With several avatars, the peers take them in turn (each peer its own avatar, as in a call); they are
 loaded (or enrolled) before the first run. Each run's window opens once every peer receives frames
 (its reenactor is built) and `--warmup` seconds more have passed.
@@ -110,19 +111,22 @@ async def _clients(url: str, peers: int, watch: bool, seconds: float, warmup: fl
 
 
 async def _clients_elsewhere(url: str, peers: int, watch: bool, seconds: float, warmup: float, fps: float,
-                             size: tuple[int, int], mark) -> list[dict]:
-    """The same clients in a child Python process; its stdout says START, then the JSON result."""
+                             size: tuple[int, int], mark) -> tuple[list[dict], float | None]:
+    """The same clients in a child Python process; its stdout says START, END, its CPU seconds between
+    them, then the JSON result. Returns (per-peer results, the clients' CPU seconds in the window)."""
     cmd = [sys.executable, "-m", "streamer.bench.live", "--clients-for", url, "--peers", str(peers),
            "--seconds", str(seconds), "--warmup", str(warmup), "--fps", str(fps), "--size", f"{size[0]}x{size[1]}"]
     if watch:
         cmd.append("--watch")
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
-    result = None
+    result = cpu = None
     try:
         async for line in proc.stdout:
             line = line.decode().strip()
             if line in ("START", "END"):
                 mark(line.lower())
+            elif line.startswith("CPU "):
+                cpu = float(line[4:])
             elif line.startswith("RESULT "):
                 result = json.loads(line[7:])
         await proc.wait()
@@ -132,7 +136,7 @@ async def _clients_elsewhere(url: str, peers: int, watch: bool, seconds: float, 
             await proc.wait()
     if proc.returncode != 0 or result is None:
         raise RuntimeError(f"client process failed (exit {proc.returncode})")
-    return result
+    return result, cpu
 
 
 async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmup: float, fps: float,
@@ -166,6 +170,7 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
     stage_stats = getattr(make_reenactor, "stage_stats", None)
 
     def mark(what):  # the clients' measured window: server statistics start afresh and end with it
+        window[f"cpu_{what}"] = (time.perf_counter(), time.process_time())   # all of this process's threads
         if stage_stats is not None:
             window[f"stage_{what}"] = stage_stats()
         if what == "start":
@@ -178,9 +183,10 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
     try:
         if client_process:
             h, w = frames[0].shape[:2]
-            per_peer = await _clients_elsewhere(server.url, peers, watch, seconds, warmup, fps, (w, h), mark)
-        else:
-            per_peer = await _clients(server.url, peers, watch, seconds, warmup, fps, frames, mark)
+            per_peer, client_cpu = await _clients_elsewhere(server.url, peers, watch, seconds, warmup, fps, (w, h),
+                                                            mark)
+        else:   # the clients' CPU is then part of the server process's
+            per_peer, client_cpu = await _clients(server.url, peers, watch, seconds, warmup, fps, frames, mark), None
         server_lat, snap = window["latency"], window["snap"]
     finally:
         if capture is not None:
@@ -199,7 +205,12 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
         done = [n - before.get(k, 0) for k, n in b["frames_per_session"].items()]
         stage = {"calls": b["calls"] - a["calls"], "frames": b["frames"] - a["frames"],
                  "sessions_sharing": sum(1 for d in done if d > 0), "sessions_ever": b["sessions"]}
-    return {"peers": peers, "avatars": getattr(make_reenactor, "given", None), "generator_stage": stage, "mode": "watch" if watch else "send+receive", "seconds": seconds,
+    wall = window["cpu_end"][0] - window["cpu_start"][0]
+    server_cores = (window["cpu_end"][1] - window["cpu_start"][1]) / wall
+    published = sum(p["fps"] for p in per_peer)
+    cpu = {"server_cores": server_cores, "client_cores": None if client_cpu is None else client_cpu / wall,
+           "server_ms_per_frame": server_cores * 1000.0 / published if published else None}
+    return {"peers": peers, "avatars": getattr(make_reenactor, "given", None), "cpu": cpu, "generator_stage": stage, "mode": "watch" if watch else "send+receive", "seconds": seconds,
             "clients": "own process" if client_process else "server's process",
             "capture_to_publish_ms_p50": c50, "capture_to_publish_ms_p95": c95,
             "per_peer": per_peer, "server_process_ms": [s["stage_ms"].get("process") for s in snap],
@@ -247,6 +258,10 @@ def report(results: list[dict]) -> str:
             f"p95 {_fmt(r['capture_to_publish_ms_p95'])} ms | round trip p50 "
             f"{_fmt(max(rt50) if rt50 else None)} p95 {_fmt(max(rt95) if rt95 else None)} ms | "
             f"fps per peer {', '.join(f'{f:.1f}' for f in fps)} | server dropped {sum(r['server_dropped'])}")
+        c = r["cpu"]
+        lines.append(f"    CPU: server {c['server_cores']:.2f} cores ({_fmt(c['server_ms_per_frame'])} ms a frame the "
+                     f"clients received)" + ("" if c["client_cores"] is None else
+                                             f", clients' process {c['client_cores']:.2f} cores"))
         if r.get("avatars"):
             lines.append(f"    avatars: {', '.join(r['avatars'])}")
         g = r.get("generator_stage")
@@ -294,9 +309,13 @@ def _clients_child(url, peers, watch, seconds, warmup, fps, size) -> int:
     allow_loopback_candidates(only=True)
     frames = None if watch else clip_frames(str(ASSET_CLIP), count=72, size=size)
 
+    cpu = {}
+
     def mark(what):
+        cpu[what] = time.process_time()
         print(what.upper(), flush=True)
     per_peer = asyncio.run(_clients(url, peers, watch, seconds, warmup, fps, frames, mark))
+    print(f"CPU {cpu['end'] - cpu['start']:.4f}", flush=True)   # this process's CPU seconds in the window
     print("RESULT " + json.dumps(per_peer), flush=True)
     return 0
 
