@@ -9,7 +9,7 @@ source). Printed per run: server capture-to-publish latency p50/p95 (frame recei
 handed to the encoder), the client's round trip p50/p95 (its send -> its decode, read from a barcode
 in the frame; only with reenactors that keep the barcode, like the default fake), fps per peer, and the
 CPU the server process (and the clients' process) used in the window, in cores and per frame received.
-With several avatars, the peers take them in turn (each peer its own avatar, as in a call); they are
+With several avatars the peers take them in turn (each peer its own avatar, as in a call); the avatars are
 loaded (or enrolled) before the first run. Each run's window opens once every peer receives frames
 (its reenactor is built) and `--warmup` seconds more have passed.
 The clients share the CPU with the server, so these numbers are a lower bound for a real deployment.
@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import itertools
+import json
 import os
 import platform
 import sys
@@ -210,7 +210,8 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
     published = sum(p["fps"] for p in per_peer)
     cpu = {"server_cores": server_cores, "client_cores": None if client_cpu is None else client_cpu / wall,
            "server_ms_per_frame": server_cores * 1000.0 / published if published else None}
-    return {"peers": peers, "avatars": getattr(make_reenactor, "given", None), "cpu": cpu, "generator_stage": stage, "mode": "watch" if watch else "send+receive", "seconds": seconds,
+    return {"peers": peers, "avatars": getattr(make_reenactor, "given", None), "cpu": cpu, "generator_stage": stage,
+            "mode": "watch" if watch else "send+receive", "seconds": seconds,
             "clients": "own process" if client_process else "server's process",
             "capture_to_publish_ms_p50": c50, "capture_to_publish_ms_p95": c95,
             "per_peer": per_peer, "server_process_ms": [s["stage_ms"].get("process") for s in snap],
@@ -295,8 +296,7 @@ def main(argv=None) -> int:
     if a.clients_for:
         return _clients_child(a.clients_for, a.peers, a.watch, a.seconds, a.warmup, a.fps, (w, h))
     results = bench(load_factory(a.factory, a.fake_delay_ms), peers=a.peers, seconds=a.seconds, warmup=a.warmup, fps=a.fps,
-                    size=(w, h), avatar=a.avatar if a.avatar is None or len(a.avatar) > 1 else a.avatar[0],
-                    client_process=a.client_process)
+                    size=(w, h), avatar=a.avatar, client_process=a.client_process)
     print(report(results))
     if a.json:
         print(json.dumps(results, indent=1))

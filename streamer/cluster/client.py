@@ -317,10 +317,10 @@ class RemoteGeneratorStage:
         self._ids = itertools.count()
         self._recheck: set[str] = set()
         self._lock = threading.Lock()
-        self._named = PerPack()     # each pack's bytes and id: read and hashed by its first session only
+        self._pack_ids = PerPack()   # each pack's id and bytes: read and hashed by its first session only
 
     def add_avatar(self, pack: AvatarPack) -> int:
-        aid, data = self._named.get(pack, ("id",), lambda: _named(pack))
+        aid, data = self._pack_ids.get(pack, ("id",), lambda: _named(pack))
         self.client.ensure(aid, data)
         with self._lock:
             slot = next(self._slots)
