@@ -148,6 +148,74 @@ def test_response_curve_stops_at_the_peak_where_a_direction_undoes_itself():
     assert falling is None
 
 
+class _LateMouth:
+    """A closed-form avatar for Correction.measure: angles and expressions respond one to one; the mouth
+    opens only past step 6 at rest, and later still as the head pitches (|pitch| steps later), steeply
+    (3 per step). Its reader hands back, in order, the readings of the requests rendered last; a
+    context (a request that both turns and pitches the head) pitched past `blind` shows no face."""
+    names = ("yaw", "pitch", "roll", "jawOpen", "browInnerUp")
+
+    def __init__(self, blind: float = 99.0):
+        from engines.models.directions import Directions
+        self.A = Directions(5, (4,), param_names=list(self.names))   # lo/hi +-6: normalise is the identity
+        self.blind, self.rows = blind, []
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return 3.0 * max(0.0, dp[3] - 6.0 - abs(dp[1]))
+
+    def render(self, dps):
+        self.rows = [r.numpy().astype(np.float64) for r in dps]
+        return torch.zeros(len(dps), 3, 8, 8)
+
+    def reader(self):
+        import contextlib
+        from types import SimpleNamespace
+        rows = iter(self.rows)
+
+        def read(_img):
+            r = next(rows)
+            return None if r[0] != 0 and abs(r[1]) > self.blind else SimpleNamespace(p=np.array([*r[:3], self.jaw(r), r[4]]))
+        return contextlib.nullcontext(SimpleNamespace(read=read))
+
+
+def test_the_jaw_curve_is_the_mean_of_its_curves_at_rest_and_in_the_contexts_it_will_be_driven_in():
+    """Closed form: a mouth that opens late at rest and later still with the head pitched. With the
+    tuned spread known, the jaw's curve is the mean of the rest curve and the JAW_CONTEXTS contexts'
+    (drawn at 1 sd, jaw at rest), so an opening asks for a further step than the rest curve would; a
+    context that shows no face is left out; without a spread the rest curve alone is used."""
+    from engines.method.correction import SWEEPS, Correction, jaw_contexts, response_curve
+    t = np.asarray(SWEEPS["jawOpen"], np.float64)
+    sd = [2.0, 1.5, 2.5, 3.0, 2.0]
+    fake = _LateMouth()
+    at_rest = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    in_context = Correction.measure(fake.A, fake.render, spread=sd, image_reader=fake.reader)
+    rest = response_curve(t, np.array([_LateMouth.jaw(np.array([0, 0, 0, s, 0])) for s in t]))
+    assert np.allclose(at_rest.curves[3][1], rest[1]) and at_rest.reach is None
+
+    contexts = jaw_contexts(sd, 5, 3).numpy().astype(np.float64)
+    assert len(contexts) > 1 and np.all(contexts[:, 3] == 0) and np.any(contexts[:, 1] != 0)
+
+    def curve_of(ctxs):
+        def resp(c):
+            return np.array([_LateMouth.jaw(c + s * np.eye(5)[3]) - _LateMouth.jaw(c) for s in t])
+        return response_curve(t, np.mean([resp(np.zeros(5)), *[resp(c) for c in ctxs]], 0))
+
+    want = curve_of(contexts)
+    assert np.allclose(in_context.curves[3][0], want[0]) and np.allclose(in_context.curves[3][1], want[1], atol=1e-5)
+    step = lambda corr: float(corr(torch.tensor([0.0, 0.0, 0.0, 1.5, 0.0]))[3])   # noqa: E731
+    assert step(in_context) > step(at_rest) + 0.2               # opening 1.5: a further step in context
+    assert in_context.reach is not None
+    assert Correction.measure(fake.A, fake.render, spread=sd, reach=False, image_reader=fake.reader).reach is None
+
+    blind = float(np.sort(np.abs(contexts[:, 1]))[-2])           # the two most pitched contexts: no face
+    fake_blind = _LateMouth(blind=blind - 1e-6)
+    partial = Correction.measure(fake_blind.A, fake_blind.render, spread=sd, image_reader=fake_blind.reader)
+    seen = contexts[np.abs(contexts[:, 1]) < blind]
+    assert len(seen) == len(contexts) - 2
+    assert np.allclose(partial.curves[3][1], curve_of(seen)[1], atol=1e-5)
+
+
 def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():
     """Closed form of the joint limit: angles inside KNEE of the reach pass unchanged; beyond, they
     shrink along their own direction, never past the reach; an opening jaw takes part of the reach,

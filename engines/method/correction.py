@@ -7,7 +7,8 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
   * for yaw, pitch, roll and jawOpen, the response curve p_i(t) along direction i (SWEEPS), kept from
     its low to its peak (response_curve) and used inverted: the requested change is mapped to the t
     that produces it (a mouth shows little below some opening and then opens fast: without its curve
-    small speech movements vanish);
+    small speech movements vanish); the jaw's curve is the mean of its curves at rest and in contexts
+    the avatar will be driven in (JAW_CONTEXTS);
   * for each other expression direction and each sense (+/-): whether a step of `probe` moves its own
     parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own units); a sense
     that does not is switched off for this avatar, since all it can add is cross-talk;
@@ -42,6 +43,15 @@ SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jaw
 REACH = 3.0
 KNEE = 0.8
 ANGLE_FLOOR = 1.5
+# the jaw's curve is read at rest and in this many contexts (head angles and other expressions drawn at
+# CONTEXT_SD sds of the tuned requests, a fixed draw in mirrored pairs), and their mean response is
+# inverted. Read at rest alone, a mouth that opens late and steeply there stays shut once the head
+# pitches and tilts: Einstein's curve at rest was 0.7 / 3.2 / 6.1 at steps 6-8 and his jawOpen r 0.50 on
+# the wide-mouth clip; with the mean 0.83. Random draws of 8 moved single pairs by +-0.04 with the seed
+# (mirrored pairs steady that); 12 cost 1 s more at a pack's first session for no clear gain
+JAW_CONTEXTS = 8
+CONTEXT_SD = 1.0
+CONTEXT_SEED = 0
 
 
 def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -81,36 +91,40 @@ class Correction:
     @classmethod
     @torch.no_grad()
     def measure(cls, A, render: Callable[[torch.Tensor], torch.Tensor], step: float = 2.0,
-                probe: float = 4.0, spread=None, image_reader=None) -> "Correction | None":
+                probe: float = 4.0, spread=None, image_reader=None, reach: bool = True) -> "Correction | None":
         """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU;
-        spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: no reach limit);
+        spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: the jaw is read
+        at rest only, and no reach limit); reach: limit angles and jaw together (within_reach);
         image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode).
         None when a render shows no face."""
         k = A.k
         m = k - 3
         swept = {A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in SWEEPS.items()}
-        sweeps = []
-        for i, ts in swept.items():
-            rows = torch.zeros(len(ts), k)
-            rows[:, i] = torch.as_tensor(ts, dtype=torch.float32)
-            sweeps.append(rows)
+        jaw = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
+        contexts = jaw_contexts(spread, k, jaw)
+        sweeps = [_sweep(torch.zeros(k), i, ts) for i, ts in swept.items()]
+        sweeps += [_sweep(c, jaw, swept[jaw]) for c in contexts]
         e = torch.eye(k)[3:]
-        dps = torch.cat([torch.zeros(1, k), *sweeps, e * step, -e * step, e * probe, -e * probe])
+        dps = torch.cat([torch.zeros(1, k), e * step, -e * step, e * probe, -e * probe, *sweeps])
         imgs = render(dps)
         with (image_reader or (lambda: MediaPipeNet3D("image")))() as reader:
             faces = [reader.read(a) for a in to_uint8(net3d_view(imgs))]
-        if any(f is None for f in faces):
+        fixed = 1 + 4 * m + sum(len(t) for t in swept.values())
+        if any(f is None for f in faces[:fixed]):
             return None
-        p = A.normalise(torch.as_tensor(np.stack([f.p for f in faces]), dtype=torch.float32)).numpy()
-        p0, at = p[0], 1
-        curves = {}
+        p = A.normalise(torch.as_tensor(np.stack([f.p for f in faces[:fixed]]), dtype=torch.float32)).numpy()
+        p0 = p[0]
+        plus, minus = p[1:1 + m] - p0, p[1 + m:1 + 2 * m] - p0
+        far_plus, far_minus = p[1 + 2 * m:1 + 3 * m] - p0, p[1 + 3 * m:1 + 4 * m] - p0
+        at, curves = 1 + 4 * m, {}
         for i, t in swept.items():
-            curve = response_curve(t, p[at:at + len(t), i] - p0[i])
+            r = p[at:at + len(t), i] - p0[i]
             at += len(t)
+            if i == jaw and len(contexts):
+                r = np.mean([r, *_context_responses(A, faces[fixed:], jaw, t, len(contexts))], 0)
+            curve = response_curve(t, r)
             if curve is not None:
                 curves[i] = curve
-        plus, minus = p[at:at + m] - p0, p[at + m:at + 2 * m] - p0
-        far_plus, far_minus = p[at + 2 * m:at + 3 * m] - p0, p[at + 3 * m:] - p0
         own = np.arange(m), np.arange(3, k)
         gate = gate_thresholds(A)
         gates = np.stack([far_minus[own] <= -gate, far_plus[own] >= gate])
@@ -120,10 +134,9 @@ class Correction:
         # drift in response units (normalised p per unit step): __call__ adds it to the requested angle
         # change before the curve inversion turns responses into steps
         drift = np.stack([minus[:, :3].T / step, -plus[:, :3].T / step])   # [-sense, +sense]
-        names = list(A.param_names)
-        reach = None if spread is None or len(spread) != k else \
-            (torch.as_tensor(spread, dtype=torch.float32), names.index("jawOpen") if "jawOpen" in names else None)
-        return cls(curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates), reach)
+        limit = (torch.as_tensor(spread, dtype=torch.float32), jaw) if reach and spread is not None and len(spread) == k \
+            else None
+        return cls(curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates), limit)
 
     def __call__(self, dp: torch.Tensor) -> torch.Tensor:
         """A requested change dp [K] (normalised) -> the request that shows it on this avatar."""
@@ -136,6 +149,37 @@ class Correction:
             if float(out[i]) != 0.0:  # no change requested stays no change
                 out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
         return out if self.reach is None else within_reach(out, *self.reach)
+
+
+def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
+    """[JAW_CONTEXTS, K] requests at CONTEXT_SD sds of the tuned ones, jaw at rest (a fixed draw), or [0, K]
+    without a record of the spread or a jaw."""
+    if spread is None or len(spread) != k or jaw is None:
+        return torch.zeros(0, k)
+    half = torch.randn(JAW_CONTEXTS // 2, k, generator=torch.Generator().manual_seed(CONTEXT_SEED))
+    draw = torch.cat([half, -half])   # in mirrored pairs: a few contexts, but no side left out
+    contexts = draw * torch.as_tensor(spread, dtype=torch.float32) * CONTEXT_SD
+    contexts[:, jaw] = 0.0
+    return contexts
+
+
+def _sweep(context: torch.Tensor, i: int, ts: np.ndarray) -> torch.Tensor:
+    rows = context.repeat(len(ts), 1)
+    rows[:, i] += torch.as_tensor(ts, dtype=torch.float32)
+    return rows
+
+
+def _context_responses(A, faces: list, jaw: int, t: np.ndarray, n: int) -> list[np.ndarray]:
+    """The jaw's response along t in each of n contexts (faces: their readings, sweep after sweep),
+    from the sweep's own rest; a context where a render shows no face is left out."""
+    rest, out = int(np.argmin(np.abs(t))), []
+    for c in range(n):
+        sweep = faces[c * len(t):(c + 1) * len(t)]
+        if any(f is None for f in sweep):
+            continue
+        p = A.normalise(torch.as_tensor(np.stack([f.p for f in sweep]), dtype=torch.float32)).numpy()[:, jaw]
+        out.append(p - p[rest])
+    return out
 
 
 def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None) -> torch.Tensor:

@@ -224,10 +224,10 @@ class AvatarReenactor:
         if engine.zoo.reads_own_output:   # both read the avatar's renders with MediaPipe
             # with head-pose feedback on, the shown angles are measured and steered: the reach limit (an
             # open-loop guard) would cap what the feedback asks for, so it is left off
-            spread = None if feedback_every > 0 else tuned_spread(pack, engine.zoo.recipe.tuning, self.A)
+            spread, reach = tuned_spread(pack, engine.zoo.recipe.tuning, self.A), feedback_every == 0
             self.correction = engine.per_pack.get(
-                pack, ("correction", None if spread is None else tuple(spread)),
-                lambda: Correction.measure(self.A, self._render_requests, spread=spread,
+                pack, ("correction", None if spread is None else tuple(spread), reach),
+                lambda: Correction.measure(self.A, self._render_requests, spread=spread, reach=reach,
                                            image_reader=engine.image_reader)) if correct else None
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)
         self._t0 = time.monotonic()
