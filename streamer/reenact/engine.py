@@ -53,7 +53,7 @@ PACKS_KEPT = 4   # avatar packs an Engine keeps in memory (a default-zoo pack is
 class PerPack:
     """Measurements that depend only on an avatar pack (and the engine): made by the pack's first session
     and shared by its next ones while the pack object lives. A session then starts in ~0.1 s instead of
-    ~2 s of renders read by MediaPipe, CPU that the calls already running would feel."""
+    ~3 s of renders read by MediaPipe, CPU that the calls already running would feel."""
 
     def __init__(self):
         self._lock = threading.Lock()
