@@ -96,7 +96,7 @@ class Correction:
         spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: the jaw is read
         at rest only, and no reach limit); reach: limit angles and jaw together (within_reach);
         image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode).
-        None when a render shows no face."""
+        None when a render at rest or along a sweep shows no face (a jaw context without one is left out)."""
         k = A.k
         m = k - 3
         swept = {A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in SWEEPS.items()}
