@@ -112,7 +112,7 @@ class Correction:
         fixed = 1 + 4 * m + sum(len(t) for t in swept.values())
         if any(f is None for f in faces[:fixed]):
             return None
-        p = A.normalise(torch.as_tensor(np.stack([f.p for f in faces[:fixed]]), dtype=torch.float32)).numpy()
+        p = _normalised(A, faces[:fixed])
         p0 = p[0]
         plus, minus = p[1:1 + m] - p0, p[1 + m:1 + 2 * m] - p0
         far_plus, far_minus = p[1 + 2 * m:1 + 3 * m] - p0, p[1 + 3 * m:1 + 4 * m] - p0
@@ -163,6 +163,11 @@ def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
     return contexts
 
 
+def _normalised(A, faces: list) -> np.ndarray:
+    """Net3D readings -> their normalised parameters [N, K]."""
+    return A.normalise(torch.as_tensor(np.stack([f.p for f in faces]), dtype=torch.float32)).numpy()
+
+
 def _sweep(context: torch.Tensor, i: int, ts: np.ndarray) -> torch.Tensor:
     rows = context.repeat(len(ts), 1)
     rows[:, i] += torch.as_tensor(ts, dtype=torch.float32)
@@ -177,7 +182,7 @@ def _context_responses(A, faces: list, jaw: int, t: np.ndarray, n: int) -> list[
         sweep = faces[c * len(t):(c + 1) * len(t)]
         if any(f is None for f in sweep):
             continue
-        p = A.normalise(torch.as_tensor(np.stack([f.p for f in sweep]), dtype=torch.float32)).numpy()[:, jaw]
+        p = _normalised(A, sweep)[:, jaw]
         out.append(p - p[rest])
     return out
 
