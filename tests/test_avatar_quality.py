@@ -216,6 +216,52 @@ def test_the_jaw_curve_is_the_mean_of_its_curves_at_rest_and_in_the_contexts_it_
     assert np.allclose(partial.curves[3][1], curve_of(seen)[1], atol=1e-5)
 
 
+def test_far_from_rest_the_jaw_takes_the_step_of_its_curve_in_far_contexts():
+    """Closed form, the late mouth again: the jaw contexts read once more with their angles moved out
+    to the reach (REACH sds from rest) give a second curve. Its radius and the mean curve's are the mean angle radii (in tuned
+    sds) of their members, the rest curve counted at 0. A request with the head at rest keeps the mean
+    curve's step; one at or past the far radius takes the far curve's; one between, a linear blend; with
+    the reach limit on, the blend follows the angles the limit leaves."""
+    from engines.method.correction import REACH, SWEEPS, Correction, jaw_contexts, response_curve
+    t = np.asarray(SWEEPS["jawOpen"], np.float64)
+    sd = np.array([2.0, 1.5, 2.5, 6.0, 2.0])
+    fake = _LateMouth()
+    corr = Correction.measure(fake.A, fake.render, spread=sd, reach=False, image_reader=fake.reader)
+    contexts = jaw_contexts(sd, 5, 3).numpy().astype(np.float64)
+    radii = np.linalg.norm(contexts[:, :3] / sd[:3], axis=1)
+    far = contexts.copy()
+    far[:, :3] *= REACH / radii[:, None]
+
+    def resp(c):
+        return np.array([_LateMouth.jaw(c + s * np.eye(5)[3]) - _LateMouth.jaw(c) for s in t])
+    want = response_curve(t, np.mean([resp(c) for c in far], 0))
+    jf = corr.jaw_far
+    assert jf.index == 3 and np.allclose(jf.curve[0], want[0]) and np.allclose(jf.curve[1], want[1], atol=1e-5)
+    assert jf.near == pytest.approx(np.mean([0.0, *radii]), rel=1e-5)
+    assert jf.far == pytest.approx(REACH, rel=1e-5)
+
+    mean_step = lambda x: float(np.interp(x, corr.curves[3][1], corr.curves[3][0]))   # noqa: E731
+    far_step = lambda x: float(np.interp(x, want[1], want[0]))                        # noqa: E731
+    assert float(corr(torch.tensor([0.0, 0.0, 0.0, 2.0, 0.0]))[3]) == pytest.approx(mean_step(2.0), abs=1e-5)
+    assert far_step(2.0) > mean_step(2.0) + 0.3               # this mouth opens later with the head pitched
+    beyond = torch.tensor([4.5, 4.5, 5.0, 2.0, 0.0])          # the fake's angles invert one to one
+    assert np.linalg.norm(beyond.numpy()[:3] / sd[:3]) > jf.far
+    assert float(corr(beyond)[3]) == pytest.approx(far_step(2.0), abs=1e-5)
+    between = beyond * torch.tensor([0.55, 0.55, 0.55, 1.0, 1.0])
+    w = (np.linalg.norm(between.numpy()[:3] / sd[:3]) - jf.near) / (jf.far - jf.near)
+    assert 0.1 < w < 0.9
+    assert float(corr(between)[3]) == pytest.approx((1 - w) * mean_step(2.0) + w * far_step(2.0), abs=1e-4)
+
+    limited = Correction.measure(fake.A, fake.render, spread=sd, image_reader=fake.reader)
+    ask = beyond * torch.tensor([1.0, 1.0, 1.0, 0.5, 1.0])
+    out = limited(ask)
+    left = np.linalg.norm(out.numpy()[:3] / sd[:3])
+    assert left < np.linalg.norm(ask.numpy()[:3] / sd[:3]) - 0.3            # the limit pulled the angles in
+    w = (left - jf.near) / (jf.far - jf.near)
+    assert 0.1 < w < 0.9
+    assert float(out[3]) == pytest.approx((1 - w) * mean_step(1.0) + w * far_step(1.0), abs=1e-4)
+
+
 def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():
     """Closed form of the joint limit: angles inside KNEE of the reach pass unchanged; beyond, they
     shrink along their own direction, never past the reach; an opening jaw takes part of the reach,

@@ -8,7 +8,8 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
     its low to its peak (response_curve) and used inverted: the requested change is mapped to the t
     that produces it (a mouth shows little below some opening and then opens fast: without its curve
     small speech movements vanish); the jaw's curve is the mean of its curves at rest and in contexts
-    the avatar will be driven in (JAW_CONTEXTS);
+    the avatar will be driven in (JAW_CONTEXTS), and as a frame's angles near the reach limit a second
+    curve, read in the same contexts with their angles at the reach, takes over (JawFar);
   * for each other expression direction and each sense (+/-): whether a step of `probe` moves its own
     parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own units); a sense
     that does not is switched off for this avatar, since all it can add is cross-talk;
@@ -52,6 +53,11 @@ ANGLE_FLOOR = 1.5
 JAW_CONTEXTS = 8
 CONTEXT_SD = 1.0
 CONTEXT_SEED = 0
+# ... and once more in the same contexts with their angles moved out to the reach (REACH sds from rest,
+# the farthest the limit lets them go). A frame whose angles lie beyond the mean context's asks the jaw
+# for a step between the two curves', by its own angles (JawFar): with the head turned and tilted ~3
+# sds, Obama's 96-px avatar needed half as much again to open its mouth as its mean curve gave (jawOpen
+# r 0.24 on the wide-mouth clip)
 
 
 def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -81,12 +87,32 @@ def gate_thresholds(A) -> np.ndarray:
 
 
 @dataclass
+class JawFar:
+    """The jaw's curve in far contexts: a request whose angles lie `near`..`far` sds from rest (the
+    radius of angles / sd) takes a step blended linearly from the near curve's to this one's."""
+    index: int                           # jawOpen's
+    near: float                          # mean angle radius of the curves behind the near (mean) curve
+    far: float                           # ... of the far contexts
+    curve: tuple[np.ndarray, np.ndarray]
+    sd: torch.Tensor                     # [3] the angles' tuned sds
+
+    def radius(self, dp: torch.Tensor) -> float:
+        return float((dp[:3] / self.sd).norm())
+
+    def step(self, near_step: float, request: float, radius: float) -> float:
+        w = min(max((radius - self.near) / (self.far - self.near), 0.0), 1.0)
+        t, r = self.curve
+        return (1 - w) * near_step + w * float(np.interp(request, r, t))
+
+
+@dataclass
 class Correction:
     curves: dict[int, tuple[np.ndarray, np.ndarray]]   # parameter -> (steps t, monotone response)
     drift: torch.Tensor      # [2, 3, K-3]: head-angle drift per unit of each expression, - and + senses
     gates: torch.Tensor      # [2, K-3] bool: which senses of each expression move this avatar
     # (sd [K] of the requests G was tuned on, jawOpen's index) for within_reach, or None: no limit
     reach: tuple[torch.Tensor, int | None] | None = None
+    jaw_far: JawFar | None = None   # the jaw's curve with the head far from rest (None: the mean curve alone)
 
     @classmethod
     @torch.no_grad()
@@ -102,8 +128,9 @@ class Correction:
         swept = {A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in SWEEPS.items()}
         jaw = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
         contexts = jaw_contexts(spread, k, jaw)
+        far = at_reach(contexts, spread)
         sweeps = [_sweep(torch.zeros(k), i, ts) for i, ts in swept.items()]
-        sweeps += [_sweep(c, jaw, swept[jaw]) for c in contexts]
+        sweeps += [_sweep(c, jaw, swept[jaw]) for c in torch.cat([contexts, far])]
         e = torch.eye(k)[3:]
         dps = torch.cat([torch.zeros(1, k), e * step, -e * step, e * probe, -e * probe, *sweeps])
         imgs = render(dps)
@@ -116,12 +143,16 @@ class Correction:
         p0 = p[0]
         plus, minus = p[1:1 + m] - p0, p[1 + m:1 + 2 * m] - p0
         far_plus, far_minus = p[1 + 2 * m:1 + 3 * m] - p0, p[1 + 3 * m:1 + 4 * m] - p0
-        at, curves = 1 + 4 * m, {}
+        at, curves, jaw_far = 1 + 4 * m, {}, None
         for i, t in swept.items():
             r = p[at:at + len(t), i] - p0[i]
             at += len(t)
             if i == jaw and len(contexts):
-                r = np.mean([r, *_context_responses(A, faces[fixed:], jaw, t, len(contexts))], 0)
+                n = len(contexts) * len(t)
+                near_kept, near = _context_responses(A, faces[fixed:fixed + n], jaw, t, len(contexts))
+                far_kept, far_r = _context_responses(A, faces[fixed + n:], jaw, t, len(contexts))
+                r = np.mean([r, *near], 0)
+                jaw_far = _jaw_far(jaw, t, far_r, far[far_kept], contexts[near_kept], spread)
             curve = response_curve(t, r)
             if curve is not None:
                 curves[i] = curve
@@ -136,7 +167,9 @@ class Correction:
         drift = np.stack([minus[:, :3].T / step, -plus[:, :3].T / step])   # [-sense, +sense]
         limit = (torch.as_tensor(spread, dtype=torch.float32), jaw) if reach and spread is not None and len(spread) == k \
             else None
-        return cls(curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates), limit)
+        if jaw not in curves:
+            jaw_far = None
+        return cls(curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates), limit, jaw_far)
 
     def __call__(self, dp: torch.Tensor) -> torch.Tensor:
         """A requested change dp [K] (normalised) -> the request that shows it on this avatar."""
@@ -145,10 +178,20 @@ class Correction:
         ex[~(self.gates[1] | (ex <= 0))] = 0.0           # senses that do not move this avatar: off
         ex[~(self.gates[0] | (ex >= 0))] = 0.0
         out[:3] = out[:3] + self.drift[0] @ ex.clamp(max=0) + self.drift[1] @ ex.clamp(min=0)
+        asked = out.clone()
         for i, (t, r) in self.curves.items():
             if float(out[i]) != 0.0:  # no change requested stays no change
                 out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
-        return out if self.reach is None else within_reach(out, *self.reach)
+        far = self.jaw_far
+        if far is None or float(asked[far.index]) == 0.0:
+            return out if self.reach is None else within_reach(out, *self.reach)
+        near, request = float(out[far.index]), float(asked[far.index])
+        out[far.index] = far.step(near, request, far.radius(out))
+        if self.reach is not None:
+            out = within_reach(out, *self.reach)
+        # the angles the limit leaves decide the jaw's step (the limit saw a step a little larger)
+        out[far.index] = far.step(near, request, far.radius(out))
+        return out
 
 
 def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
@@ -163,6 +206,29 @@ def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
     return contexts
 
 
+def at_reach(contexts: torch.Tensor, spread) -> torch.Tensor:
+    """contexts [N, K] with their angles scaled along their own direction to REACH sds from rest."""
+    if not len(contexts):
+        return contexts
+    radius = (contexts[:, :3] / torch.as_tensor(spread, dtype=torch.float32)[:3]).norm(dim=1, keepdim=True)
+    out = contexts.clone()
+    out[:, :3] *= REACH / radius.clamp(min=1e-6)
+    return out
+
+
+def _jaw_far(jaw: int, t: np.ndarray, responses: list[np.ndarray], far: torch.Tensor, near: torch.Tensor,
+             spread) -> JawFar | None:
+    """The far contexts' mean jaw curve, placed by the mean angle radius of the near curve's members (its
+    rest counted at 0) and of the far contexts that showed a face; None when none did or it hardly opens."""
+    curve = response_curve(t, np.mean(responses, 0)) if responses else None
+    sd = torch.as_tensor(spread, dtype=torch.float32)[:3]
+    near_radius = float(torch.cat([torch.zeros(1), (near[:, :3] / sd).norm(dim=1)]).mean())   # rest at 0
+    far_radius = float((far[:, :3] / sd).norm(dim=1).mean()) if len(far) else 0.0
+    if curve is None or far_radius <= near_radius:
+        return None
+    return JawFar(jaw, near_radius, far_radius, curve, sd)
+
+
 def _normalised(A, faces: list) -> np.ndarray:
     """Net3D readings -> their normalised parameters [N, K]."""
     return A.normalise(torch.as_tensor(np.stack([f.p for f in faces]), dtype=torch.float32)).numpy()
@@ -174,17 +240,19 @@ def _sweep(context: torch.Tensor, i: int, ts: np.ndarray) -> torch.Tensor:
     return rows
 
 
-def _context_responses(A, faces: list, jaw: int, t: np.ndarray, n: int) -> list[np.ndarray]:
-    """The jaw's response along t in each of n contexts (faces: their readings, sweep after sweep),
-    from the sweep's own rest; a context where a render shows no face is left out."""
-    rest, out = int(np.argmin(np.abs(t))), []
+def _context_responses(A, faces: list, jaw: int, t: np.ndarray, n: int) -> tuple[list[int], list[np.ndarray]]:
+    """(which contexts were kept, the jaw's response along t in each) of n contexts (faces: their
+    readings, sweep after sweep), from the sweep's own rest; a context where a render shows no face is
+    left out."""
+    rest, kept, out = int(np.argmin(np.abs(t))), [], []
     for c in range(n):
         sweep = faces[c * len(t):(c + 1) * len(t)]
         if any(f is None for f in sweep):
             continue
         p = _normalised(A, sweep)[:, jaw]
+        kept.append(c)
         out.append(p - p[rest])
-    return out
+    return kept, out
 
 
 def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None) -> torch.Tensor:
