@@ -97,7 +97,7 @@ class JawFar:
     sd: torch.Tensor                     # [3] the angles' tuned sds
 
     def radius(self, dp: torch.Tensor) -> float:
-        return float((dp[:3] / self.sd).norm())
+        return float(angle_radius(dp, self.sd))
 
     def step(self, near_step: float, request: float, radius: float) -> float:
         w = min(max((radius - self.near) / (self.far - self.near), 0.0), 1.0)
@@ -179,14 +179,14 @@ class Correction:
         ex[~(self.gates[1] | (ex <= 0))] = 0.0           # senses that do not move this avatar: off
         ex[~(self.gates[0] | (ex >= 0))] = 0.0
         out[:3] = out[:3] + self.drift[0] @ ex.clamp(max=0) + self.drift[1] @ ex.clamp(min=0)
-        asked = out.clone()
+        far = self.jaw_far
+        request = 0.0 if far is None else float(out[far.index])   # before the curves turn it into a step
         for i, (t, r) in self.curves.items():
             if float(out[i]) != 0.0:  # no change requested stays no change
                 out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
-        far = self.jaw_far
-        if far is None or float(asked[far.index]) == 0.0:
+        if far is None or request == 0.0:
             return out if self.reach is None else within_reach(out, *self.reach)
-        near, request = float(out[far.index]), float(asked[far.index])
+        near = float(out[far.index])
         out[far.index] = far.step(near, request, far.radius(out))
         if self.reach is not None:
             out = within_reach(out, *self.reach)
@@ -211,9 +211,9 @@ def at_reach(contexts: torch.Tensor, spread) -> torch.Tensor:
     """contexts [N, K] with their angles scaled along their own direction to REACH sds from rest."""
     if not len(contexts):
         return contexts
-    radius = (contexts[:, :3] / torch.as_tensor(spread, dtype=torch.float32)[:3]).norm(dim=1, keepdim=True)
+    radius = angle_radius(contexts, torch.as_tensor(spread, dtype=torch.float32)[:3])
     out = contexts.clone()
-    out[:, :3] *= REACH / radius.clamp(min=1e-6)
+    out[:, :3] *= REACH / radius.clamp(min=1e-6)[:, None]
     return out
 
 
@@ -223,11 +223,16 @@ def _jaw_far(jaw: int, t: np.ndarray, responses: list[np.ndarray], far: torch.Te
     rest counted at 0) and of the far contexts that showed a face; None when none did or it hardly opens."""
     curve = response_curve(t, np.mean(responses, 0)) if responses else None
     sd = torch.as_tensor(spread, dtype=torch.float32)[:3]
-    near_radius = float(torch.cat([torch.zeros(1), (near[:, :3] / sd).norm(dim=1)]).mean())   # rest at 0
-    far_radius = float((far[:, :3] / sd).norm(dim=1).mean()) if len(far) else 0.0
+    near_radius = float(torch.cat([torch.zeros(1), angle_radius(near, sd)]).mean())   # rest at 0
+    far_radius = float(angle_radius(far, sd).mean()) if len(far) else 0.0
     if curve is None or far_radius <= near_radius:
         return None
     return JawFar(jaw, near_radius, far_radius, curve, sd)
+
+
+def angle_radius(dp: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """How far the head angles of requests dp [..., K] lie from rest, in sds [3] (the norm over the last axis)."""
+    return (dp[..., :3] / sd).norm(dim=-1)
 
 
 def _normalised(A, faces: list) -> np.ndarray:
@@ -261,7 +266,7 @@ def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None) -> torch.T
     an opening jaw together stay within REACH standard deviations `sd` [K] of the tuned requests."""
     opening = max(float(dp[jaw]), 0.0) / float(sd[jaw]) if jaw is not None else 0.0
     budget = max(REACH ** 2 - opening ** 2, ANGLE_FLOOR ** 2) ** 0.5
-    m = float((dp[:3] / sd[:3]).norm())
+    m = float(angle_radius(dp, sd[:3]))
     start = KNEE * budget
     if m <= start:
         return dp
