@@ -262,6 +262,60 @@ def test_far_from_rest_the_jaw_takes_the_step_of_its_curve_in_far_contexts():
     assert float(out[3]) == pytest.approx((1 - w) * mean_step(1.0) + w * far_step(1.0), abs=1e-4)
 
 
+def test_head_drift_is_cancelled_only_where_it_stands_clear_of_the_readings_jitter():
+    """Closed form: an expression that turns the head steadily has that turn cancelled with its
+    least-squares slope over the two steps; one whose readings move less than DRIFT_FLOOR at the
+    probe (the jitter of reading a 64-px render), one whose two steps disagree in sign, and one whose
+    render showed no face (nan) are left alone."""
+    from engines.method.correction import DRIFT_FLOOR, Correction, head_drift
+    step, probe = 2.0, 4.0
+    plus, far_plus, minus, far_minus = (np.zeros((3, 3)) for _ in range(4))
+    plus[0, 0], far_plus[0, 0] = 0.62, 1.18         # expression 0, + sense: turns the head ~0.3 per step
+    plus[1, 0], far_plus[1, 0] = 0.15, DRIFT_FLOOR - 0.05   # jitter under the floor
+    plus[2, 1], far_plus[2, 1] = -0.3, 0.7          # the two steps disagree
+    minus[1, 2], far_minus[1, 2] = -0.5, -1.1       # expression 1, - sense: tilts (roll) -0.27 per unit step
+    minus[2], far_minus[2] = np.nan, np.nan         # expression 2, - sense: no face
+    d = head_drift(minus, far_minus, plus, far_plus, step, probe)
+    want = torch.zeros(2, 3, 3)
+    want[1, 0, 0] = -(2 * 0.62 + 4 * 1.18) / 20
+    want[0, 2, 1] = (2 * -0.5 + 4 * -1.1) / 20
+    assert torch.allclose(d, want)
+    correct = Correction({}, d, torch.ones(2, 3, dtype=torch.bool))
+    out = correct(torch.tensor([0.0, 0.0, 0.0, 3.0, -2.0, 1.0]))
+    assert out[:3].tolist() == pytest.approx([-3 * 0.298, 0.0, 2 * 0.27], abs=1e-6)   # each turn asked back
+
+
+class _TurnShy(_LateMouth):
+    """The late mouth again, but its face is lost turned to yaw step -5, and raising its brow turns
+    its head 0.3 per step."""
+
+    def reader(self):
+        import contextlib
+        from types import SimpleNamespace
+        rows = iter(self.rows)
+
+        def read(_img):
+            r = next(rows)
+            if r[0] <= -4.5:
+                return None
+            return SimpleNamespace(p=np.array([r[0] + 0.3 * max(r[4], 0.0), r[1], r[2], self.jaw(r), r[4]]))
+        return contextlib.nullcontext(SimpleNamespace(read=read))
+
+
+def test_a_render_without_a_face_ends_its_sweep_instead_of_the_whole_correction():
+    """A yaw sweep whose far end loses the face (Mona Lisa at 96 px, turned 5 steps) keeps its curve up
+    to the last render with one, and requests beyond clamp there; the brow's turn is still cancelled.
+    (Before, one such render left the avatar with no correction at all.)"""
+    from engines.method.correction import SWEEPS, Correction
+    fake = _TurnShy()
+    corr = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    assert corr is not None
+    t, r = corr.curves[0]
+    assert t[0] == -4 and t[-1] == max(SWEEPS["yaw"]) and np.allclose(r, t)
+    assert float(corr(torch.tensor([-6.0, 0.0, 0.0, 0.0, 0.0]))[0]) == pytest.approx(-4.0)
+    assert float(corr(torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0]))[0]) == pytest.approx(-0.6, abs=1e-5)
+
+
 def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():
     """Closed form of the joint limit: angles inside KNEE of the reach pass unchanged; beyond, they
     shrink along their own direction, never past the reach; an opening jaw takes part of the reach,

@@ -13,8 +13,11 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
   * for each other expression direction and each sense (+/-): whether a step of `probe` moves its own
     parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own units); a sense
     that does not is switched off for this avatar, since all it can add is cross-talk;
-  * the head-pose drift of each expression direction, one-sided differences at +/-`step`, cancelled by
-    asking the pose directions for the opposite change.
+  * the head-pose drift of each expression direction, one-sided slopes over +/-`step` and +/-`probe`,
+    cancelled by asking the pose directions for the opposite change where it stands clear of the
+    reading's jitter (head_drift).
+A render without a face (a turn too far for this avatar) ends that sweep's curve or switches that
+sense off; only a render at rest without one leaves the avatar uncorrected.
 The reenactor applies it to every request; enrollment-time tuning of A (calibration.avatar_directions)
 uses the same gate to keep the expression columns that still work.
 """
@@ -34,6 +37,9 @@ GATE_MIN = 0.5  # normalised units an expression direction must move its own par
 # frame): a parameter with a narrow calibrated range (mouthFunnel: 0..0.1) passes 0.5 normalised units
 # on noise, and its large normalised requests then push the latent where the avatar was never tuned
 GATE_RAW = 0.04
+# normalised units (~3.3 degrees of yaw) an expression must move a head angle at the probe step for that
+# drift to be cancelled (head_drift)
+DRIFT_FLOOR = 0.5
 # steps (normalised units) at which the correction reads each curved parameter's response: the angles
 # either way; jawOpen mostly opening (a closed mouth cannot close much further)
 SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jawOpen": range(-4, 11)}
@@ -70,6 +76,8 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     at the peak. The rest is made monotone with a minimum slope (the inverse's gain at most 20) and
     anchored at 0, so it inverts without jumps: on a plateau through t = 0 a tiny requested change
     would map to the plateau's end, and the avatar would never return to neutral."""
+    if len(t) < 2:
+        return None
     z = int(np.argmin(np.abs(t)))
     lo, top = int(np.argmin(r[:z + 1])), z + int(np.argmax(r[z:]))
     t, r = t[lo:top + 1], r[lo:top + 1]
@@ -122,7 +130,7 @@ class Correction:
         spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: the jaw is read
         at rest only, and no reach limit); reach: limit angles and jaw together (within_reach);
         image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode).
-        None when a render at rest or along a sweep shows no face (a jaw context without one is left out)."""
+        None when the render at rest shows no face (a jaw context without one is left out)."""
         k = A.k
         m = k - 3
         swept = {A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in SWEEPS.items()}
@@ -137,10 +145,10 @@ class Correction:
         with (image_reader or (lambda: MediaPipeNet3D("image")))() as reader:
             # a few at a time: the ~330 upsampled views at once (260 MB) took twice as long to make
             faces = [reader.read(a) for chunk in imgs.split(8) for a in to_uint8(net3d_view(chunk))]
-        fixed = 1 + 4 * m + sum(len(t) for t in swept.values())
-        if any(f is None for f in faces[:fixed]):
+        if faces[0] is None:
             return None
-        p = _normalised(A, faces[:fixed])
+        fixed = 1 + 4 * m + sum(len(t) for t in swept.values())
+        p = _normalised(A, faces[:fixed])   # a render without a face: a row of nan
         p0 = p[0]
         plus, minus = p[1:1 + m] - p0, p[1 + m:1 + 2 * m] - p0
         far_plus, far_minus = p[1 + 2 * m:1 + 3 * m] - p0, p[1 + 3 * m:1 + 4 * m] - p0
@@ -154,18 +162,16 @@ class Correction:
                 far_kept, far_r = _context_responses(A, faces[fixed + n:], jaw, t, len(contexts))
                 r = np.mean([r, *near], 0)
                 jaw_far = _jaw_far(jaw, t, far_r, far[far_kept], contexts[near_kept], spread)
-            curve = response_curve(t, r)
+            curve = response_curve(*seen_stretch(t, r))
             if curve is not None:
                 curves[i] = curve
         own = np.arange(m), np.arange(3, k)
         gate = gate_thresholds(A)
-        gates = np.stack([far_minus[own] <= -gate, far_plus[own] >= gate])
+        gates = np.stack([far_minus[own] <= -gate, far_plus[own] >= gate])   # nan (no face): off
         for i in curves:
             if i >= 3:   # an expression with a curve: the curve decides how it moves
                 gates[:, i - 3] = True
-        # drift in response units (normalised p per unit step): __call__ adds it to the requested angle
-        # change before the curve inversion turns responses into steps
-        drift = np.stack([minus[:, :3].T / step, -plus[:, :3].T / step])   # [-sense, +sense]
+        drift = head_drift(minus[:, :3], far_minus[:, :3], plus[:, :3], far_plus[:, :3], step, probe)
         limit = (torch.as_tensor(spread, dtype=torch.float32), jaw) if reach and spread is not None and len(spread) == k \
             else None
         if jaw not in curves:
@@ -236,8 +242,35 @@ def angle_radius(dp: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
 
 
 def _normalised(A, faces: list) -> np.ndarray:
-    """Net3D readings -> their normalised parameters [N, K]."""
-    return A.normalise(torch.as_tensor(np.stack([f.p for f in faces]), dtype=torch.float32)).numpy()
+    """Net3D readings -> their normalised parameters [N, K] (a row of nan where a render showed no face)."""
+    missing = np.full(A.k, np.nan)
+    raw = np.stack([missing if f is None else f.p for f in faces])
+    return A.normalise(torch.as_tensor(raw, dtype=torch.float32)).numpy()
+
+
+def seen_stretch(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The steps of a sweep around t = 0 up to the first render either side that showed no face: a
+    turn too far for this avatar ends its curve there (requests beyond clamp at it) instead of
+    costing the avatar its whole correction."""
+    z = int(np.argmin(np.abs(t)))
+    seen = np.isfinite(r)
+    lo = z - int(np.argmin(seen[z::-1])) + 1 if not seen[:z + 1].all() else 0
+    hi = z + int(np.argmin(seen[z:])) if not seen[z:].all() else len(t)
+    return t[lo:hi], r[lo:hi]
+
+
+def head_drift(minus: np.ndarray, far_minus: np.ndarray, plus: np.ndarray, far_plus: np.ndarray,
+               step: float, probe: float) -> torch.Tensor:
+    """[2, 3, M]: the head-angle change per unit step of each expression sense (- then +), signed to
+    cancel it, from its changes [M, 3] at `step` and `probe`: a least-squares slope through rest over
+    both steps, kept only where the probe moved the angle at least DRIFT_FLOOR and both steps agree
+    in sign. A reading of a 64-px render jitters by ~0.1-0.2 units; cancelling that on every
+    expression swung the head by more than the driver turned it (Biden at 96 px: yaw r 0.74)."""
+    def slope(near, far):
+        fit = (step * near + probe * far) / (step ** 2 + probe ** 2)
+        real = (np.abs(far) >= DRIFT_FLOOR) & (np.sign(near) == np.sign(far))
+        return np.where(real, fit, 0.0).T   # nan (no face) compares False: nothing cancelled
+    return torch.as_tensor(np.stack([slope(minus, far_minus), -slope(plus, far_plus)]), dtype=torch.float32)
 
 
 def _sweep(context: torch.Tensor, i: int, ts: np.ndarray) -> torch.Tensor:
