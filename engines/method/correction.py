@@ -76,8 +76,6 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     at the peak. The rest is made monotone with a minimum slope (the inverse's gain at most 20) and
     anchored at 0, so it inverts without jumps: on a plateau through t = 0 a tiny requested change
     would map to the plateau's end, and the avatar would never return to neutral."""
-    if len(t) < 2:
-        return None
     z = int(np.argmin(np.abs(t)))
     lo, top = int(np.argmin(r[:z + 1])), z + int(np.argmax(r[z:]))
     t, r = t[lo:top + 1], r[lo:top + 1]
@@ -176,7 +174,7 @@ class Correction:
             else None
         if jaw not in curves:
             jaw_far = None
-        return cls(curves, torch.as_tensor(drift, dtype=torch.float32), torch.as_tensor(gates), limit, jaw_far)
+        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far)
 
     def __call__(self, dp: torch.Tensor) -> torch.Tensor:
         """A requested change dp [K] (normalised) -> the request that shows it on this avatar."""
@@ -252,11 +250,13 @@ def seen_stretch(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The steps of a sweep around t = 0 up to the first render either side that showed no face: a
     turn too far for this avatar ends its curve there (requests beyond clamp at it) instead of
     costing the avatar its whole correction."""
-    z = int(np.argmin(np.abs(t)))
     seen = np.isfinite(r)
-    lo = z - int(np.argmin(seen[z::-1])) + 1 if not seen[:z + 1].all() else 0
-    hi = z + int(np.argmin(seen[z:])) if not seen[z:].all() else len(t)
-    return t[lo:hi], r[lo:hi]
+    lo = hi = int(np.argmin(np.abs(t)))   # t = 0: the rest render, which showed a face
+    while lo > 0 and seen[lo - 1]:
+        lo -= 1
+    while hi + 1 < len(t) and seen[hi + 1]:
+        hi += 1
+    return t[lo:hi + 1], r[lo:hi + 1]
 
 
 def head_drift(minus: np.ndarray, far_minus: np.ndarray, plus: np.ndarray, far_plus: np.ndarray,
