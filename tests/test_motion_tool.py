@@ -1,11 +1,13 @@
 """The motion tool (calibration.evaluation.motion) and its widened media (calibration.evaluation.media_variants)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from calibration.evaluation.media_variants import clip_variant_frames, portrait_variant, split_name
-from calibration.evaluation.motion import Reader, chroma_hf, judge, main
+from calibration.evaluation.motion import Reader, avatar_reference, chroma_hf, judge, main
+from engines.core.errors import UserError
 from engines.core.photo import read_photo
 from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP, short_clip
@@ -115,6 +117,25 @@ def test_goals_are_judged_as_the_issue_states():
                            ({"face_rate": 0.94}, "face"), ({"drift_p95": 10.5}, "drift")):
         assert judge({**base, **change})["failed"] == [failed], change
     assert judge({**base, "drift_p95": 14.0, "driver_drift_p95": 9.5})["pass"]   # within driver's + 5
+
+
+def test_a_photo_whose_faces_the_reader_misses_is_read_through_the_enrolled_crop():
+    """A group photo: the reader finds no face in it as a whole (faces a tenth of its width), so the
+    identity reference comes from the crop enrollment kept around the face it chose; a photo where
+    neither shows a face is still an error."""
+    class _Pack:
+        display = np.full((256, 256, 3), 7, np.uint8)
+
+    class _Reader:
+        def read(self, rgb):
+            return ("face", np.ones(3)) if rgb.shape[0] == 256 else (None, None)
+
+    group = np.zeros((667, 1000, 3), np.uint8)
+    emb, _ = avatar_reference(Path("group.jpg"), group, _Reader(), _Pack())
+    assert np.array_equal(emb, np.ones(3))
+    _Pack.display = np.zeros((255, 255, 3), np.uint8)
+    with pytest.raises(UserError, match="no face"):
+        avatar_reference(Path("group.jpg"), group, _Reader(), _Pack())
 
 
 @pytest.mark.slow

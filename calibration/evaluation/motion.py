@@ -242,9 +242,13 @@ def judge(r: dict) -> dict:
 
 
 def avatar_reference(path: Path, rgb: np.ndarray, reader: Reader, pack) -> tuple[np.ndarray, float]:
-    """The photo's SFace embedding, and the chroma detail of its aligned crop at the output's size."""
+    """The photo's SFace embedding, and the chroma detail of its aligned crop at the output's size.
+    A photo whose faces the reader misses as a whole (a group, faces a tenth of its width) is read
+    through the crop enrollment kept around the face it chose."""
     from PIL import Image
     face, emb = reader.read(rgb)
+    if face is None:
+        face, emb = reader.read(pack.display)
     if face is None:
         raise UserError(f"{path}: the reader finds no face in the photo")
     crop = np.asarray(Image.fromarray(pack.display).resize((256, 256), Image.BICUBIC))
