@@ -316,6 +316,40 @@ def test_a_render_without_a_face_ends_its_sweep_instead_of_the_whole_correction(
     assert float(corr(torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0]))[0]) == pytest.approx(-0.6, abs=1e-5)
 
 
+class _TurnedMouth(_LateMouth):
+    """A face turned far (~35 degrees): the reader sees its mouth open only 0.01 per step, too little
+    to invert (the jaw's sweep reads 0.1 in all); its face is lost at jaw step 9."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return 0.01 * max(0.0, dp[3]) if dp[3] < 8.5 else float("nan")
+
+    def reader(self):
+        import contextlib
+        from types import SimpleNamespace
+        rows = iter(self.rows)
+
+        def read(_img):
+            r = next(rows)
+            j = self.jaw(r)
+            return None if np.isnan(j) else SimpleNamespace(p=np.array([*r[:3], j, r[4]]))
+        return contextlib.nullcontext(SimpleNamespace(read=read))
+
+
+def test_a_jaw_the_reader_cannot_see_open_stays_on_and_linear_within_the_renders_that_showed_a_face():
+    """Switched off, such a jaw never moves (a 3/4-view portrait: jawOpen r 0.05); kept linear, the
+    driver's opening reaches the avatar one to one, up to the last jaw step whose render showed a face."""
+    from engines.method.correction import Correction, response_curve
+    fake = _TurnedMouth()
+    t = np.arange(-4.0, 11.0)
+    assert response_curve(t, np.array([_TurnedMouth.jaw(np.array([0, 0, 0, s, 0])) for s in t[:13]] + [0.08, 0.08])) is None
+    for spread in (None, [2.0, 1.5, 2.5, 3.0, 2.0]):
+        corr = Correction.measure(fake.A, fake.render, spread=spread, image_reader=fake.reader)
+        assert bool(corr.gates[:, 0].all()) and corr.jaw_far is None
+        step = [float(corr(torch.tensor([0.0, 0.0, 0.0, x, 0.0]))[3]) for x in (3.0, -2.0, 20.0)]
+        assert step == pytest.approx([3.0, -2.0, 8.0])   # 8: the last step that showed a face
+
+
 def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():
     """Closed form of the joint limit: angles inside KNEE of the reach pass unchanged; beyond, they
     shrink along their own direction, never past the reach; an opening jaw takes part of the reach,

@@ -9,7 +9,8 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
     that produces it (a mouth shows little below some opening and then opens fast: without its curve
     small speech movements vanish); the jaw's curve is the mean of its curves at rest and in contexts
     the avatar will be driven in (JAW_CONTEXTS), and as a frame's angles near the reach limit a second
-    curve, read in the same contexts with their angles at the reach, takes over (JawFar);
+    curve, read in the same contexts with their angles at the reach, takes over (JawFar); a jaw whose
+    opening the reader cannot see on this avatar stays on, linear (blind_jaw);
   * for each other expression direction and each sense (+/-): whether a step of `probe` moves its own
     parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own units); a sense
     that does not is switched off for this avatar, since all it can add is cross-talk;
@@ -86,6 +87,14 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return t, r - np.interp(0.0, t, r)
 
 
+def blind_jaw(seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The jaw's curve when its response is too small to invert: a mouth the reader cannot see open
+    (a face turned ~35 degrees: its sweep read jawOpen 0.00-0.07 while the renders opened wide) is
+    still a mouth the driver opens, so it stays on, linear, within the steps whose renders showed a
+    face (switched off, such an avatar's jawOpen r was 0.05; linear 0.76)."""
+    return seen, seen.copy()
+
+
 def gate_thresholds(A) -> np.ndarray:
     """[K-3]: the response (normalised units) each expression sense must reach to stay on."""
     span = (A.hi - A.lo).numpy()[3:]
@@ -160,7 +169,10 @@ class Correction:
                 far_kept, far_r = _context_responses(A, faces[fixed + n:], jaw, t, len(contexts))
                 r = np.mean([r, *near], 0)
                 jaw_far = _jaw_far(jaw, t, far_r, far[far_kept], contexts[near_kept], spread)
-            curve = response_curve(*seen_stretch(t, r))
+            seen, r = seen_stretch(t, r)
+            curve = response_curve(seen, r)
+            if curve is None and i == jaw and seen[-1] > 0:
+                curve, jaw_far = blind_jaw(seen), None   # its far curve is as blind
             if curve is not None:
                 curves[i] = curve
         own = np.arange(m), np.arange(3, k)
