@@ -336,18 +336,21 @@ class _TurnedMouth(_LateMouth):
         return contextlib.nullcontext(SimpleNamespace(read=read))
 
 
-def test_a_jaw_the_reader_cannot_see_open_stays_on_and_linear_within_the_renders_that_showed_a_face():
-    """Switched off, such a jaw never moves (a 3/4-view portrait: jawOpen r 0.05); kept linear, the
-    driver's opening reaches the avatar one to one, up to the last jaw step whose render showed a face."""
-    from engines.method.correction import Correction, response_curve
+def test_a_jaw_the_reader_cannot_see_open_stays_on_with_the_typical_curve_within_the_renders_that_showed_a_face():
+    """Switched off, such a jaw never moves (a 3/4-view portrait: jawOpen r 0.05); kept on, the driver's
+    opening takes the typical avatar's step (TYPICAL_JAW) and closing one to one, up to the last jaw
+    step whose render showed a face."""
+    from engines.method.correction import TYPICAL_JAW, Correction, response_curve
     fake = _TurnedMouth()
     t = np.arange(-4.0, 11.0)
     assert response_curve(t, np.array([_TurnedMouth.jaw(np.array([0, 0, 0, s, 0])) for s in t[:13]] + [0.08, 0.08])) is None
     for spread in (None, [2.0, 1.5, 2.5, 3.0, 2.0]):
         corr = Correction.measure(fake.A, fake.render, spread=spread, image_reader=fake.reader)
         assert bool(corr.gates[:, 0].all()) and corr.jaw_far is None
-        step = [float(corr(torch.tensor([0.0, 0.0, 0.0, x, 0.0]))[3]) for x in (3.0, -2.0, 20.0)]
-        assert step == pytest.approx([3.0, -2.0, 8.0])   # 8: the last step that showed a face
+        step = [float(corr(torch.tensor([0.0, 0.0, 0.0, x, 0.0]))[3]) for x in (3.0, 0.5, -2.0, 20.0)]
+        typical = [float(np.interp(x, TYPICAL_JAW[1], TYPICAL_JAW[0])) for x in (3.0, 0.5)]
+        assert step == pytest.approx([*typical, -2.0, 8.0])   # 8: the last step that showed a face
+        assert 5 < typical[0] < 7 and typical[1] > 2           # a mouth opens late: most of it past step 2
 
 
 def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():

@@ -10,7 +10,7 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
     small speech movements vanish); the jaw's curve is the mean of its curves at rest and in contexts
     the avatar will be driven in (JAW_CONTEXTS), and as a frame's angles near the reach limit a second
     curve, read in the same contexts with their angles at the reach, takes over (JawFar); a jaw whose
-    opening the reader cannot see on this avatar stays on, linear (blind_jaw);
+    opening the reader cannot see on this avatar stays on with a typical avatar's curve (blind_jaw);
   * for each other expression direction and each sense (+/-): whether a step of `probe` moves its own
     parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own units); a sense
     that does not is switched off for this avatar, since all it can add is cross-talk;
@@ -65,6 +65,10 @@ CONTEXT_SEED = 0
 # for a step between the two curves', by its own angles (JawFar): with the head turned and tilted ~3
 # sds, Obama's 96-px avatar needed half as much again to open its mouth as its mean curve gave (jawOpen
 # r 0.24 on the wide-mouth clip)
+# the median jaw curve (steps, response) of the 37 portraits and variants measured on 2026-12-03 (their
+# quartiles at a response of 3: steps 4.1-8.1), for a jaw this avatar's renders do not let the reader
+# measure (blind_jaw)
+TYPICAL_JAW = (np.array([0.0, 2.7, 3.6, 4.9, 6.1, 7.5, 8.7, 10.0]), np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
 
 
 def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -90,9 +94,15 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def blind_jaw(seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The jaw's curve when its response is too small to invert: a mouth the reader cannot see open
     (a face turned ~35 degrees: its sweep read jawOpen 0.00-0.07 while the renders opened wide) is
-    still a mouth the driver opens, so it stays on, linear, within the steps whose renders showed a
-    face (switched off, such an avatar's jawOpen r was 0.05; linear 0.76)."""
-    return seen, seen.copy()
+    still a mouth the driver opens, so it stays on with the typical avatar's opening (TYPICAL_JAW),
+    closing one to one, within the steps whose renders showed a face. Switched off, such an avatar's
+    jawOpen r was 0.05; one to one both ways 0.49-0.76 (the reader sees little below step ~6)."""
+    steps, response = TYPICAL_JAW
+    t = np.concatenate([seen[seen < 0], steps])
+    r = np.concatenate([seen[seen < 0], response])
+    end = min(float(seen[-1]), float(steps[-1]))
+    keep = t < end
+    return np.append(t[keep], end), np.append(r[keep], np.interp(end, t, r))
 
 
 def gate_thresholds(A) -> np.ndarray:
