@@ -38,12 +38,11 @@ from engines.core.errors import UserError, main_guard
 from engines.core.files import sha256_file
 from engines.core.photo import read_photo
 from engines.core.views import VIEW_SIZE, net3d_view
-from engines.method.align import crop_image
 from engines.method.net3d import MediaPipeNet3D
 from engines.method.recipes import Tuning
 from engines.method.zoos import RECIPES, ZOOS, load_zoo
 from engines.models.facelandmarker import roi_from_landmarks
-from streamer.avatar.framing import DISPLAY_SCALE
+from streamer.avatar.framing import DISPLAY_SCALE, surroundings
 from streamer.avatar.pack import AvatarPack
 from streamer.avatar.pose_targets import loss_weights, pose_targets
 
@@ -71,7 +70,7 @@ class Enroller(Inverter):
     def align(self, photo: np.ndarray, name: str = "photo"):
         """-> (box, crop, display, target, reading): locate's crop plus the photo around it."""
         box, crop, target, reading = self.locate(photo, name)
-        display = crop_image(photo, (box[0], box[1], box[2] * DISPLAY_SCALE), DISPLAY_SIZE)
+        display = surroundings(photo, box, DISPLAY_SCALE, DISPLAY_SIZE)
         return box, crop, display, target, reading
 
     def avatar_p(self, photo: np.ndarray, reading) -> np.ndarray:

@@ -11,10 +11,16 @@ so the seam does not move.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
+
+from engines.method.align import crop_image
 
 DISPLAY_SCALE = 1.6    # the published frame spans this many generator squares
 FEATHER = 0.12         # the paste fades out over this outer share of the square's half-width
+# where the surroundings reach past a tightly cropped photo's edge: a blur of sigma FILL_BLUR x the
+# frame's side, reached over FILL_FEATHER x the side beyond the edge
+FILL_BLUR = 1 / 12
+FILL_FEATHER = 1 / 12
 
 
 def square_mask(side: int, feather: float) -> np.ndarray:
@@ -29,6 +35,26 @@ def face_square(size: int, scale: float) -> tuple[int, int]:
     """(offset, side) in pixels of the generator's square inside a published frame of `size`."""
     side = int(round(size / scale))
     return (size - side) // 2, side
+
+
+def surroundings(photo: np.ndarray, box, scale: float, size: int) -> np.ndarray:
+    """The photo around the generator's box (cx, cy, side): `scale` x its side, size x size uint8.
+    Past the photo's edge (a portrait cropped at the shoulders: 17% of the frame for a 512-px
+    expression-database photo) the edge pixels run on as stripes; there they blur into a soft
+    continuation of the photo instead."""
+    cx, cy, side = (float(v) for v in box)
+    span = side * scale
+    out = crop_image(photo, (cx, cy, span), size)
+    h, w = photo.shape[:2]
+    at = (np.arange(size) + 0.5) * span / size - span / 2      # pixel centres, photo units from the centre
+    past_x = np.maximum(np.maximum(-(cx + at), cx + at - w), 0.0)
+    past_y = np.maximum(np.maximum(-(cy + at), cy + at - h), 0.0)
+    past = np.maximum(past_x[None, :], past_y[:, None]) * size / span   # frame pixels beyond the edge
+    if not past.any():
+        return out
+    weight = np.clip(past / (FILL_FEATHER * size), 0.0, 1.0)[..., None]
+    soft = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(FILL_BLUR * size)), np.float32)
+    return (out + (soft - out) * weight).round().astype(np.uint8)
 
 
 class Framer:
