@@ -119,23 +119,33 @@ def test_goals_are_judged_as_the_issue_states():
     assert judge({**base, "drift_p95": 14.0, "driver_drift_p95": 9.5})["pass"]   # within driver's + 5
 
 
-def test_a_photo_whose_faces_the_reader_misses_is_read_through_the_enrolled_crop():
-    """A group photo: the reader finds no face in it as a whole (faces a tenth of its width), so the
-    identity reference comes from the crop enrollment kept around the face it chose; a photo where
-    neither shows a face is still an error."""
+def test_a_group_photo_is_read_through_the_crop_around_the_face_enrollment_chose():
+    """The reader finds no face in the group as a whole, or another face than enrollment chose: the
+    identity reference then comes from the crop enrollment kept around its face; the chosen face
+    found in the photo is read there; a photo where neither shows a face is still an error."""
+    from types import SimpleNamespace
+
     class _Pack:
         display = np.full((256, 256, 3), 7, np.uint8)
+        meta = {"box": [800.0, 300.0, 100.0]}          # the face enrollment chose
 
-    class _Reader:
-        def read(self, rgb):
-            return ("face", np.ones(3)) if rgb.shape[0] == 256 else (None, None)
+    def reader(found_at):
+        def read(rgb):
+            if rgb.shape[0] == 256:
+                return ("crop", np.ones(3)) if rgb.any() else (None, None)
+            if found_at is None:
+                return None, None
+            x, y = found_at
+            return SimpleNamespace(box=(x - 40, y - 50, x + 40, y + 50)), np.zeros(3)
+        return SimpleNamespace(read=read)
 
     group = np.zeros((667, 1000, 3), np.uint8)
-    emb, _ = avatar_reference(Path("group.jpg"), group, _Reader(), _Pack())
-    assert np.array_equal(emb, np.ones(3))
-    _Pack.display = np.zeros((255, 255, 3), np.uint8)
+    assert np.array_equal(avatar_reference(Path("g.jpg"), group, reader(None), _Pack())[0], np.ones(3))
+    assert np.array_equal(avatar_reference(Path("g.jpg"), group, reader((200, 300)), _Pack())[0], np.ones(3))
+    assert np.array_equal(avatar_reference(Path("g.jpg"), group, reader((810, 290)), _Pack())[0], np.zeros(3))
+    _Pack.display = np.zeros((256, 256, 3), np.uint8)
     with pytest.raises(UserError, match="no face"):
-        avatar_reference(Path("group.jpg"), group, _Reader(), _Pack())
+        avatar_reference(Path("g.jpg"), group, reader(None), _Pack())
 
 
 @pytest.mark.slow

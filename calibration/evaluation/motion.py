@@ -241,13 +241,21 @@ def judge(r: dict) -> dict:
     return r
 
 
+def enrolled_face(face, pack) -> bool:
+    """Whether a reading of the photo is the face enrollment chose: its centre inside the pack's box."""
+    cx, cy, side = pack.meta["box"]
+    x0, y0, x1, y1 = face.box
+    return abs((x0 + x1) / 2 - cx) < side / 2 and abs((y0 + y1) / 2 - cy) < side / 2
+
+
 def avatar_reference(path: Path, rgb: np.ndarray, reader: Reader, pack) -> tuple[np.ndarray, float]:
     """The photo's SFace embedding, and the chroma detail of its aligned crop at the output's size.
-    A photo whose faces the reader misses as a whole (a group, faces a tenth of its width) is read
-    through the crop enrollment kept around the face it chose."""
+    In a group photo the reader may miss every face (faces a tenth of its width) or find another one
+    than enrollment chose (the mirrored group: SFace 0.15 to the wrong person); the face is then read
+    in the crop enrollment kept around the face it chose."""
     from PIL import Image
     face, emb = reader.read(rgb)
-    if face is None:
+    if face is None or not enrolled_face(face, pack):
         face, emb = reader.read(pack.display)
     if face is None:
         raise UserError(f"{path}: the reader finds no face in the photo")
