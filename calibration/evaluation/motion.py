@@ -250,9 +250,8 @@ def enrolled_face(face, pack) -> bool:
 
 def avatar_reference(path: Path, rgb: np.ndarray, reader: Reader, pack) -> tuple[np.ndarray, float]:
     """The photo's SFace embedding, and the chroma detail of its aligned crop at the output's size.
-    In a group photo the reader may miss every face (faces a tenth of its width) or find another one
-    than enrollment chose (the mirrored group: SFace 0.15 to the wrong person); the face is then read
-    in the crop enrollment kept around the face it chose."""
+    In a group photo the reader may miss every face (faces a tenth of its width) or find another
+    person than enrollment chose; the face is then read in the crop enrollment kept around its face."""
     from PIL import Image
     face, emb = reader.read(rgb)
     if face is None or not enrolled_face(face, pack):
