@@ -96,7 +96,8 @@ def blind_jaw(seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (a face turned ~35 degrees: its sweep read jawOpen 0.00-0.07 while the renders opened wide) is
     still a mouth the driver opens, so it stays on with the typical avatar's opening (TYPICAL_JAW),
     closing one to one, within the steps whose renders showed a face. Switched off, such an avatar's
-    jawOpen r was 0.05; one to one both ways 0.49-0.87, two wide-mouth pairs under 0.6 (the reader sees little below step ~6)."""
+    jawOpen r was 0.05; one to one both ways 0.49-0.87, two wide-mouth pairs under 0.6 (the reader
+    sees little below step ~6)."""
     steps, response = TYPICAL_JAW
     t = np.concatenate([seen[seen < 0], steps])
     r = np.concatenate([seen[seen < 0], response])
