@@ -1,7 +1,9 @@
 """The avatar holds together while it moves (issue 14): colour drift, the output guard, the mouth's
 response curve, and requests past the calibrated range. Measured by the MediaPipe runtime and SFace
 on the published frames, as calibration.evaluation.motion measures them."""
+import contextlib
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -168,15 +170,13 @@ class _LateMouth:
         self.rows = [r.numpy().astype(np.float64) for r in dps]
         return torch.zeros(len(dps), 3, 8, 8)
 
-    def reader(self):
-        import contextlib
-        from types import SimpleNamespace
-        rows = iter(self.rows)
+    def reading(self, r: np.ndarray):
+        """What the reader sees in the render of request r: None (no face) or a reading with p."""
+        return None if r[0] != 0 and abs(r[1]) > self.blind else SimpleNamespace(p=np.array([*r[:3], self.jaw(r), r[4]]))
 
-        def read(_img):
-            r = next(rows)
-            return None if r[0] != 0 and abs(r[1]) > self.blind else SimpleNamespace(p=np.array([*r[:3], self.jaw(r), r[4]]))
-        return contextlib.nullcontext(SimpleNamespace(read=read))
+    def reader(self):
+        rows = iter(self.rows)
+        return contextlib.nullcontext(SimpleNamespace(read=lambda _img: self.reading(next(rows))))
 
 
 def test_the_jaw_curve_is_the_mean_of_its_curves_at_rest_and_in_the_contexts_it_will_be_driven_in():
@@ -289,17 +289,10 @@ class _TurnShy(_LateMouth):
     """The late mouth again, but its face is lost turned to yaw step -5, and raising its brow turns
     its head 0.3 per step."""
 
-    def reader(self):
-        import contextlib
-        from types import SimpleNamespace
-        rows = iter(self.rows)
-
-        def read(_img):
-            r = next(rows)
-            if r[0] <= -4.5:
-                return None
-            return SimpleNamespace(p=np.array([r[0] + 0.3 * max(r[4], 0.0), r[1], r[2], self.jaw(r), r[4]]))
-        return contextlib.nullcontext(SimpleNamespace(read=read))
+    def reading(self, r: np.ndarray):
+        if r[0] <= -4.5:
+            return None
+        return SimpleNamespace(p=np.array([r[0] + 0.3 * max(r[4], 0.0), r[1], r[2], self.jaw(r), r[4]]))
 
 
 def test_a_render_without_a_face_ends_its_sweep_instead_of_the_whole_correction():
@@ -324,16 +317,8 @@ class _TurnedMouth(_LateMouth):
     def jaw(dp: np.ndarray) -> float:
         return 0.01 * max(0.0, dp[3]) if dp[3] < 8.5 else float("nan")
 
-    def reader(self):
-        import contextlib
-        from types import SimpleNamespace
-        rows = iter(self.rows)
-
-        def read(_img):
-            r = next(rows)
-            j = self.jaw(r)
-            return None if np.isnan(j) else SimpleNamespace(p=np.array([*r[:3], j, r[4]]))
-        return contextlib.nullcontext(SimpleNamespace(read=read))
+    def reading(self, r: np.ndarray):
+        return None if np.isnan(self.jaw(r)) else super().reading(r)
 
 
 def test_a_jaw_the_reader_cannot_see_open_stays_on_with_the_typical_curve_within_the_renders_that_showed_a_face():

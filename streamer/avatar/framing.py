@@ -58,11 +58,12 @@ def surroundings(photo: np.ndarray, box, scale: float, size: int) -> np.ndarray:
 
 
 class Framer:
-    def __init__(self, surroundings: np.ndarray, scale: float, size: int):
+    def __init__(self, display: np.ndarray, scale: float, size: int):
+        """display: the pack's surroundings (what `surroundings` made at enrollment)."""
         self.size = size
         self.scale = scale
         if scale > 1:
-            self.background = np.asarray(Image.fromarray(surroundings).resize((size, size), Image.BICUBIC),
+            self.background = np.asarray(Image.fromarray(display).resize((size, size), Image.BICUBIC),
                                          dtype=np.float32)
             self.offset, self.side = face_square(size, scale)
             self.mask = square_mask(self.side, FEATHER)[..., None].astype(np.float32)
