@@ -338,6 +338,42 @@ def test_a_jaw_the_reader_cannot_see_open_stays_on_with_the_typical_curve_within
         assert 5 < typical[0] < 7 and typical[1] > 2           # a mouth opens late: most of it past step 2
 
 
+class _OpenMouth(_LateMouth):
+    """A photo with its mouth open: jawOpen 3 at rest, shutting 0.3 a step (shut from step -10)."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return max(0.0, 3.0 + 0.3 * dp[3])
+
+
+def test_an_open_mouth_is_swept_shut_and_closes_and_opens_with_the_drivers():
+    """Relative motion would keep the photo's open mouth as the rest: a driver with a closed mouth left
+    it open and each opening could only open it further (a surprised photo: jawOpen r 0.58-0.60).
+    Closed form: the open mouth's jaw is swept until it shuts, and driven from the lowest reading it
+    can show, so what the avatar shows follows the driver's opening one to one from a shut mouth. A
+    closed mouth's rest stays its own."""
+    from engines.method.correction import Correction, mouth_is_open
+    from streamer.reenact.motion import MOUTH_SHUT, Motion
+    fake, names = _OpenMouth(), list(_OpenMouth.names)
+    p_avatar = np.array([0.0, 0.0, 0.0, _OpenMouth.jaw(np.zeros(5)), 0.0])
+    assert mouth_is_open(p_avatar, names) and not mouth_is_open(np.array([0, 0, 0, 0.2, 0]), names)
+    usual = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    corr = Correction.measure(fake.A, fake.render, image_reader=fake.reader, mouth_open=True)
+    assert usual.curves[3][0][0] == -4 and usual.shut_reading(fake.A, p_avatar) == pytest.approx(1.8)
+    assert corr.curves[3][0][0] <= -10 and corr.shut_reading(fake.A, p_avatar) < MOUTH_SHUT
+    motion = Motion(fake.A, p_avatar, smooth=False)
+    motion.shut_at(corr.shut_reading(fake.A, p_avatar))
+    driver = np.array([1.0, 0.5, 0.0, 0.1, 0.0])
+    shown = []
+    for i, opening in enumerate((0.0, 0.5, 1.0, 2.0)):
+        motion.update(driver + opening * np.eye(5)[3], now=i / 30)
+        shown.append(_OpenMouth.jaw(corr(motion.dp).numpy()))
+    assert shown == pytest.approx([MOUTH_SHUT + x for x in (0.0, 0.5, 1.0, 2.0)], abs=0.02)
+    closed = Motion(fake.A, np.array([0.0, 0.0, 0.0, 0.2, 0.0]), smooth=False)
+    closed.shut_at(0.0)
+    assert torch.equal(closed.rest, closed.p_avatar)
+
+
 def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():
     """Closed form of the joint limit: angles inside KNEE of the reach pass unchanged; beyond, they
     shrink along their own direction, never past the reach; an opening jaw takes part of the reach,

@@ -44,6 +44,11 @@ DRIFT_FLOOR = 0.5
 # steps (normalised units) at which the correction reads each curved parameter's response: the angles
 # either way; jawOpen mostly opening (a closed mouth cannot close much further)
 SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jawOpen": range(-4, 11)}
+# ... except on a photo whose mouth is open (jawOpen above MOUTH_OPEN): the driver shuts it (the motion
+# state drives it from a shut mouth), and such a mouth takes ~10 steps to close (a surprised photo: 0.53
+# at rest, 0.34 at -4, 0.06 at -10)
+SHUT_SWEEP = range(-12, 11)
+MOUTH_OPEN = 0.3
 # how far (in standard deviations of the requests the avatar's G was tuned on) a frame's head angles and
 # its opening jaw may reach together: past it a turned, tilted head with an open mouth is a combination G
 # never saw, and the mouth stays shut (Mona Lisa mirrored, widemouth clip: jawOpen r 0.51). The angles
@@ -89,6 +94,12 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     r = np.maximum.accumulate(r)
     r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
     return t, r - np.interp(0.0, t, r)
+
+
+def mouth_is_open(p: np.ndarray, names: list[str]) -> bool:
+    """Whether a pose reading p shows an open mouth (jawOpen above MOUTH_OPEN: 41 closed-mouth portraits
+    read 0.00-0.19, two surprised ones 0.53-0.56)."""
+    return "jawOpen" in names and float(p[names.index("jawOpen")]) > MOUTH_OPEN
 
 
 def blind_jaw(seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,15 +154,18 @@ class Correction:
     @classmethod
     @torch.no_grad()
     def measure(cls, A, render: Callable[[torch.Tensor], torch.Tensor], step: float = 2.0,
-                probe: float = 4.0, spread=None, image_reader=None, reach: bool = True) -> "Correction | None":
+                probe: float = 4.0, spread=None, image_reader=None, reach: bool = True,
+                mouth_open: bool = False) -> "Correction | None":
         """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU;
         spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: the jaw is read
         at rest only, and no reach limit); reach: limit angles and jaw together (within_reach);
-        image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode).
+        image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode);
+        mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut.
         None when the render at rest shows no face (a jaw context without one is left out)."""
         k = A.k
         m = k - 3
-        swept = {A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in SWEEPS.items()}
+        sweeps = {**SWEEPS, "jawOpen": SHUT_SWEEP} if mouth_open else SWEEPS
+        swept = {A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in sweeps.items()}
         jaw = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
         contexts = jaw_contexts(spread, k, jaw)
         far = at_reach(contexts, spread)
@@ -198,6 +212,15 @@ class Correction:
         if jaw not in curves:
             jaw_far = None
         return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far)
+
+    def shut_reading(self, A, p: np.ndarray) -> float | None:
+        """The lowest jawOpen reading the jaw's curve reaches from the avatar's rest p (None: no curve)."""
+        j = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
+        if j not in self.curves:
+            return None
+        low = A.normalise(torch.as_tensor(p, dtype=torch.float32))
+        low[j] += float(self.curves[j][1][0])
+        return float(A.denormalise(low)[j])
 
     def __call__(self, dp: torch.Tensor) -> torch.Tensor:
         """A requested change dp [K] (normalised) -> the request that shows it on this avatar."""

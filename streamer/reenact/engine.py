@@ -29,7 +29,7 @@ from calibration.avatar_directions import check_supported
 from engines.core.device import describe, resolve_device
 from engines.core.errors import UserError
 from engines.core.views import image_uint8
-from engines.method.correction import Correction
+from engines.method.correction import Correction, mouth_is_open
 from engines.method.net3d import MediaPipeNet3D
 from engines.method.net3d_torch import Reader, TorchNet3D
 from engines.method.zoos import load_zoo
@@ -228,7 +228,10 @@ class AvatarReenactor:
             self.correction = engine.per_pack.get(
                 pack, ("correction", None if spread is None else tuple(spread), reach),
                 lambda: Correction.measure(self.A, self._render_requests, spread=spread, reach=reach,
-                                           image_reader=engine.image_reader)) if correct else None
+                                           image_reader=engine.image_reader,
+                                           mouth_open=mouth_is_open(pack.p, self.A.param_names))) if correct else None
+            if self.correction is not None:
+                self.motion.shut_at(self.correction.shut_reading(self.A, pack.p))
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)
         self._t0 = time.monotonic()
 

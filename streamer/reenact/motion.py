@@ -2,7 +2,8 @@
 
 Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
 with a face; `reset` re-takes it), applied on top of the avatar's own pose, so the avatar starts from
-its own expression and a driver whose neutral face is not the avatar's still drives it correctly. The
+its own expression and a driver whose neutral face is not the avatar's still drives it correctly (an
+open mouth is the exception: it starts shut, so that it can close with the driver's). The
 target p_avatar + dp is clamped to the range calibration saw (plus a tenth either way). Absolute mode
 is the paper's formula dp = p_driver - p_avatar. Frames with no face hold the last pose for `hold_s`,
 then ease back to the avatar's neutral pose.
@@ -12,9 +13,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engines.method.correction import mouth_is_open
 from streamer.reenact.smoothing import OneEuro
 
 EASE_FRAME_S = 1 / 30   # easing runs per frame without a face, at a nominal 30 fps
+# Relative motion keeps the photo's expression as the rest, so a photo with an open mouth (a surprised
+# face) could only open further, where it saturates, and never close with the driver's: jawOpen r
+# 0.58-0.60 on two wide-mouth pairs. Its jaw is driven from a shut mouth instead: the lowest reading
+# its jaw can show (shut_at), at least a closed mouth's typical reading. Below that every request would
+# clamp to one step, and a driver's small openings vanish (from 0.05 rather than the 0.16 that
+# surprised face reaches: jawOpen r 0.61-0.62 on the wide-mouth bundled clip instead of 0.78-0.83).
+MOUTH_SHUT = 0.05
 
 
 class Motion:
@@ -23,6 +32,7 @@ class Motion:
         self.A, self.relative, self.hold_s, self.ease_s = A, relative, hold_s, ease_s
         k = A.k
         self.p_avatar = torch.as_tensor(p_avatar, dtype=torch.float32)
+        self.rest = shut_mouth(self.p_avatar, A.param_names)
         span = A.hi - A.lo
         self.p_min, self.p_max = A.lo - 0.1 * span, A.hi + 0.1 * span
         # angles jitter by ~0.5 deg and blendshapes by ~0.02 frame to frame: One-Euro per parameter.
@@ -34,6 +44,11 @@ class Motion:
         self.p_ref: torch.Tensor | None = None
         self.dp = torch.zeros(k)
         self.last_face_t: float | None = None
+
+    def shut_at(self, reading: float | None) -> None:
+        """Drive an open mouth from `reading`, the lowest jawOpen this avatar can show (None: unknown)."""
+        if reading is not None and mouth_is_open(self.p_avatar.numpy(), self.A.param_names):
+            self.rest[self.A.param_names.index("jawOpen")] = max(reading, MOUTH_SHUT)
 
     def reset(self) -> None:
         """Take the next frame with a face as the driver's neutral reference."""
@@ -58,9 +73,17 @@ class Motion:
         if self.relative:
             if self.p_ref is None:
                 self.p_ref = p.clone()
-            target = self.p_avatar + (p - self.p_ref)
+            target = self.rest + (p - self.p_ref)
         else:
             target = p
         target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
         self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
         return None
+
+
+def shut_mouth(p_avatar: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """The pose relative motion starts from: the avatar's own, with an open mouth shut."""
+    rest = p_avatar.clone()
+    if mouth_is_open(rest.numpy(), names):
+        rest[names.index("jawOpen")] = MOUTH_SHUT
+    return rest
