@@ -66,7 +66,7 @@ class Inverter:
     def locate(self, photo: np.ndarray, name: str = "photo"):
         """The largest face of `photo` -> (box, crop uint8, target [1,3,R,R] in [-1,1], Net3D reading)."""
         with MediaPipeNet3D("image", num_faces=4) as net3d:
-            faces = net3d.read_all(photo)
+            faces = net3d.find_all(photo)
             if not faces:
                 raise UserError(f"no face found in {name}; use a photo with one clearly visible face")
             if len(faces) > 1:

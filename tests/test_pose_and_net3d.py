@@ -74,3 +74,28 @@ def test_video_mode_tracks(net3d):
     with MediaPipeNet3D("video") as v:
         ps = [v.read(img, t).p for t in (0, 33, 66)]
     assert np.allclose(ps[2][:3], net3d.read(img).p[:3], atol=2.0)
+
+
+def _on_canvas(faces: list[tuple[Image.Image, int, tuple[int, int]]], size=(2400, 1600)) -> np.ndarray:
+    """A wide grey frame with each photo shrunk to `side` px and pasted at `at` (small faces in a big frame)."""
+    canvas = Image.new("RGB", size, (120, 110, 100))
+    for photo, side, at in faces:
+        canvas.paste(photo.resize((side, side), Image.BICUBIC), at)
+    return np.asarray(canvas)
+
+
+def test_small_faces_in_a_wide_photo_are_found_window_by_window(net3d):
+    """The detector reads the whole frame at 128 px and misses faces under ~1/5 of it (a group of six
+    at a table: none found, and enrollment refused the photo). find_all then reads overlapping windows:
+    each face is found once, at the landmarks MediaPipe reads in a crop around it alone (moved back by
+    the crop's corner), largest first; a frame without a face still finds none."""
+    astronaut = Image.fromarray(load_rgb(ASSETS / "astronaut.png"))
+    frame = _on_canvas([(astronaut, 300, (1200, 480)), (astronaut.transpose(Image.FLIP_LEFT_RIGHT), 200, (300, 900))])
+    assert net3d.read_all(frame) == []
+    faces = net3d.find_all(frame)
+    assert len(faces) == 2 and faces[0].area > faces[1].area
+    for face, (x, y, side) in zip(faces, [(1200, 480, 300), (300, 900, 200)]):
+        alone = net3d.read(np.ascontiguousarray(frame[y:y + side, x:x + side]))
+        gap = np.abs(face.landmarks[:, :2] - (alone.landmarks[:, :2] + [x, y])).max(0)
+        assert gap.max() < 0.05 * side, gap     # the same face, read in a different window
+    assert net3d.find_all(_on_canvas([])) == []
