@@ -162,7 +162,6 @@ class MediaPipeNet3D:
         self.close()
 
 
-
 def _starts(length: int, side: int) -> list[int]:
     """Window starts along one axis: every side/2 px, the last flush with the end."""
     if length <= side:

@@ -22,7 +22,7 @@ EASE_FRAME_S = 1 / 30   # easing runs per frame without a face, at a nominal 30 
 # 0.58-0.60 on two wide-mouth pairs. Its jaw is driven from a shut mouth instead: the lowest reading
 # its jaw can show (shut_at), at least a closed mouth's typical reading. Below that every request would
 # clamp to one step, and a driver's small openings vanish (from 0.05 rather than the 0.16 that
-# surprised face reaches: jawOpen r 0.61-0.62 on the wide-mouth bundled clip instead of 0.78-0.83).
+# surprised face reaches: jawOpen r 0.61-0.62 on the wide-mouth bundled clip instead of 0.72-0.84).
 MOUTH_SHUT = 0.05
 
 
