@@ -2,7 +2,8 @@
 first half). Enrollment (streamer.avatar.enroll) adds pivotal tuning on top; the paper's "mixed"
 training mode (calibration.mixed) inverts real frames the same way.
 
-  align: MediaPipe landmarks -> the zoo's square crop (largest face if several);
+  align: MediaPipe landmarks -> the zoo's square crop (of several faces, the largest, or the most
+  frontal of those about as large);
   invert: the zoo's encoder when it has one, then / otherwise optimisation of pixel + identity (SFace)
   + landmark (Net3D port) losses.
 """
@@ -19,7 +20,7 @@ from calibration.identity import IdentityScorer, points_from_landmarks
 from engines.core.errors import UserError
 from engines.core.views import net3d_view, to_uint8
 from engines.method.align import CropRecipe, crop_box, crop_image
-from engines.method.net3d import MediaPipeNet3D
+from engines.method.net3d import FaceReading, MediaPipeNet3D
 from engines.models.facelandmarker import FaceLandmarkerTorch
 
 
@@ -30,6 +31,20 @@ def from_uint8(a: np.ndarray) -> torch.Tensor:
 def net3d_uint8(img: torch.Tensor) -> np.ndarray:
     """A generator-space image [1,3,R,R] in [-1,1] as the uint8 view Net3D reads."""
     return to_uint8(net3d_view(img.float()))[0]
+
+
+# faces at least this share of the largest's area are rivals for enrollment, and the most frontal of
+# them is enrolled: in a group of six within 25% of each other's size, the largest by a hair was turned
+# 52 degrees in one version of the photo and a neighbour in the other, so mirroring the photo changed
+# the person, and the turned one made a weak avatar (yaw r 0.48 on the bundled clip)
+RIVAL_AREA = 0.7
+
+
+def chosen_face(faces: list[FaceReading]) -> FaceReading:
+    """The face to enroll among `faces` (largest first): the most frontal (least |yaw| + |pitch|) of
+    those about as large as the largest."""
+    rivals = [f for f in faces if f.area >= RIVAL_AREA * faces[0].area]
+    return min(rivals, key=lambda f: abs(float(f.p[0])) + abs(float(f.p[1])))
 
 
 class Inverter:
@@ -64,14 +79,17 @@ class Inverter:
 
     # -- 1. align ------------------------------------------------------------------------------
     def locate(self, photo: np.ndarray, name: str = "photo"):
-        """The largest face of `photo` -> (box, crop uint8, target [1,3,R,R] in [-1,1], Net3D reading)."""
+        """The face of `photo` to enroll (chosen_face) -> (box, crop uint8, target [1,3,R,R] in [-1,1], Net3D
+        reading)."""
         with MediaPipeNet3D("image", num_faces=4) as net3d:
             faces = net3d.find_all(photo)
             if not faces:
                 raise UserError(f"no face found in {name}; use a photo with one clearly visible face")
+            face = chosen_face(faces)
             if len(faces) > 1:
-                self.log(f"note: {len(faces)} faces in {name}; using the largest")
-            box = crop_box(faces[0].landmarks, self.recipe)
+                which = "the largest" if face is faces[0] else "the most frontal of the largest"
+                self.log(f"note: {len(faces)} faces in {name}; using {which}")
+            box = crop_box(face.landmarks, self.recipe)
             crop = crop_image(photo, box, self.G.resolution)
             target = from_uint8(crop)
             reading = net3d.read(net3d_uint8(target))

@@ -134,6 +134,23 @@ def two_face_frame(shared: Path | None) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def test_of_faces_about_as_large_the_most_frontal_is_enrolled():
+    """Closed form: faces with at least RIVAL_AREA of the largest's area compete and the least turned
+    (|yaw| + |pitch|) wins, so mirroring a group photo keeps the person; a smaller face never wins."""
+    from types import SimpleNamespace
+
+    from calibration.inversion import RIVAL_AREA, chosen_face
+
+    def face(area, yaw, pitch):
+        return SimpleNamespace(area=area, p=np.array([yaw, pitch, 0.0, 0.0]))
+    turned, frontal, tiny = face(100.0, 52.0, 24.0), face(99.0, 5.0, 21.0), face(RIVAL_AREA * 100 - 1, 0.0, 0.0)
+    assert chosen_face([turned, frontal, tiny]) is frontal
+    mirrored = [face(f.area, -f.p[0], f.p[1]) for f in (turned, frontal, tiny)]
+    assert chosen_face(mirrored) is mirrored[1]
+    assert chosen_face([turned, tiny]) is turned
+    assert chosen_face([frontal]) is frontal
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["bundled", "shared"])
 def test_two_faces_drive_and_enroll_with_the_largest(which, engine, pack_path, request):
