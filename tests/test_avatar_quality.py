@@ -374,6 +374,34 @@ def test_an_open_mouth_is_swept_shut_and_closes_and_opens_with_the_drivers():
     assert torch.equal(closed.rest, closed.p_avatar)
 
 
+def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():
+    """Closed form: a yaw curve reaching 0.98 units one way (under ROOM_SHORT) and 1.9 the other moves
+    the rest 0.4 units the far way, so both sides keep ROOM (1.5); an angle with room both ways, or
+    neither, or short of ROOM but not of ROOM_SHORT stays at the photo's pose. The motion state starts
+    there: a driver at its reference asks for the shift, and a turn of 1.3 toward the near side, past
+    its 0.98 from the photo's pose, is shown whole."""
+    from engines.method.correction import ROOM, ROOM_SHORT, Correction
+    from streamer.reenact.motion import Motion
+
+    t = np.arange(-5.0, 6.0)
+
+    def curve(low, high):   # linear either side of rest
+        return t, np.where(t < 0, t / 5 * low, t / 5 * high)
+    corr = Correction({0: curve(1.9, 0.98), 1: curve(2.5, 2.2), 2: curve(1.4, 1.2)},
+                      torch.zeros(2, 3, 2), torch.ones(2, 2, dtype=torch.bool))
+    assert corr.room_shift().tolist() == pytest.approx([-0.40, 0.0, 0.0], abs=1e-6)
+    corr.curves[1] = curve(2.5, (ROOM + ROOM_SHORT) / 2)
+    assert corr.room_shift()[1] == 0.0                          # short of ROOM only: left alone
+    fake = _LateMouth()
+    motion = Motion(fake.A, np.zeros(5), smooth=False)
+    motion.move_rest(corr.room_shift())
+    motion.update(np.zeros(5), now=0.0)
+    assert float(motion.dp[0]) == pytest.approx(-0.40)          # at rest: turned the far way
+    motion.update(np.array([1.3, 0, 0, 0, 0]), now=1 / 30)
+    assert float(motion.dp[0]) == pytest.approx(1.3 - 0.40)
+    assert float(corr(motion.dp.clone())[0]) == pytest.approx(0.9 / 0.98 * 5)   # inside the curve, not its end
+
+
 def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():
     """Closed form of the joint limit: angles inside KNEE of the reach pass unchanged; beyond, they
     shrink along their own direction, never past the reach; an opening jaw takes part of the reach,

@@ -49,6 +49,15 @@ SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jaw
 # at rest, 0.34 at -4, 0.06 at -10)
 SHUT_SWEEP = range(-12, 11)
 MOUTH_OPEN = 0.3
+# An angle whose curve reaches under ROOM_SHORT normalised units one way (~9 degrees of yaw) and more
+# than ROOM the other moves its rest toward the other side, until the short side has ROOM (~11
+# degrees) or the other is down to it (room_shift). A bearded man whose hand on his head covers his
+# face past 0.98 units of yaw one way (1.90 the other) followed the bundled clip, which turns mostly
+# that way, at yaw r 0.76; with his rest turned 0.40 units (~3 degrees) the other way, 0.89. A clip
+# turning toward an avatar's long side loses a little (Obama mirrored, short by 1.23: 0.91 -> 0.86), one
+# turning the other way gains; a milder shortfall (1.30) moved cost 0.07 of jawOpen r, so it stays.
+ROOM_SHORT = 1.25
+ROOM = 1.5
 # how far (in standard deviations of the requests the avatar's G was tuned on) a frame's head angles and
 # its opening jaw may reach together: past it a turned, tilted head with an open mouth is a combination G
 # never saw, and the mouth stays shut (Mona Lisa mirrored, widemouth clip: jawOpen r 0.51). The angles
@@ -212,6 +221,21 @@ class Correction:
         if jaw not in curves:
             jaw_far = None
         return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far)
+
+    def room_shift(self) -> torch.Tensor:
+        """[3] how far (normalised units) to move each head angle's rest where one side reaches under
+        ROOM_SHORT: toward the side that reaches further, until the short side has ROOM or the other is
+        down to it; 0 where neither side is short, or both are."""
+        shift = torch.zeros(3)
+        for i in range(3):
+            if i in self.curves:
+                _, r = self.curves[i]
+                low, high = -float(r[0]), float(r[-1])
+                if high < ROOM_SHORT and low > ROOM:
+                    shift[i] = -min(ROOM - high, low - ROOM)
+                elif low < ROOM_SHORT and high > ROOM:
+                    shift[i] = min(ROOM - low, high - ROOM)
+        return shift
 
     def shut_reading(self, A, p: np.ndarray) -> float | None:
         """The lowest jawOpen reading the jaw's curve reaches from the avatar's rest p (None: no curve)."""

@@ -232,6 +232,7 @@ class AvatarReenactor:
                                            mouth_open=mouth_is_open(pack.p, self.A.param_names))) if correct else None
             if self.correction is not None:
                 self.motion.shut_at(self.correction.shut_reading(self.A, pack.p))
+                self.motion.move_rest(self.correction.room_shift())
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)
         self._t0 = time.monotonic()
 

@@ -50,6 +50,12 @@ class Motion:
         if reading is not None and mouth_is_open(self.p_avatar.numpy(), self.A.param_names):
             self.rest[self.A.param_names.index("jawOpen")] = max(reading, MOUTH_SHUT)
 
+    def move_rest(self, shift: torch.Tensor) -> None:
+        """Move the rest of the first len(shift) parameters by `shift` normalised units (an angle with
+        little room to turn one way starts turned a little the other: Correction.room_shift)."""
+        n = len(shift)
+        self.rest[:n] += shift * (self.A.hi - self.A.lo)[:n] / (2 * self.A.shift_scale)
+
     def reset(self) -> None:
         """Take the next frame with a face as the driver's neutral reference."""
         self.p_ref = None
