@@ -92,3 +92,38 @@ def test_surroundings_past_the_photos_edge_blur_instead_of_running_on_as_stripes
     assert stripes > 50 and soft[below].astype(float).std(axis=1).mean() < 0.4 * stripes
     assert np.array_equal(surroundings(photo, (100.0, 100.0, 80.0), 1.6, 256),
                           crop_image(photo, (100.0, 100.0, 128.0), 256))
+
+
+def test_a_face_cut_by_the_photos_side_is_made_whole_with_its_other_half():
+    """Closed form: a picture symmetric about column 120, cut at column 150 through a 'face' whose
+    landmarks run from 70 to 170, is widened by one face width and the missing columns are the
+    picture's own, exactly (past the short fade where the halves meet); a face inside the photo is
+    left as it is. Then the astronaut cut through her cheek: MediaPipe reads her landmarks past the
+    cut, and in the mended photo a face as wide as her whole one."""
+    from PIL import Image
+
+    from engines.method.net3d import MediaPipeNet3D
+    from streamer.avatar.framing import MIDLINE, MIRROR_FADE, mirror_half
+    from tests.mediapipe_faces import ASSETS
+
+    rng = np.random.default_rng(3)
+    half = rng.integers(0, 255, (40, 121, 3), dtype=np.uint8)
+    picture = np.concatenate([half, half[:, -2::-1]], axis=1)              # columns 0..240, mirror at 120
+    landmarks = np.zeros((478, 3), np.float32)
+    landmarks[:, 0] = np.linspace(70, 170, 478)
+    landmarks[list(MIDLINE), 0] = 120.0
+    mended = mirror_half(picture[:, :150], landmarks)
+    assert mended.shape == (40, 150 + 100, 3)
+    assert np.array_equal(mended[:, :150 - int(MIRROR_FADE * 100)], picture[:, :150 - int(MIRROR_FADE * 100)])
+    assert np.array_equal(mended[:, 150:241], picture[:, 150:])           # the cut-off part, restored
+    assert mirror_half(picture, landmarks * [0.5, 1, 1]) is picture       # whole: untouched
+
+    full = np.asarray(Image.open(ASSETS / "astronaut.png").convert("RGB"))
+    with MediaPipeNet3D("image") as net3d:
+        whole = net3d.read(full)
+        x0, _, x1, _ = whole.box
+        edge = int(whole.landmarks[1, 0] + 0.3 * (x1 - x0))
+        seen = net3d.read(np.ascontiguousarray(full[:, :edge]))
+        assert seen.box[2] > edge                                          # read past the cut
+        again = net3d.read(mirror_half(np.ascontiguousarray(full[:, :edge]), seen.landmarks))
+    assert abs((again.box[2] - again.box[0]) / (x1 - x0) - 1) < 0.1

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from calibration.avatar_directions import check_supported
 from calibration.avatar_directions import tune_directions as tune_a
 from calibration.identity import points_from_landmarks
-from calibration.inversion import Inverter, net3d_uint8
+from calibration.inversion import Inverter, chosen_face, net3d_uint8
 from calibration.shape_model import ShapeModel, shape_model_path
 from engines.accel.lowrank import fold_low_rank, low_rank_deltas
 from engines.core.errors import UserError, main_guard
@@ -42,7 +42,7 @@ from engines.method.net3d import MediaPipeNet3D
 from engines.method.recipes import Tuning
 from engines.method.zoos import RECIPES, ZOOS, load_zoo
 from engines.models.facelandmarker import roi_from_landmarks
-from streamer.avatar.framing import DISPLAY_SCALE, surroundings
+from streamer.avatar.framing import DISPLAY_SCALE, mirror_half, surroundings
 from streamer.avatar.pack import AvatarPack
 from streamer.avatar.pose_targets import loss_weights, pose_targets
 
@@ -68,10 +68,18 @@ class Enroller(Inverter):
 
     # -- 1. align ------------------------------------------------------------------------------
     def align(self, photo: np.ndarray, name: str = "photo"):
-        """-> (box, crop, display, target, reading): locate's crop plus the photo around it."""
+        """-> (box, crop, display, target, reading): locate's crop plus the photo around it, a face cut
+        by the photo's left or right edge first made whole (mirror_half)."""
+        photo = self._whole_face(photo)
         box, crop, target, reading = self.locate(photo, name)
         display = surroundings(photo, box, DISPLAY_SCALE, DISPLAY_SIZE)
         return box, crop, display, target, reading
+
+    @staticmethod
+    def _whole_face(photo: np.ndarray) -> np.ndarray:
+        with MediaPipeNet3D("image", num_faces=4) as net3d:
+            faces = net3d.find_all(photo)
+        return mirror_half(photo, chosen_face(faces).landmarks) if faces else photo
 
     def avatar_p(self, photo: np.ndarray, reading) -> np.ndarray:
         """The avatar's own pose in the zoo's Net3D terms: the default zoo reads the aligned crop as it
