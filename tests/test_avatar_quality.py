@@ -374,13 +374,31 @@ def test_an_open_mouth_is_swept_shut_and_closes_and_opens_with_the_drivers():
     assert torch.equal(closed.rest, closed.p_avatar)
 
 
+def test_a_clip_that_starts_mid_word_drives_the_mouth_from_its_least_opening():
+    """Closed form: the driver's first frame has its mouth open 0.4 and its head turned 1. Each
+    blendshape's reference follows the least the driver has shown, so when the mouth shuts the avatar's
+    shuts (dp 0, not -0.4) and a later opening of 0.3 asks for 0.3; the head angles keep the first
+    frame as their reference; `reset` takes the next frame again."""
+    from streamer.reenact.motion import Motion
+    motion = Motion(_LateMouth().A, np.zeros(5), smooth=False)
+    asked = []
+    for i, (yaw, jaw, brow) in enumerate([(1.0, 0.4, 0.2), (1.5, 0.0, 0.3), (0.5, 0.3, 0.1), (1.0, 0.05, 0.2)]):
+        motion.update(np.array([yaw, 0.0, 0.0, jaw, brow]), now=i / 30)
+        asked.append(motion.dp.numpy().tolist())
+    want = [[0, 0, 0, 0, 0], [0.5, 0, 0, 0, 0.1], [-0.5, 0, 0, 0.3, 0], [0, 0, 0, 0.05, 0.1]]
+    assert np.allclose(asked, want, atol=1e-6), asked
+    motion.reset()
+    motion.update(np.array([2.0, 0.0, 0.0, 0.5, 0.0]), now=1.0)
+    assert motion.dp.abs().max() == 0
+
+
 def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():
     """Closed form: a yaw curve reaching 0.98 units one way (under ROOM_SHORT) and 1.9 the other moves
     the rest 0.4 units the far way, so both sides keep ROOM (1.5); an angle with room both ways, or
-    neither, or short of ROOM but not of ROOM_SHORT stays at the photo's pose. The motion state starts
-    there: a driver at its reference asks for the shift, and a turn of 1.3 toward the near side, past
-    its 0.98 from the photo's pose, is shown whole."""
-    from engines.method.correction import ROOM, ROOM_SHORT, Correction
+    neither, or short of ROOM but not of ROOM_SHORT, or one ROOM_MIN_MOVE would not fix, stays at the
+    photo's pose. The motion state starts there: a driver at its reference asks for the shift, and a
+    turn of 1.3 toward the near side, past its 0.98 from the photo's pose, is shown whole."""
+    from engines.method.correction import ROOM, ROOM_MIN_MOVE, ROOM_SHORT, Correction
     from streamer.reenact.motion import Motion
 
     t = np.arange(-5.0, 6.0)
@@ -392,6 +410,8 @@ def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():
     assert corr.room_shift().tolist() == pytest.approx([-0.40, 0.0, 0.0], abs=1e-6)
     corr.curves[1] = curve(2.5, (ROOM + ROOM_SHORT) / 2)
     assert corr.room_shift()[1] == 0.0                          # short of ROOM only: left alone
+    corr.curves[1] = curve(ROOM + ROOM_MIN_MOVE / 2, 1.0)
+    assert corr.room_shift()[1] == 0.0                          # a move under the reading's jitter
     fake = _LateMouth()
     motion = Motion(fake.A, np.zeros(5), smooth=False)
     motion.move_rest(corr.room_shift())

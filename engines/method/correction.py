@@ -58,6 +58,9 @@ MOUTH_OPEN = 0.3
 # turning the other way gains; a milder shortfall (1.30) moved cost 0.07 of jawOpen r, so it stays.
 ROOM_SHORT = 1.25
 ROOM = 1.5
+# ... and a move under this is left out: a 64-px render's angle reading jitters by 0.1-0.2 units, so it
+# would change the avatar's rest and nothing a viewer sees
+ROOM_MIN_MOVE = 0.15
 # how far (in standard deviations of the requests the avatar's G was tuned on) a frame's head angles and
 # its opening jaw may reach together: past it a turned, tilted head with an open mouth is a combination G
 # never saw, and the mouth stays shut (Mona Lisa mirrored, widemouth clip: jawOpen r 0.51). The angles
@@ -225,7 +228,7 @@ class Correction:
     def room_shift(self) -> torch.Tensor:
         """[3] how far (normalised units) to move each head angle's rest where one side reaches under
         ROOM_SHORT: toward the side that reaches further, until the short side has ROOM or the other is
-        down to it; 0 where neither side is short, or both are."""
+        down to it; 0 where neither side is short, or both are, or the move is under ROOM_MIN_MOVE."""
         shift = torch.zeros(3)
         for i in range(3):
             if i in self.curves:
@@ -235,7 +238,7 @@ class Correction:
                     shift[i] = -min(ROOM - high, low - ROOM)
                 elif low < ROOM_SHORT and high > ROOM:
                     shift[i] = min(ROOM - low, high - ROOM)
-        return shift
+        return torch.where(shift.abs() >= ROOM_MIN_MOVE, shift, 0.0)
 
     def shut_reading(self, A, p: np.ndarray) -> float | None:
         """The lowest jawOpen reading the jaw's curve reaches from the avatar's rest p (None: no curve)."""

@@ -1,7 +1,8 @@
 """One session's motion state: driving pose p -> the normalised change dp the avatar is asked for.
 
 Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
-with a face; `reset` re-takes it), applied on top of the avatar's own pose, so the avatar starts from
+with a face, each blendshape then at the least the driver has shown; `reset` re-takes it), applied on
+top of the avatar's own pose, so the avatar starts from
 its own expression and a driver whose neutral face is not the avatar's still drives it correctly (an
 open mouth is the exception: it starts shut, so that it can close with the driver's). The
 target p_avatar + dp is clamped to the range calibration saw (plus a tenth either way). Absolute mode
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from engines.method.correction import mouth_is_open
+from engines.models.facelandmarker import BLENDSHAPE_NAMES
 from streamer.reenact.smoothing import OneEuro
 
 EASE_FRAME_S = 1 / 30   # easing runs per frame without a face, at a nominal 30 fps
@@ -42,6 +44,9 @@ class Motion:
         self.filter = OneEuro(min_cutoff=np.r_[[1.2] * 3, [4.0], [2.0] * (k - 4)],
                               beta=np.r_[[0.3] * 3, [5.0] * (k - 3)]) if smooth else None
         self.p_ref: torch.Tensor | None = None
+        # which parameters are MediaPipe blendshapes: scores whose neutral is their least (a shut mouth,
+        # open eyes), so their reference follows the least the driver has shown (update)
+        self.floors = torch.tensor([n in BLENDSHAPE_NAMES for n in A.param_names])
         self.dp = torch.zeros(k)
         self.last_face_t: float | None = None
 
@@ -79,6 +84,10 @@ class Motion:
         if self.relative:
             if self.p_ref is None:
                 self.p_ref = p.clone()
+            # a clip cut mid-word starts with the mouth open: against that first frame, every later
+            # closing asked the avatar to shut a shut mouth and only wider openings showed (jawOpen r
+            # 0.17-0.39 on the selfie clip started at its widest opening, 0.92-0.97 from its start)
+            self.p_ref = torch.where(self.floors, torch.minimum(self.p_ref, p), self.p_ref)
             target = self.rest + (p - self.p_ref)
         else:
             target = p
