@@ -100,6 +100,24 @@ def test_wide_mouth_variant_opens_the_drivers_mouth():
     assert len(gained) >= 10 and max(gained) > 0.2 and np.median(gained) > 0.05
 
 
+def test_midword_variant_starts_at_the_widest_opening_of_the_first_seconds():
+    """The bundled clip's first 4 s: the variant begins at the frame whose jawOpen (MediaPipe) is the
+    largest of those in the first MIDWORD_WITHIN_S, keeps every later frame in order, and its clock
+    starts at 0 with the original spacing."""
+    import av
+
+    from calibration.evaluation.media_variants import MIDWORD_WITHIN_S
+    reader = Reader()
+    with av.open(str(CLIP)) as c:
+        frames = [(f.time, f.to_ndarray(format="rgb24")) for _, f in zip(range(120), c.decode(video=0))]
+    cut = list(clip_variant_frames(iter(frames), "midword", reader.net3d))
+    jaws = [reader.read(rgb)[0].p[JAW] for t, rgb in frames if t < MIDWORD_WITHIN_S]
+    reader.close()
+    start = int(np.argmax(jaws))
+    assert len(cut) == len(frames) - start and np.array_equal(cut[0][1], frames[start][1])
+    assert cut[0][0] == 0.0 and cut[-1][0] == pytest.approx(frames[-1][0] - frames[start][0])
+
+
 def test_chroma_fringe_measure_sees_coloured_speckle_not_grey_detail():
     rng = np.random.default_rng(1)
     grey_noise = np.repeat(rng.integers(0, 255, (64, 64, 1)), 3, axis=2).astype(np.uint8)

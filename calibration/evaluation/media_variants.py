@@ -9,8 +9,9 @@ second (a thin-plate-spline warp that drops the lower lip and chin, the gap pain
 since none of the available clips opens its mouth wide (jawOpen sd <= 0.12) and wide-open mouths are
 where avatars break; and the cameras a caller may have: grey-scale, under-exposed ("dark"), a small
 webcam ("lowres": frames delivered at LOWRES_CLIP_SIDE pixels on the longer side), a driver sitting
-further away ("far": the frame shrunk to half inside the same canvas), a tilted camera ("rot+10"), and
-sensor grain that changes every frame ("noise"). A variant is named `<stem>~<variant>`.
+further away ("far": the frame shrunk to half inside the same canvas), a tilted camera ("rot+10"),
+sensor grain that changes every frame ("noise"), and a clip cut mid-word ("midword": from its widest
+mouth opening within its first 3 s). A variant is named `<stem>~<variant>`.
 """
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from engines.method.pose import PARAM_NAMES
+
 PORTRAIT_VARIANTS = ("mirror", "crop", "rot+10", "rot-10", "grey", "dark", "warm", "lowres", "jpeg", "noise")
 DARK_GAIN, DARK_GAMMA = 0.5, 1.3           # an under-exposed photo: half the light, deeper shadows
 WARM_GAINS = (1.15, 1.0, 0.72)             # a white balance gone orange (tungsten light)
 LOWRES_SIDE = 96                           # a small snapshot: the whole photo seen through this many pixels
 JPEG_QUALITY = 12                          # a photo saved and forwarded too often: 8x8 blocks, colour bleed
 NOISE_SD = 12.0                            # a phone photo in poor light: sensor grain, grey levels per channel
-CLIP_VARIANTS = ("mirror", "reverse", "widemouth", "grey", "dark", "lowres", "far", "rot+10", "noise")
+CLIP_VARIANTS = ("mirror", "reverse", "widemouth", "grey", "dark", "lowres", "far", "rot+10", "noise", "midword")
+MIDWORD_WITHIN_S = 3.0                     # "midword" starts at the widest opening within the first 3 s
 LOWRES_CLIP_SIDE = 320                     # a 320x240 webcam (or a 320x180 one)
 FAR_SCALE = 0.5                            # the driver twice as far from the camera: half the face size
 CLIP_NOISE_SD = 8.0                        # a webcam's grain in a dim room, fresh every frame
@@ -91,8 +95,8 @@ def portrait_variant(rgb: np.ndarray, variant: str | None, face_box=None) -> np.
 
 
 def clip_variant_frames(frames, variant: str | None, reader=None):
-    """frames: an iterable of (t, rgb). Yields (t, rgb) of the variant; "widemouth" needs a MediaPipe
-    image-mode `reader` for the landmarks."""
+    """frames: an iterable of (t, rgb). Yields (t, rgb) of the variant; "widemouth" and "midword" need a
+    MediaPipe image-mode `reader` for the landmarks."""
     if variant is None:
         yield from frames
     elif variant == "mirror":
@@ -116,6 +120,8 @@ def clip_variant_frames(frames, variant: str | None, reader=None):
         for i, (t, rgb) in enumerate(frames):
             grain = np.random.default_rng(i).normal(0.0, CLIP_NOISE_SD, rgb.shape)  # fresh, but reproducible
             yield t, np.clip(rgb + grain, 0, 255).round().astype(np.uint8)
+    elif variant == "midword":
+        yield from _from_widest_opening(list(frames), reader)
     elif variant == "widemouth":
         for t, rgb in frames:
             face = reader.read(rgb)
@@ -123,6 +129,16 @@ def clip_variant_frames(frames, variant: str | None, reader=None):
             yield t, rgb if face is None or amount < 0.01 else open_mouth(rgb, face.landmarks, amount)
     else:
         raise ValueError(f"unknown clip variant {variant!r}")
+
+
+def _from_widest_opening(items: list, reader):
+    """The clip from its widest mouth opening within MIDWORD_WITHIN_S on, re-timed to start at 0."""
+    jaw = PARAM_NAMES.index("jawOpen")
+    early = [(i, reader.read(rgb)) for i, (t, rgb) in enumerate(items) if t < MIDWORD_WITHIN_S]
+    start = max(early, key=lambda e: -1.0 if e[1] is None else float(e[1].p[jaw]))[0]
+    t0 = items[start][0]
+    for t, rgb in items[start:]:
+        yield t - t0, rgb
 
 
 def _resized(rgb: np.ndarray, scale: float) -> np.ndarray:
