@@ -127,3 +127,30 @@ def test_a_face_cut_by_the_photos_side_is_made_whole_with_its_other_half():
         assert seen.box[2] > edge                                          # read past the cut
         again = net3d.read(mirror_half(np.ascontiguousarray(full[:, :edge]), seen.landmarks))
     assert abs((again.box[2] - again.box[0]) / (x1 - x0) - 1) < 0.1
+
+
+def test_the_other_faces_of_a_group_photo_are_blurred_out_of_the_avatars_surroundings():
+    """An astronaut with a smaller one at her shoulder, inside her published frame: MediaPipe finds two
+    faces in the frame cut plainly from the photo, and one (the enrolled face, centred) in the frame
+    enrollment keeps, where the neighbour is blurred and the avatar's own face is left as it was."""
+    from PIL import Image
+
+    from engines.method.net3d import MediaPipeNet3D
+    from engines.method.zoos import load_zoo
+    from streamer.avatar.enroll import DISPLAY_SIZE, Enroller
+    from streamer.avatar.framing import DISPLAY_SCALE
+    from tests.mediapipe_faces import ASSETS
+
+    face = Image.open(ASSETS / "astronaut.png").convert("RGB").crop((120, 20, 340, 240))
+    canvas = Image.new("RGB", (560, 300), (90, 100, 110))
+    canvas.paste(face, (40, 40))
+    canvas.paste(face.transpose(Image.FLIP_LEFT_RIGHT).resize((90, 90)), (190, 150))
+    photo = np.asarray(canvas)
+    box, _, display, _, _ = Enroller(load_zoo("default"), progress=False, log=lambda m: None).align(photo, "two")
+    plain = surroundings(photo, box, DISPLAY_SCALE, DISPLAY_SIZE)
+    with MediaPipeNet3D("image", num_faces=4) as net3d:
+        assert len(net3d.find_every(plain)) == 2
+        kept = net3d.find_every(display)
+    assert len(kept) == 1 and kept[0].box[0] < DISPLAY_SIZE / 2 < kept[0].box[2]
+    x0, y0, x1, y1 = (int(v) for v in kept[0].box)
+    assert np.array_equal(display[y0:y1, x0:x1], plain[y0:y1, x0:x1])     # her own face untouched

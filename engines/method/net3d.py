@@ -128,6 +128,16 @@ class MediaPipeNet3D:
             faces = _distinct(self._read_windows(image, side))
         return faces
 
+    def find_every(self, image: np.ndarray) -> list[FaceReading]:
+        """Every face of a photo, largest first: the whole image's and those of windows at every level
+        (find_all stops at the first level that finds one; a group photo holds faces of every size)."""
+        h, w = image.shape[:2]
+        found = [(face, 0.0) for face in self.read_all(image)]
+        for level in range(1, WINDOW_LEVELS + 1):
+            if (max(h, w) >> level) >= MIN_WINDOW:
+                found += self._read_windows(image, max(h, w) >> level)
+        return _distinct(found)
+
     def _read_windows(self, image: np.ndarray, side: int) -> list[tuple[FaceReading, float]]:
         """Every face in each window of `side` px, in the image's coordinates, with its centre's distance
         from its window's centre (in window sides)."""

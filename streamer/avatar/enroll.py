@@ -42,7 +42,7 @@ from engines.method.net3d import MediaPipeNet3D
 from engines.method.recipes import Tuning
 from engines.method.zoos import RECIPES, ZOOS, load_zoo
 from engines.models.facelandmarker import roi_from_landmarks
-from streamer.avatar.framing import DISPLAY_SCALE, mirror_half, surroundings
+from streamer.avatar.framing import DISPLAY_SCALE, mirror_half, others_hidden, surroundings
 from streamer.avatar.pack import AvatarPack
 from streamer.avatar.pose_targets import loss_weights, pose_targets
 
@@ -69,17 +69,34 @@ class Enroller(Inverter):
     # -- 1. align ------------------------------------------------------------------------------
     def align(self, photo: np.ndarray, name: str = "photo"):
         """-> (box, crop, display, target, reading): locate's crop plus the photo around it, a face cut
-        by the photo's left or right edge first made whole (mirror_half)."""
+        by the photo's left or right edge first made whole (mirror_half), the people around it blurred
+        out of the display (others_hidden)."""
         photo = self._whole_face(photo)
         box, crop, target, reading = self.locate(photo, name)
         display = surroundings(photo, box, DISPLAY_SCALE, DISPLAY_SIZE)
-        return box, crop, display, target, reading
+        return box, crop, self._alone(display), target, reading
 
     @staticmethod
     def _whole_face(photo: np.ndarray) -> np.ndarray:
         with MediaPipeNet3D("image", num_faces=4) as net3d:
             faces = net3d.find_all(photo)
         return mirror_half(photo, chosen_face(faces).landmarks) if faces else photo
+
+    @staticmethod
+    def _alone(display: np.ndarray) -> np.ndarray:
+        """The display with every face but the avatar's (the one nearest its centre) blurred: in a group
+        photo the neighbours stand in the published frame, and a reader that takes the largest face it
+        sees (MediaPipe; a call's face tracker) could take theirs for the avatar's."""
+        with MediaPipeNet3D("image", num_faces=4) as net3d:
+            faces = net3d.find_every(display)
+        if len(faces) < 2:
+            return display
+        middle = np.array(display.shape[1::-1]) / 2
+        centres = [(np.array(f.box[:2]) + f.box[2:]) / 2 for f in faces]
+        x0, y0, x1, y1 = faces[int(np.argmin([np.hypot(*(c - middle)) for c in centres]))].box
+        # a second reading of the avatar's own face (from another window) has its centre inside its box
+        others = [f.box for f, (cx, cy) in zip(faces, centres) if not (x0 < cx < x1 and y0 < cy < y1)]
+        return others_hidden(display, others)
 
     def avatar_p(self, photo: np.ndarray, reading) -> np.ndarray:
         """The avatar's own pose in the zoo's Net3D terms: the default zoo reads the aligned crop as it

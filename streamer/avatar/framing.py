@@ -54,6 +54,30 @@ def mirror_half(photo: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rint(weight * own + (1 - weight) * mirrored).astype(np.uint8))
 
 
+# how much each other face's landmark box grows before it is blurred, and the blur (sigma) as a share
+# of the widest such box: enough that MediaPipe no longer finds a face there
+HIDE_MARGIN = 0.25
+HIDE_BLUR = 0.2
+
+
+def others_hidden(photo: np.ndarray, boxes: list) -> np.ndarray:
+    """The photo with the face boxes (x0, y0, x1, y1) of the people around the avatar blurred, with a
+    soft edge. In a group photo they stood in the published frame as faces, and a reader that takes
+    the largest face it finds (MediaPipe; a call's face tracker) could take theirs for the avatar."""
+    if not boxes:
+        return photo
+    h, w = photo.shape[:2]
+    mask = Image.new("L", (w, h), 0)
+    width = max(x1 - x0 for x0, _, x1, _ in boxes)
+    for x0, y0, x1, y1 in boxes:
+        mx, my = HIDE_MARGIN * (x1 - x0), HIDE_MARGIN * (y1 - y0)
+        mask.paste(255, (int(x0 - mx), int(y0 - my), int(x1 + mx), int(y1 + my)))
+    radius = max(HIDE_BLUR * width, 1.0)
+    soft = np.asarray(mask.filter(ImageFilter.GaussianBlur(radius / 2)), np.float32)[..., None] / 255
+    blurred = np.asarray(Image.fromarray(photo).filter(ImageFilter.GaussianBlur(radius)), np.float32)
+    return np.rint(photo * (1 - soft) + blurred * soft).astype(np.uint8)
+
+
 def square_mask(side: int, feather: float) -> np.ndarray:
     """[side, side] 1 inside, fading linearly to 0 over the outer `feather` of the half-width on every
     side (a square, not a disc: the chin sits near the bottom edge and must not fade)."""
