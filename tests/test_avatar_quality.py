@@ -374,6 +374,40 @@ def test_an_open_mouth_is_swept_shut_and_closes_and_opens_with_the_drivers():
     assert torch.equal(closed.rest, closed.p_avatar)
 
 
+class _SlowMouth(_LateMouth):
+    """A mouth that opens slowly all the way: 0.3 a step (3 units at the sweep's step 10)."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return 0.3 * max(0.0, dp[3])
+
+
+class _PeakedMouth(_LateMouth):
+    """A mouth that opens to 2 units at step 6 and closes again past it."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return max(0.0, 2.0 - abs(dp[3] - 6.0) / 3.0) if dp[3] > 0 else 0.0
+
+
+def test_a_jaw_that_opens_late_is_swept_further():
+    """A toothy smile read 3.4 units at the sweep's last step, still opening: every wider driver opening
+    clamped there (jawOpen r 0.59). Closed form: a jaw still opening at the sweep's end and short of
+    JAW_LATE there is read on to LATE_END, and a wide opening takes a step past the usual sweep; a jaw
+    that opens far enough, or peaks inside the sweep, keeps the usual sweep."""
+    from engines.method.correction import JAW_LATE, LATE_END, SWEEPS, Correction
+    end = max(SWEEPS["jawOpen"])
+    assert _SlowMouth.jaw(np.array([0, 0, 0, end, 0])) < JAW_LATE
+    fake = _SlowMouth()
+    slow = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    t, r = slow.curves[3]
+    assert t[-1] == LATE_END and r[-1] == pytest.approx(0.3 * LATE_END)
+    assert float(slow(torch.tensor([0.0, 0.0, 0.0, 3.9, 0.0]))[3]) == pytest.approx(13.0)
+    for usual, top in ((_LateMouth(), end), (_PeakedMouth(), 6)):
+        corr = Correction.measure(usual.A, usual.render, image_reader=usual.reader)
+        assert corr.curves[3][0][-1] == top
+
+
 def test_a_clip_that_starts_mid_word_drives_the_mouth_from_its_least_opening():
     """Closed form: the driver's first frame has its mouth open 0.4 and its head turned 1. Each
     blendshape's reference follows the least the driver has shown, so when the mouth shuts the avatar's

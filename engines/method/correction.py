@@ -49,6 +49,13 @@ SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jaw
 # at rest, 0.34 at -4, 0.06 at -10)
 SHUT_SWEEP = range(-12, 11)
 MOUTH_OPEN = 0.3
+# A jaw still opening at the sweep's last step and short of JAW_LATE there (the typical avatar's
+# response at step 7.5, TYPICAL_JAW) opens late: its curve is read again with the sweep run on to
+# LATE_END. A toothy smile read 0.17 jawOpen at step 10 (3.4 units) and 0.34 at 14, still a clean face;
+# every driver opening over ~0.3 clamped at step 10, and her jawOpen r on the wide-mouth selfie clip was
+# 0.59
+JAW_LATE = 4.0
+LATE_END = 14
 # An angle whose curve reaches under ROOM_SHORT normalised units one way (~9 degrees of yaw) and more
 # than ROOM the other moves its rest toward the other side, until the short side has ROOM (~11
 # degrees) or the other is down to it (room_shift). A bearded man whose hand on his head covers his
@@ -106,6 +113,12 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     r = np.maximum.accumulate(r)
     r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
     return t, r - np.interp(0.0, t, r)
+
+
+def opens_late(curve: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> bool:
+    """Whether a jaw curve (steps, response) peaks at its sweep's last step short of JAW_LATE."""
+    t, r = curve
+    return float(t[-1]) >= float(steps[-1]) and float(r[-1]) < JAW_LATE
 
 
 def mouth_is_open(p: np.ndarray, names: list[str]) -> bool:
@@ -167,16 +180,18 @@ class Correction:
     @torch.no_grad()
     def measure(cls, A, render: Callable[[torch.Tensor], torch.Tensor], step: float = 2.0,
                 probe: float = 4.0, spread=None, image_reader=None, reach: bool = True,
-                mouth_open: bool = False) -> "Correction | None":
+                mouth_open: bool = False, late: bool = False) -> "Correction | None":
         """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU;
         spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: the jaw is read
         at rest only, and no reach limit); reach: limit angles and jaw together (within_reach);
         image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode);
-        mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut.
+        mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut;
+        late: the jaw's sweep runs on to LATE_END (opens_late: measure calls itself so).
         None when the render at rest shows no face (a jaw context without one is left out)."""
         k = A.k
         m = k - 3
-        sweeps = {**SWEEPS, "jawOpen": SHUT_SWEEP} if mouth_open else SWEEPS
+        jaw_steps = SHUT_SWEEP if mouth_open else SWEEPS["jawOpen"]
+        sweeps = {**SWEEPS, "jawOpen": range(jaw_steps.start, LATE_END + 1) if late else jaw_steps}
         swept = {A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in sweeps.items()}
         jaw = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
         contexts = jaw_contexts(spread, k, jaw)
@@ -223,6 +238,8 @@ class Correction:
             else None
         if jaw not in curves:
             jaw_far = None
+        elif not late and opens_late(curves[jaw], swept[jaw]):
+            return cls.measure(A, render, step, probe, spread, image_reader, reach, mouth_open, late=True)
         return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far)
 
     def room_shift(self) -> torch.Tensor:
