@@ -17,10 +17,13 @@ from engines.method.align import crop_image
 
 DISPLAY_SCALE = 1.6    # the published frame spans this many generator squares
 FEATHER = 0.12         # the paste fades out over this outer share of the square's half-width
-# where the surroundings reach past a tightly cropped photo's edge: a blur of sigma FILL_BLUR x the
-# frame's side, reached over FILL_FEATHER x the side beyond the edge
-FILL_BLUR = 1 / 12
-FILL_FEATHER = 1 / 12
+# where the surroundings reach past a tightly cropped photo's edge, its edge pixels run on as stripes:
+# there they blur into the photo's colours, lightly within FILL_NEAR x the frame's side of the edge and
+# more as they go (sigma FILL_NEAR_BLUR, then FILL_BLUR x the side, reached FILL_FEATHER beyond it)
+FILL_NEAR = 1 / 64
+FILL_NEAR_BLUR = 1 / 24
+FILL_BLUR = 1 / 5
+FILL_FEATHER = 1 / 8
 
 
 # landmarks of the face's vertical midline (MediaPipe's mesh: forehead, nose bridge, nose tip, upper and
@@ -95,8 +98,8 @@ def face_square(size: int, scale: float) -> tuple[int, int]:
 def surroundings(photo: np.ndarray, box, scale: float, size: int) -> np.ndarray:
     """The photo around the generator's box (cx, cy, side): `scale` x its side, size x size uint8.
     Past the photo's edge (a portrait cropped at the shoulders: 17% of the frame for a 512-px
-    expression-database photo) the edge pixels run on as stripes; there they blur into a soft
-    continuation of the photo instead."""
+    expression-database photo; a head filling the photo: all four sides) the edge pixels run on as
+    stripes; there they blur into a soft continuation of the photo instead."""
     cx, cy, side = (float(v) for v in box)
     span = side * scale
     out = crop_image(photo, (cx, cy, span), size)
@@ -107,9 +110,13 @@ def surroundings(photo: np.ndarray, box, scale: float, size: int) -> np.ndarray:
     past = np.maximum(past_x[None, :], past_y[:, None]) * size / span   # frame pixels beyond the edge
     if not past.any():
         return out
-    weight = np.clip(past / (FILL_FEATHER * size), 0.0, 1.0)[..., None]
-    soft = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(FILL_BLUR * size)), np.float32)
-    return (out + (soft - out) * weight).round().astype(np.uint8)
+    out = out.astype(np.float32)
+    for blur, reach in ((FILL_NEAR_BLUR, FILL_NEAR), (FILL_BLUR, FILL_FEATHER)):
+        weight = np.clip(past / (reach * size), 0.0, 1.0)[..., None]
+        blurred = Image.fromarray(out.round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur * size))
+        soft = np.asarray(blurred, np.float32)
+        out = out + (soft - out) * weight
+    return out.round().astype(np.uint8)
 
 
 class Framer:
