@@ -456,6 +456,42 @@ def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():
     assert float(corr(motion.dp.clone())[0]) == pytest.approx(0.9 / 0.98 * 5)   # inside the curve, not its end
 
 
+class _NarrowOctant(_LateMouth):
+    """Loses its face past 2.25 sds (of the tuned requests below) turning right, pitching down and
+    rolling left at once; everywhere else it holds."""
+    sd = np.array([2.0, 1.5, 2.5])
+
+    def reading(self, r: np.ndarray):
+        u = r[:3] / self.sd
+        lost = u[0] > 0 and u[1] > 0 and u[2] < 0 and np.linalg.norm(u) > 2.25
+        return None if lost else super().reading(r)
+
+
+def test_an_avatar_that_loses_its_face_turning_one_way_is_held_within_its_reach_there():
+    """Lenna (turned and pitched) lost her face at 2.5 sds turning and pitching further with the head
+    rolled back: 8% of a clip's frames. Closed form: the octant whose renders lose the face past 2.25
+    sds reaches 2.0 (the last probe that kept one), the others REACH; a request of 2.4 sds there is
+    pulled inside 2.0, the same request in the opposite octant is left as it is, and the reach blends
+    smoothly as an angle changes sign."""
+    from engines.method.correction import OCTANTS, REACH, Correction
+    fake = _NarrowOctant()
+    corr = Correction.measure(fake.A, fake.render, spread=[2.0, 1.5, 2.5, 3.0, 2.0], image_reader=fake.reader)
+    bad = OCTANTS.index((1, 1, -1))
+    assert corr.octant_reach[bad] == 2.0
+    assert all(float(corr.octant_reach[o]) == REACH for o in range(len(OCTANTS)) if o != bad)
+    sd = torch.tensor(_NarrowOctant.sd, dtype=torch.float32)
+
+    def request(corner):
+        return torch.tensor([*(torch.tensor(corner) / 3 ** 0.5 * 2.4 * sd).tolist(), 0.0, 0.0])
+
+    def radius(dp):
+        return float((dp[:3] / sd).norm())
+    assert radius(corr(request((1.0, 1.0, -1.0)))) < 2.0
+    assert radius(corr(request((-1.0, -1.0, 1.0)))) == pytest.approx(2.4, abs=1e-4)
+    either = [corr.reach_of(torch.tensor([1.0, 1.0, roll])) for roll in (-1e-3, 1e-3)]
+    assert abs(either[0] - either[1]) < 0.01
+
+
 def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_together():
     """Closed form of the joint limit: angles inside KNEE of the reach pass unchanged; beyond, they
     shrink along their own direction, never past the reach; an opening jaw takes part of the reach,

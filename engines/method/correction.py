@@ -75,6 +75,13 @@ ROOM_MIN_MOVE = 0.15
 REACH = 3.0
 KNEE = 0.8
 ANGLE_FLOOR = 1.5
+# ... and an avatar's own reach, per octant of (yaw, pitch, roll): the angles are rendered along the
+# 8 diagonals at these radii (sds), once with the jaw at rest and once opening as far again, and an
+# octant reaches as far as its renders kept a face (REACH if all did, ANGLE_FLOOR if the first did
+# not). Lenna, turned 19 degrees and pitched 14, lost her face at 2.5 sds turning and pitching further
+# with the head rolled back: 8% of a clip's frames, which asked for 2.3-2.9 sds there, some with the
+# mouth open wide. 5 of 57 avatars measured here lose one before REACH with the jaw at rest
+REACH_PROBES = (2.0, 2.5, 3.0)
 # the jaw's curve is read at rest and in this many contexts (head angles and other expressions drawn at
 # CONTEXT_SD sds of the tuned requests, a fixed draw in mirrored pairs), and their mean response is
 # inverted. Read at rest alone, a mouth that opens late and steeply there stays shut once the head
@@ -175,6 +182,7 @@ class Correction:
     # (sd [K] of the requests G was tuned on, jawOpen's index) for within_reach, or None: no limit
     reach: tuple[torch.Tensor, int | None] | None = None
     jaw_far: JawFar | None = None   # the jaw's curve with the head far from rest (None: the mean curve alone)
+    octant_reach: torch.Tensor | None = None   # [8] the reach (sds) of each octant (octant_of); None: REACH
 
     @classmethod
     @torch.no_grad()
@@ -199,13 +207,16 @@ class Correction:
         sweeps = [_sweep(torch.zeros(k), i, ts) for i, ts in swept.items()]
         sweeps += [_sweep(c, jaw, swept[jaw]) for c in torch.cat([contexts, far])]
         e = torch.eye(k)[3:]
-        dps = torch.cat([torch.zeros(1, k), e * step, -e * step, e * probe, -e * probe, *sweeps])
+        limited = reach and spread is not None and len(spread) == k
+        probes = reach_probes(spread, k, jaw) if limited else torch.zeros(0, k)
+        dps = torch.cat([torch.zeros(1, k), e * step, -e * step, e * probe, -e * probe, *sweeps, probes])
         imgs = render(dps)
         with (image_reader or (lambda: MediaPipeNet3D("image")))() as reader:
             # a few at a time: the ~330 upsampled views at once (260 MB) took twice as long to make
             faces = [reader.read(a) for chunk in imgs.split(8) for a in to_uint8(net3d_view(chunk))]
         if faces[0] is None:
             return None
+        faces, probe_faces = faces[:len(faces) - len(probes)], faces[len(faces) - len(probes):]
         fixed = 1 + 4 * m + sum(len(t) for t in swept.values())
         p = _normalised(A, faces[:fixed])   # a render without a face: a row of nan
         p0 = p[0]
@@ -234,13 +245,24 @@ class Correction:
             if i >= 3:   # an expression with a curve: the curve decides how it moves
                 gates[:, i - 3] = True
         drift = head_drift(minus[:, :3], far_minus[:, :3], plus[:, :3], far_plus[:, :3], step, probe)
-        limit = (torch.as_tensor(spread, dtype=torch.float32), jaw) if reach and spread is not None and len(spread) == k \
-            else None
+        limit = (torch.as_tensor(spread, dtype=torch.float32), jaw) if limited else None
         if jaw not in curves:
             jaw_far = None
         elif not late and opens_late(curves[jaw], swept[jaw]):
             return cls.measure(A, render, step, probe, spread, image_reader, reach, mouth_open, late=True)
-        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far)
+        octants = octant_reach([f is not None for f in probe_faces]) if limited else None
+        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants)
+
+    def reach_of(self, dp: torch.Tensor) -> float:
+        """How far (sds) the angles of request dp may reach: the octants' reaches blended by its
+        direction (trilinear between the cube's corners: continuous as an angle changes sign)."""
+        if self.octant_reach is None or self.reach is None:
+            return REACH
+        u = dp[:3] / self.reach[0][:3]
+        u = u / u.abs().max().clamp(min=1e-6)                            # onto the cube: a diagonal is a corner
+        corners = torch.tensor(OCTANTS, dtype=torch.float32)            # [8, 3] of +-1
+        weights = ((1 + corners * u) / 2).prod(dim=1)                    # sum to 1
+        return float((weights * self.octant_reach).sum())
 
     def room_shift(self) -> torch.Tensor:
         """[3] how far (normalised units) to move each head angle's rest where one side reaches under
@@ -279,11 +301,11 @@ class Correction:
             if float(out[i]) != 0.0:  # no change requested stays no change
                 out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
         if far is None or request == 0.0:
-            return out if self.reach is None else within_reach(out, *self.reach)
+            return out if self.reach is None else within_reach(out, *self.reach, self.reach_of(out))
         near = float(out[far.index])
         out[far.index] = far.step(near, request, far.radius(out))
         if self.reach is not None:
-            out = within_reach(out, *self.reach)
+            out = within_reach(out, *self.reach, self.reach_of(out))
         # the angles the limit leaves decide the jaw's step (the limit saw a step a little larger)
         out[far.index] = far.step(near, request, far.radius(out))
         return out
@@ -299,6 +321,41 @@ def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
     contexts = draw * torch.as_tensor(spread, dtype=torch.float32) * CONTEXT_SD
     contexts[:, jaw] = 0.0
     return contexts
+
+
+OCTANTS = [(y, p, r) for y in (-1, 1) for p in (-1, 1) for r in (-1, 1)]
+
+
+def reach_probes(spread, k: int, jaw: int | None) -> torch.Tensor:
+    """[S x 8 x len(REACH_PROBES), K] requests along the diagonals of (yaw, pitch, roll), in sds, at
+    each probe radius, the expressions at rest; then (S = 2, with a jaw) the same with the jaw opening
+    as far as each angle moves, at the same radius in all four: set after set, octant after octant
+    (OCTANTS), radius after radius."""
+    sd = torch.as_tensor(spread, dtype=torch.float32)
+    rows = []
+    for opening in (False, True) if jaw is not None else (False,):
+        for corner in OCTANTS:
+            for radius in REACH_PROBES:
+                dp = torch.zeros(k)
+                direction = torch.tensor([*corner, 1.0] if opening else corner, dtype=torch.float32)
+                step = direction / direction.norm() * radius
+                dp[:3] = step[:3] * sd[:3]
+                if opening:
+                    dp[jaw] = step[3] * sd[jaw]
+                rows.append(dp)
+    return torch.stack(rows)
+
+
+def octant_reach(held: list[bool]) -> torch.Tensor:
+    """[8]: per octant, the largest probe radius up to which every probe of each set kept a face (REACH
+    when all did, ANGLE_FLOOR when the first did not), from reach_probes' renders."""
+    n = len(REACH_PROBES)
+    reach = []
+    for i in range(len(held) // n):
+        kept = held[i * n:(i + 1) * n]
+        first_lost = kept.index(False) if False in kept else n
+        reach.append(REACH if first_lost == n else REACH_PROBES[first_lost - 1] if first_lost else ANGLE_FLOOR)
+    return torch.tensor(reach).view(-1, len(OCTANTS)).min(dim=0).values
 
 
 def at_reach(contexts: torch.Tensor, spread) -> torch.Tensor:
@@ -384,11 +441,12 @@ def _context_responses(A, faces: list, jaw: int, t: np.ndarray, n: int) -> tuple
     return kept, out
 
 
-def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None) -> torch.Tensor:
+def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None, reach: float = REACH) -> torch.Tensor:
     """dp [K] (normalised requests) with its angles pulled toward 0, direction kept, so that angles and
-    an opening jaw together stay within REACH standard deviations `sd` [K] of the tuned requests."""
+    an opening jaw together stay within `reach` standard deviations `sd` [K] of the tuned requests."""
     opening = max(float(dp[jaw]), 0.0) / float(sd[jaw]) if jaw is not None else 0.0
-    budget = max(REACH ** 2 - opening ** 2, ANGLE_FLOOR ** 2) ** 0.5
+    floor = min(ANGLE_FLOOR, reach)
+    budget = max(reach ** 2 - opening ** 2, floor ** 2) ** 0.5
     m = float(angle_radius(dp, sd[:3]))
     start = KNEE * budget
     if m <= start:
