@@ -260,8 +260,7 @@ class Correction:
             return REACH
         u = dp[:3] / self.reach[0][:3]
         u = u / u.abs().max().clamp(min=1e-6)                            # onto the cube: a diagonal is a corner
-        corners = torch.tensor(OCTANTS, dtype=torch.float32)            # [8, 3] of +-1
-        weights = ((1 + corners * u) / 2).prod(dim=1)                    # sum to 1
+        weights = ((1 + _CORNERS * u) / 2).prod(dim=1)                   # sum to 1
         return float((weights * self.octant_reach).sum())
 
     def room_shift(self) -> torch.Tensor:
@@ -324,6 +323,7 @@ def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
 
 
 OCTANTS = [(y, p, r) for y in (-1, 1) for p in (-1, 1) for r in (-1, 1)]
+_CORNERS = torch.tensor(OCTANTS, dtype=torch.float32)                   # [8, 3] of +-1
 
 
 def reach_probes(spread, k: int, jaw: int | None) -> torch.Tensor:
@@ -350,11 +350,11 @@ def octant_reach(held: list[bool]) -> torch.Tensor:
     """[8]: per octant, the largest probe radius up to which every probe of each set kept a face (REACH
     when all did, ANGLE_FLOOR when the first did not), from reach_probes' renders."""
     n = len(REACH_PROBES)
+    by_first_lost = (ANGLE_FLOOR, *REACH_PROBES[:-1], REACH)   # the reach when probe i is the first lost
     reach = []
     for i in range(len(held) // n):
         kept = held[i * n:(i + 1) * n]
-        first_lost = kept.index(False) if False in kept else n
-        reach.append(REACH if first_lost == n else REACH_PROBES[first_lost - 1] if first_lost else ANGLE_FLOOR)
+        reach.append(by_first_lost[kept.index(False) if False in kept else n])
     return torch.tensor(reach).view(-1, len(OCTANTS)).min(dim=0).values
 
 

@@ -120,10 +120,8 @@ class MediaPipeNet3D:
         half as large again at each level (overlapping by half, so each face small enough for a level
         lies wholly inside one of its windows) are read until a level finds one."""
         faces = self.read_all(image)
-        h, w = image.shape[:2]
-        for level in range(1, WINDOW_LEVELS + 1):
-            side = max(h, w) >> level
-            if faces or side < MIN_WINDOW:
+        for side in _window_sides(image):
+            if faces:
                 break
             faces = _distinct(self._read_windows(image, side))
         return faces
@@ -131,11 +129,9 @@ class MediaPipeNet3D:
     def find_every(self, image: np.ndarray) -> list[FaceReading]:
         """Every face of a photo, largest first: the whole image's and those of windows at every level
         (find_all stops at the first level that finds one; a group photo holds faces of every size)."""
-        h, w = image.shape[:2]
         found = [(face, 0.0) for face in self.read_all(image)]
-        for level in range(1, WINDOW_LEVELS + 1):
-            if (max(h, w) >> level) >= MIN_WINDOW:
-                found += self._read_windows(image, max(h, w) >> level)
+        for side in _window_sides(image):
+            found += self._read_windows(image, side)
         return _distinct(found)
 
     def _read_windows(self, image: np.ndarray, side: int) -> list[tuple[FaceReading, float]]:
@@ -170,6 +166,12 @@ class MediaPipeNet3D:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _window_sides(image: np.ndarray) -> list[int]:
+    """The window sides of find_all's levels: 1/2, 1/4, ... of the longer side, down to MIN_WINDOW."""
+    longer = max(image.shape[:2])
+    return [longer >> level for level in range(1, WINDOW_LEVELS + 1) if longer >> level >= MIN_WINDOW]
 
 
 def _starts(length: int, side: int) -> list[int]:

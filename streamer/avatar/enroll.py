@@ -71,24 +71,23 @@ class Enroller(Inverter):
         """-> (box, crop, display, target, reading): locate's crop plus the photo around it, a face cut
         by the photo's left or right edge first made whole (mirror_half), the people around it blurred
         out of the display (others_hidden)."""
-        photo = self._whole_face(photo)
-        box, crop, target, reading = self.locate(photo, name)
-        display = surroundings(photo, box, DISPLAY_SCALE, DISPLAY_SIZE)
-        return box, crop, self._alone(display), target, reading
+        with MediaPipeNet3D("image", num_faces=4) as net3d:
+            photo = self._whole_face(photo, net3d)
+            box, crop, target, reading = self.locate(photo, name)
+            display = surroundings(photo, box, DISPLAY_SCALE, DISPLAY_SIZE)
+            return box, crop, self._alone(display, net3d), target, reading
 
     @staticmethod
-    def _whole_face(photo: np.ndarray) -> np.ndarray:
-        with MediaPipeNet3D("image", num_faces=4) as net3d:
-            faces = net3d.find_all(photo)
+    def _whole_face(photo: np.ndarray, net3d: MediaPipeNet3D) -> np.ndarray:
+        faces = net3d.find_all(photo)
         return mirror_half(photo, chosen_face(faces).landmarks) if faces else photo
 
     @staticmethod
-    def _alone(display: np.ndarray) -> np.ndarray:
+    def _alone(display: np.ndarray, net3d: MediaPipeNet3D) -> np.ndarray:
         """The display with every face but the avatar's (the one nearest its centre) blurred: in a group
         photo the neighbours stand in the published frame, and a reader that takes the largest face it
         sees (MediaPipe; a call's face tracker) could take theirs for the avatar's."""
-        with MediaPipeNet3D("image", num_faces=4) as net3d:
-            faces = net3d.find_every(display)
+        faces = net3d.find_every(display)
         if len(faces) < 2:
             return display
         middle = np.array(display.shape[1::-1]) / 2
