@@ -78,21 +78,25 @@ class Inverter:
             self.on_progress(stage, done, total)
 
     # -- 1. align ------------------------------------------------------------------------------
-    def locate(self, photo: np.ndarray, name: str = "photo"):
+    def locate(self, photo: np.ndarray, name: str = "photo", net3d: MediaPipeNet3D | None = None,
+               faces: list | None = None):
         """The face of `photo` to enroll (chosen_face) -> (box, crop uint8, target [1,3,R,R] in [-1,1], Net3D
-        reading)."""
-        with MediaPipeNet3D("image", num_faces=4) as net3d:
-            faces = net3d.find_all(photo)
-            if not faces:
-                raise UserError(f"no face found in {name}; use a photo with one clearly visible face")
-            face = chosen_face(faces)
-            if len(faces) > 1:
-                which = "the largest" if face is faces[0] else "the most frontal of the largest"
-                self.log(f"note: {len(faces)} faces in {name}; using {which}")
-            box = crop_box(face.landmarks, self.recipe)
-            crop = crop_image(photo, box, self.G.resolution)
-            target = from_uint8(crop)
-            reading = net3d.read(net3d_uint8(target))
+        reading). net3d: an open image-mode reader (default: one of its own); faces: find_all's faces of
+        this photo, when the caller has them already."""
+        if net3d is None:
+            with MediaPipeNet3D("image", num_faces=4) as own:
+                return self.locate(photo, name, own, faces)
+        faces = net3d.find_all(photo) if faces is None else faces
+        if not faces:
+            raise UserError(f"no face found in {name}; use a photo with one clearly visible face")
+        face = chosen_face(faces)
+        if len(faces) > 1:
+            which = "the largest" if face is faces[0] else "the most frontal of the largest"
+            self.log(f"note: {len(faces)} faces in {name}; using {which}")
+        box = crop_box(face.landmarks, self.recipe)
+        crop = crop_image(photo, box, self.G.resolution)
+        target = from_uint8(crop)
+        reading = net3d.read(net3d_uint8(target))
         if reading is None:
             raise UserError(f"the face in {name} is too small or unclear to read after alignment; "
                             "use a sharper, more frontal photo")

@@ -67,15 +67,20 @@ def test_photo_errors(tmp_path, engine):
         Enroller(engine.zoo, progress=False, log=lambda m: None).align(blank, "blank.png")
 
 
-def test_two_faces_use_the_largest_and_say_so(engine):
+def test_two_faces_use_the_largest_and_say_so(engine, monkeypatch):
+    """... searching the photo for faces once (a photo widened to mend a cut face is searched again)."""
+    from engines.method.net3d import MediaPipeNet3D
     face = np.asarray(Image.open(ASTRONAUT).convert("RGB"))[20:300, 100:380]
     canvas = np.full((300, 600, 3), 90, np.uint8)
     canvas[10:290, 0:280] = face                                             # the larger face, left
     canvas[50:250, 320:520] = np.asarray(Image.fromarray(face).resize((200, 200)))
-    said = []
+    said, searched = [], []
+    find_all = MediaPipeNet3D.find_all
+    monkeypatch.setattr(MediaPipeNet3D, "find_all", lambda self, img: searched.append(img.shape) or find_all(self, img))
     box, *_ = Enroller(engine.zoo, progress=False, log=said.append).align(canvas, "two.png")
     assert any("2 faces" in s and "largest" in s for s in said)
     assert box[0] < 280  # centred on the big face on the left
+    assert searched == [canvas.shape]
 
 
 def test_photo_is_enrolled_once_and_cached(engine, tmp_path, monkeypatch, pack):

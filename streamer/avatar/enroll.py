@@ -72,15 +72,12 @@ class Enroller(Inverter):
         by the photo's left or right edge first made whole (mirror_half), the people around it blurred
         out of the display (others_hidden)."""
         with MediaPipeNet3D("image", num_faces=4) as net3d:
-            photo = self._whole_face(photo, net3d)
-            box, crop, target, reading = self.locate(photo, name)
-            display = surroundings(photo, box, DISPLAY_SCALE, DISPLAY_SIZE)
+            faces = net3d.find_all(photo)
+            whole = mirror_half(photo, chosen_face(faces).landmarks) if faces else photo
+            # a widened photo is read again: its faces moved, and the cut one is whole now
+            box, crop, target, reading = self.locate(whole, name, net3d, faces if whole is photo else None)
+            display = surroundings(whole, box, DISPLAY_SCALE, DISPLAY_SIZE)
             return box, crop, self._alone(display, net3d), target, reading
-
-    @staticmethod
-    def _whole_face(photo: np.ndarray, net3d: MediaPipeNet3D) -> np.ndarray:
-        faces = net3d.find_all(photo)
-        return mirror_half(photo, chosen_face(faces).landmarks) if faces else photo
 
     @staticmethod
     def _alone(display: np.ndarray, net3d: MediaPipeNet3D) -> np.ndarray:
