@@ -253,13 +253,14 @@ def test_far_from_rest_the_jaw_takes_the_step_of_its_curve_in_far_contexts():
     assert float(corr(between)[3]) == pytest.approx((1 - w) * mean_step(2.0) + w * far_step(2.0), abs=1e-4)
 
     limited = Correction.measure(fake.A, fake.render, spread=sd, image_reader=fake.reader)
-    ask = beyond * torch.tensor([1.0, 1.0, 1.0, 0.5, 1.0])
+    wide = float(jf.curve[1][-1]) + 0.5             # an opening past the far curve's top: the angles give way
+    ask = beyond * torch.tensor([1.0, 1.0, 1.0, wide / 2.0, 1.0])
     out = limited(ask)
     left = np.linalg.norm(out.numpy()[:3] / sd[:3])
     assert left < np.linalg.norm(ask.numpy()[:3] / sd[:3]) - 0.3            # the limit pulled the angles in
     w = (left - jf.near) / (jf.far - jf.near)
     assert 0.1 < w < 0.9
-    assert float(out[3]) == pytest.approx((1 - w) * mean_step(1.0) + w * far_step(1.0), abs=1e-4)
+    assert float(out[3]) == pytest.approx((1 - w) * mean_step(wide) + w * far_step(wide), abs=1e-4)
 
 
 def test_head_drift_is_cancelled_only_where_it_stands_clear_of_the_readings_jitter():
@@ -393,13 +394,21 @@ class _PeakedMouth(_LateMouth):
 def test_a_jaw_that_opens_late_is_swept_further():
     """A toothy smile read 3.4 units at the sweep's last step, still opening: every wider driver opening
     clamped there (jawOpen r 0.59). Closed form: a jaw still opening at the sweep's end and short of
-    JAW_LATE there is read on to LATE_END, and a wide opening takes a step past the usual sweep; a jaw
-    that opens far enough, or peaks inside the sweep, keeps the usual sweep."""
+    JAW_LATE there is read on to LATE_END (only the steps it adds are rendered again), and a wide
+    opening takes a step past the usual sweep; a jaw that opens far enough, or peaks inside the sweep,
+    keeps the usual sweep."""
     from engines.method.correction import JAW_LATE, LATE_END, SWEEPS, Correction
     end = max(SWEEPS["jawOpen"])
     assert _SlowMouth.jaw(np.array([0, 0, 0, end, 0])) < JAW_LATE
     fake = _SlowMouth()
-    slow = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    rendered = []
+
+    def render(dps):
+        rendered.append(len(dps))
+        return fake.render(dps)
+
+    slow = Correction.measure(fake.A, render, image_reader=fake.reader)
+    assert len(rendered) == 2 and rendered[1] == LATE_END - end   # read again: only the new jaw steps
     t, r = slow.curves[3]
     assert t[-1] == LATE_END and r[-1] == pytest.approx(0.3 * LATE_END)
     assert float(slow(torch.tensor([0.0, 0.0, 0.0, 3.9, 0.0]))[3]) == pytest.approx(13.0)
@@ -513,6 +522,29 @@ def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_toget
     assert ANGLE_FLOOR * KNEE < norm(within_reach(wide, sd, 3)) <= ANGLE_FLOOR + 1e-5
     wide[3] = -8.0                                                    # a closing jaw takes nothing
     assert norm(within_reach(wide, sd, 3)) == pytest.approx(norm(out))
+
+
+def test_the_angles_give_way_to_the_jaw_only_where_its_curves_say_it_needs_them():
+    """An elderly man's jaw needs steps 10-14 (2.5-3.5 sds) to open, yet opens nearly as wide with the head
+    at the reach (far curve's top 3.44 against 4.18): counting his steps as distance pulled the angles to
+    ANGLE_FLOOR whenever the mouth opened, and his yaw r on the wide-mouth clip was 0.78. Closed form:
+    an opening the far curve reaches leaves the angles their whole reach; one past it leaves them the
+    radius where the blended tops still reach it, down to ANGLE_FLOOR; a jaw that opens no less far out
+    never takes room; without curves the step counts as distance, as before."""
+    from engines.method.correction import ANGLE_FLOOR, KNEE, REACH, JawFar, within_reach
+    sd = torch.tensor([2.0, 1.0, 3.0, 4.0])
+    far = JawFar(3, near=1.2, far=3.0, curve=(np.array([0.0, 14.0]), np.array([0.0, 3.0])), sd=sd[:3])
+    assert far.room(2.9, near_top=4.0) == np.inf and far.room(-1.0, near_top=4.0) == np.inf
+    assert far.room(3.5, near_top=4.0) == pytest.approx(1.2 + 0.5 * 1.8)
+    assert far.room(4.5, near_top=4.0) == pytest.approx(1.2)
+    assert far.room(5.0, near_top=2.5) == np.inf                 # opens as far out as near: nothing to gain
+    norm = lambda dp: float((dp[:3] / sd[:3]).norm())            # noqa: E731
+    turned = torch.tensor([6.0, -2.0, 6.0, 14.0])                # 4.1 sds of angles, the jaw 3.5 sds open
+    assert norm(within_reach(turned, sd, 3)) <= ANGLE_FLOOR + 1e-5                      # the step as distance
+    assert KNEE * REACH < norm(within_reach(turned, sd, 3, room=np.inf)) <= REACH + 1e-5
+    assert norm(within_reach(turned, sd, 3, room=2.1)) == pytest.approx(norm(within_reach(turned, sd, 3, 2.1, np.inf)))
+    assert norm(within_reach(turned, sd, 3, room=1.2)) <= ANGLE_FLOOR + 1e-5               # never under the floor
+    assert norm(within_reach(turned, sd, 3, room=1.2)) > KNEE * ANGLE_FLOOR
 
 
 def test_the_pack_records_where_g_was_tuned_and_the_reenactor_keeps_to_it(engine, astronaut_pack):

@@ -24,6 +24,7 @@ uses the same gate to keep the expression columns that still work.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -173,6 +174,17 @@ class JawFar:
         t, r = self.curve
         return (1 - w) * near_step + w * float(np.interp(request, r, t))
 
+    def room(self, request: float, near_top: float) -> float:
+        """How far (sds) the angles may reach while the jaw shows `request` (normalised): as far as the
+        tops of the near curve (its last response, near_top) and of this one, blended by radius as step
+        blends them, still reach it; inf when this one's does, or when the jaw opens no less far out."""
+        far_top = float(self.curve[1][-1])
+        if request <= far_top or far_top >= near_top:
+            return math.inf
+        if request >= near_top:
+            return self.near
+        return self.near + (near_top - request) / (near_top - far_top) * (self.far - self.near)
+
 
 @dataclass
 class Correction:
@@ -188,14 +200,24 @@ class Correction:
     @torch.no_grad()
     def measure(cls, A, render: Callable[[torch.Tensor], torch.Tensor], step: float = 2.0,
                 probe: float = 4.0, spread=None, image_reader=None, reach: bool = True,
-                mouth_open: bool = False, late: bool = False) -> "Correction | None":
+                mouth_open: bool = False) -> "Correction | None":
         """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU;
         spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: the jaw is read
         at rest only, and no reach limit); reach: limit angles and jaw together (within_reach);
         image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode);
-        mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut;
-        late: the jaw's sweep runs on to LATE_END (opens_late: measure calls itself so).
+        mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut.
         None when the render at rest shows no face (a jaw context without one is left out)."""
+        readings = _Readings(render, image_reader or (lambda: MediaPipeNet3D("image")))
+        first = cls._measure(A, readings, step, probe, spread, reach, mouth_open, late=False)
+        # a jaw that opens late is swept on (opens_late): only its new steps are rendered
+        return cls._measure(A, readings, step, probe, spread, reach, mouth_open, late=True) \
+            if first is _LATE else first
+
+    @classmethod
+    def _measure(cls, A, readings: "_Readings", step: float, probe: float, spread, reach: bool,
+                 mouth_open: bool, late: bool):
+        """measure's work with the jaw swept to LATE_END when `late`; _LATE when not late and the jaw
+        opens late."""
         k = A.k
         m = k - 3
         jaw_steps = SHUT_SWEEP if mouth_open else SWEEPS["jawOpen"]
@@ -210,10 +232,7 @@ class Correction:
         limited = reach and spread is not None and len(spread) == k
         probes = reach_probes(spread, k, jaw) if limited else torch.zeros(0, k)
         dps = torch.cat([torch.zeros(1, k), e * step, -e * step, e * probe, -e * probe, *sweeps, probes])
-        imgs = render(dps)
-        with (image_reader or (lambda: MediaPipeNet3D("image")))() as reader:
-            # a few at a time: the ~330 upsampled views at once (260 MB) took twice as long to make
-            faces = [reader.read(a) for chunk in imgs.split(8) for a in to_uint8(net3d_view(chunk))]
+        faces = readings(dps)
         if faces[0] is None:
             return None
         faces, probe_faces = faces[:len(faces) - len(probes)], faces[len(faces) - len(probes):]
@@ -249,7 +268,7 @@ class Correction:
         if jaw not in curves:
             jaw_far = None
         elif not late and opens_late(curves[jaw], swept[jaw]):
-            return cls.measure(A, render, step, probe, spread, image_reader, reach, mouth_open, late=True)
+            return _LATE
         octants = octant_reach([f is not None for f in probe_faces]) if limited else None
         return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants)
 
@@ -304,7 +323,8 @@ class Correction:
         near = float(out[far.index])
         out[far.index] = far.step(near, request, far.radius(out))
         if self.reach is not None:
-            out = within_reach(out, *self.reach, self.reach_of(out))
+            room = far.room(request, float(self.curves[far.index][1][-1]))
+            out = within_reach(out, *self.reach, self.reach_of(out), room)
         # the angles the limit leaves decide the jaw's step (the limit saw a step a little larger)
         out[far.index] = far.step(near, request, far.radius(out))
         return out
@@ -420,6 +440,28 @@ def head_drift(minus: np.ndarray, far_minus: np.ndarray, plus: np.ndarray, far_p
     return torch.as_tensor(np.stack([slope(minus, far_minus), -slope(plus, far_plus)]), dtype=torch.float32)
 
 
+_LATE = object()   # _measure's answer for a jaw that opens late
+
+
+class _Readings:
+    """The reader's faces on the avatar's renders of requests dp, kept by request, so that measuring
+    again with a longer jaw sweep renders and reads only the requests not read before."""
+
+    def __init__(self, render: Callable[[torch.Tensor], torch.Tensor], open_reader: Callable):
+        self.render, self.open_reader, self.faces = render, open_reader, {}
+
+    def __call__(self, dps: torch.Tensor) -> list:
+        keys = [tuple(row.tolist()) for row in dps]
+        new = [i for i, key in enumerate(keys) if key not in self.faces]
+        if new:
+            imgs = self.render(dps[new])
+            with self.open_reader() as reader:
+                # a few at a time: the ~330 upsampled views at once (260 MB) took twice as long to make
+                faces = [reader.read(a) for chunk in imgs.split(8) for a in to_uint8(net3d_view(chunk))]
+            self.faces.update((keys[i], face) for i, face in zip(new, faces))
+        return [self.faces[key] for key in keys]
+
+
 def _sweep(context: torch.Tensor, i: int, ts: np.ndarray) -> torch.Tensor:
     rows = context.repeat(len(ts), 1)
     rows[:, i] += torch.as_tensor(ts, dtype=torch.float32)
@@ -441,12 +483,16 @@ def _context_responses(A, faces: list, jaw: int, t: np.ndarray, n: int) -> tuple
     return kept, out
 
 
-def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None, reach: float = REACH) -> torch.Tensor:
+def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None, reach: float = REACH,
+                 room: float | None = None) -> torch.Tensor:
     """dp [K] (normalised requests) with its angles pulled toward 0, direction kept, so that angles and
-    an opening jaw together stay within `reach` standard deviations `sd` [K] of the tuned requests."""
-    opening = max(float(dp[jaw]), 0.0) / float(sd[jaw]) if jaw is not None else 0.0
-    floor = min(ANGLE_FLOOR, reach)
-    budget = max(reach ** 2 - opening ** 2, floor ** 2) ** 0.5
+    an opening jaw together stay within `reach` standard deviations `sd` [K] of the tuned requests.
+    room: how far (sds) the angles may reach with the jaw as it is asked to open, from this avatar's
+    jaw curves (JawFar.room); None: the jaw's step counts as a distance, in sds, like an angle's."""
+    if room is None:
+        opening = max(float(dp[jaw]), 0.0) / float(sd[jaw]) if jaw is not None else 0.0
+        room = max(reach ** 2 - opening ** 2, 0.0) ** 0.5
+    budget = max(min(reach, room), min(ANGLE_FLOOR, reach))
     m = float(angle_radius(dp, sd[:3]))
     start = KNEE * budget
     if m <= start:
