@@ -529,8 +529,8 @@ def test_the_angles_give_way_to_the_jaw_only_where_its_curves_say_it_needs_them(
     at the reach (far curve's top 3.44 against 4.18): counting his steps as distance pulled the angles to
     ANGLE_FLOOR whenever the mouth opened, and his yaw r on the wide-mouth clip was 0.78. Closed form:
     an opening the far curve reaches leaves the angles their whole reach; one past it leaves them the
-    radius where the blended tops still reach it, down to ANGLE_FLOOR; a jaw that opens no less far out
-    never takes room; without curves the step counts as distance, as before."""
+    radius where the blended tops still reach it, but never less than the step counted as distance
+    leaves them, nor ANGLE_FLOOR; a jaw that opens no less far out never takes room."""
     from engines.method.correction import ANGLE_FLOOR, KNEE, REACH, JawFar, within_reach
     sd = torch.tensor([2.0, 1.0, 3.0, 4.0])
     far = JawFar(3, near=1.2, far=3.0, curve=(np.array([0.0, 14.0]), np.array([0.0, 3.0])), sd=sd[:3])
@@ -545,6 +545,9 @@ def test_the_angles_give_way_to_the_jaw_only_where_its_curves_say_it_needs_them(
     assert norm(within_reach(turned, sd, 3, room=2.1)) == pytest.approx(norm(within_reach(turned, sd, 3, 2.1, np.inf)))
     assert norm(within_reach(turned, sd, 3, room=1.2)) <= ANGLE_FLOOR + 1e-5               # never under the floor
     assert norm(within_reach(turned, sd, 3, room=1.2)) > KNEE * ANGLE_FLOOR
+    ajar = turned * torch.tensor([1.0, 1.0, 1.0, 4.0 / 14.0])   # the jaw 1 sd open: the distance leaves sqrt(8)
+    assert norm(within_reach(ajar, sd, 3, room=1.2)) == pytest.approx(norm(within_reach(ajar, sd, 3)))
+    assert KNEE * np.sqrt(8) < norm(within_reach(ajar, sd, 3)) <= np.sqrt(8) + 1e-5
 
 
 def test_the_pack_records_where_g_was_tuned_and_the_reenactor_keeps_to_it(engine, astronaut_pack):

@@ -487,12 +487,12 @@ def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None, reach: flo
                  room: float | None = None) -> torch.Tensor:
     """dp [K] (normalised requests) with its angles pulled toward 0, direction kept, so that angles and
     an opening jaw together stay within `reach` standard deviations `sd` [K] of the tuned requests.
-    room: how far (sds) the angles may reach with the jaw as it is asked to open, from this avatar's
-    jaw curves (JawFar.room); None: the jaw's step counts as a distance, in sds, like an angle's."""
-    if room is None:
-        opening = max(float(dp[jaw]), 0.0) / float(sd[jaw]) if jaw is not None else 0.0
-        room = max(reach ** 2 - opening ** 2, 0.0) ** 0.5
-    budget = max(min(reach, room), min(ANGLE_FLOOR, reach))
+    The jaw's step counts as a distance, in sds, like an angle's; room: how far (sds) this avatar's
+    jaw curves say the angles may reach with the jaw as it is asked to open (JawFar.room), where that
+    is further."""
+    opening = max(float(dp[jaw]), 0.0) / float(sd[jaw]) if jaw is not None else 0.0
+    allowed = max(max(reach ** 2 - opening ** 2, 0.0) ** 0.5, room or 0.0)
+    budget = max(min(reach, allowed), min(ANGLE_FLOOR, reach))
     m = float(angle_radius(dp, sd[:3]))
     start = KNEE * budget
     if m <= start:
