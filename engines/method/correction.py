@@ -72,7 +72,9 @@ ROOM_MIN_MOVE = 0.15
 # how far (in standard deviations of the requests the avatar's G was tuned on) a frame's head angles and
 # its opening jaw may reach together: past it a turned, tilted head with an open mouth is a combination G
 # never saw, and the mouth stays shut (Mona Lisa mirrored, widemouth clip: jawOpen r 0.51). The angles
-# give way, smoothly from KNEE of the reach; they keep at least ANGLE_FLOOR sds.
+# give way, smoothly from KNEE of the reach; they keep at least ANGLE_FLOOR sds, and more where the jaw's
+# curves show it opens as wide with the head far out (JawFar.room: a jaw that needs steps 10-14 to open
+# counted as 2.5-3.5 sds of distance, and three elderly faces' yaw r fell to 0.75-0.79 on that clip)
 REACH = 3.0
 KNEE = 0.8
 ANGLE_FLOOR = 1.5
