@@ -465,6 +465,60 @@ def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():
     assert float(corr(motion.dp.clone())[0]) == pytest.approx(0.9 / 0.98 * 5)   # inside the curve, not its end
 
 
+class _TurnOpensMouth(_LateMouth):
+    """Reads its jaw one to one, plus 0.4 per step of yaw to the right (a turned 64-px face reads as a
+    mouth opening), and 0.08 per step to the left (under JAW_DRIFT_FLOOR at the sweep's end: jitter)."""
+
+    def reading(self, r: np.ndarray):
+        shown = r[3] + 0.4 * max(r[0], 0.0) + 0.08 * max(-r[0], 0.0)
+        return SimpleNamespace(p=np.array([*r[:3], shown, r[4]]))
+
+
+def test_what_a_turn_adds_to_the_jaw_reading_is_taken_off_the_jaw_request():
+    """Closed form: the yaw sweep finds the right side's 0.4 a step (kept) and not the left's 0.08
+    (2 x 0.4 at its end: under the floor); a request then shows the jaw reading asked for, with the
+    head turned right or not, also where the reach limit pulls the angles in first (the jaw's step
+    is taken at the angles the limit leaves); turned left, or with the open-loop guards off (head-pose
+    feedback), the request passes as it came."""
+    from engines.method.correction import JAW_DRIFT_FLOOR, Correction
+    fake = _TurnOpensMouth()
+    assert 5 * 0.08 < JAW_DRIFT_FLOOR < 5 * 0.4
+    for spread in (None, [2.0, 1.5, 2.5, 3.0, 2.0]):
+        corr = Correction.measure(fake.A, fake.render, spread=spread, image_reader=fake.reader)
+        t, along = corr.jaw_drift.along[0]
+        assert list(corr.jaw_drift.along) == [0] and np.allclose(along, 0.4 * np.maximum(t, 0.0))
+        for yaw, jaw in ((3.0, 2.0), (4.5, 1.0), (0.0, 2.0), (2.0, 0.0)):
+            out = corr(torch.tensor([yaw, 0.0, 0.0, jaw, 0.0])).numpy()
+            assert fake.reading(out).p[3] == pytest.approx(jaw, abs=1e-4), (spread, yaw, jaw, out)
+        left = corr(torch.tensor([-3.0, 0.0, 0.0, 2.0, 0.0]))
+        assert float(left[3]) == pytest.approx(2.0, abs=1e-4)
+    far = corr(torch.tensor([8.0, 0.0, 0.0, 6.0, 0.0])).numpy()     # 4 sds of yaw: pulled in by the limit
+    assert far[0] < 8.0 and fake.reading(far).p[3] == pytest.approx(6.0, abs=1e-4)
+    # under head-pose feedback (open-loop guards off) the jaw's request is left as it came
+    steered = Correction.measure(fake.A, fake.render, spread=spread, reach=False, image_reader=fake.reader)
+    assert steered.jaw_drift is None
+
+
+class _TurnShowsMouth(_LateMouth):
+    """A turn to the right shows 0.4 a step of opening that the jaw cannot close over: the reading is
+    the larger of the jaw's one-to-one opening and the turn's."""
+
+    def reading(self, r: np.ndarray):
+        return SimpleNamespace(p=np.array([*r[:3], max(r[3], 0.4 * max(r[0], 0.0)), r[4]]))
+
+
+def test_a_turn_the_jaw_cannot_close_over_is_left_as_it_reads():
+    """Closed form: the yaw sweep finds the same 0.4 a step as above, but the check renders show that
+    taking it off only shrinks an opening (asked 3 with the head 3 steps right, it would show 1.8):
+    none of it is kept, and the jaw's request passes as it came."""
+    from engines.method.correction import Correction
+    fake = _TurnShowsMouth()
+    corr = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    assert corr.jaw_drift is None
+    out = corr(torch.tensor([3.0, 0.0, 0.0, 3.0, 0.0])).numpy()
+    assert out[3] == pytest.approx(3.0, abs=1e-4) and fake.reading(out).p[3] == pytest.approx(3.0, abs=1e-4)
+
+
 class _NarrowOctant(_LateMouth):
     """Loses its face past 2.25 sds (of the tuned requests below) turning right, pitching down and
     rolling left at once; everywhere else it holds."""

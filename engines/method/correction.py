@@ -99,6 +99,20 @@ CONTEXT_SEED = 0
 # for a step between the two curves', by its own angles (JawFar): with the head turned and tilted ~3
 # sds, Obama's 96-px avatar needed half as much again to open its mouth as its mean curve gave (jawOpen
 # r 0.24 on the wide-mouth clip)
+# A head turning on a 64-px render reads as a mouth opening: the astronaut's, Obama's and a small
+# portrait's jawOpen read +0.9 to +2.2 normalised units (0.06-0.14 raw) at yaw steps +-3 and up to 3.5 at
+# +-5 with the jaw at rest, which a clip turning the head while it talks sees as its mouth moving. What
+# each angle's sweep adds to the jaw's reading is taken off the jaw's request (JawDrift), on a side
+# whose farthest render moved it at least this much (units)
+JAW_DRIFT_FLOOR = 0.5
+# ... by the share of it that shows the jaw best: on a small portrait with glasses a closed mouth
+# turned 4 steps read +1.98 and could be closed to +1.22 at most, and taking all of it off cost him jawOpen
+# r 0.59 -> 0.53 on the bundled wide-mouth clip (the astronaut and Obama gained 0.06-0.07); each side
+# is rendered at these steps with the jaw asked for rest and JAW_CHECK_OPEN units, each share taken
+# off, and the share whose readings come closest is kept
+JAW_DRIFT_SHARES = (0.0, 0.5, 1.0)
+JAW_CHECK_STEPS = (3.0, 5.0)
+JAW_CHECK_OPEN = 3.0
 # the median jaw curve (steps, response) of the 37 portraits and variants measured on 2026-12-03 (their
 # quartiles at a response of 3: steps 4.1-8.1), for a jaw this avatar's renders do not let the reader
 # measure (blind_jaw)
@@ -189,6 +203,63 @@ class JawFar:
 
 
 @dataclass
+class JawDrift:
+    """How far the head angles' steps alone move the jaw's reading (JAW_DRIFT_FLOOR)."""
+    index: int                                           # jawOpen's
+    along: dict[int, tuple[np.ndarray, np.ndarray]]      # angle -> (its steps, the jaw reading's change)
+
+    def __call__(self, out: torch.Tensor) -> float:
+        """The change in the jaw's reading that request out's angle steps add (each angle's, summed)."""
+        return float(sum(np.interp(float(out[i]), t, c) for i, (t, c) in self.along.items()))
+
+
+def checked_drift(A, readings: "_Readings", p0: np.ndarray, jaw_curve, drift: JawDrift) -> JawDrift | None:
+    """drift with each side of each angle scaled by the share (JAW_DRIFT_SHARES) of it that, taken off
+    the jaw's request, shows the jaw readings wanted (0 and JAW_CHECK_OPEN) best at that side's
+    JAW_CHECK_STEPS; None when no side keeps any."""
+    t, r = jaw_curve
+    wanted = np.array([0.0, min(JAW_CHECK_OPEN, 0.6 * float(r[-1]))])
+    along = {}
+    for i, (steps, d) in drift.along.items():
+        d = d.copy()
+        for sign in (-1.0, 1.0):
+            at = sign * np.asarray(JAW_CHECK_STEPS, np.float64)
+            off = np.interp(at, steps, d)
+            if not off.any():
+                continue
+            errors = [_jaw_error(A, readings, p0, drift.index, i, at, np.interp(wanted[:, None] - g * off, r, t),
+                                 wanted) for g in JAW_DRIFT_SHARES]
+            d[np.sign(steps) == sign] *= JAW_DRIFT_SHARES[int(np.argmin(errors))]
+        if d.any():
+            along[i] = (steps, d)
+    return JawDrift(drift.index, along) if along else None
+
+
+def _jaw_error(A, readings, p0, jaw: int, i: int, at: np.ndarray, jaw_steps: np.ndarray, wanted: np.ndarray) -> float:
+    """Summed |jaw reading - wanted| over renders with angle i at each of `at` and the jaw at jaw_steps
+    [wanted, at] (inf where one shows no face)."""
+    dps = torch.zeros(jaw_steps.size, A.k)
+    dps[:, i] = torch.as_tensor(np.broadcast_to(at, jaw_steps.shape).ravel(), dtype=torch.float32)
+    dps[:, jaw] = torch.as_tensor(jaw_steps.ravel(), dtype=torch.float32)
+    shown = _normalised(A, readings(dps))[:, jaw] - p0[jaw]
+    err = np.abs(shown - np.repeat(wanted, len(at))).sum()
+    return float(err) if np.isfinite(err) else math.inf
+
+
+def angle_jaw_drift(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, jaw reading change) along one angle's sweep (t, v: the readings within its seen stretch),
+    each side kept where its farthest render moved the reading at least JAW_DRIFT_FLOOR, and made to
+    grow outward in that sign (a reading jitters by 0.1-0.3 units); None where neither side is kept."""
+    z = int(np.argmin(np.abs(t)))
+    out = np.zeros(len(t))
+    for side in (np.arange(z + 1, len(t)), np.arange(z - 1, -1, -1)):   # outward from rest
+        if len(side) and abs(v[side[-1]]) >= JAW_DRIFT_FLOOR:
+            sign = np.sign(v[side[-1]])
+            out[side] = sign * np.maximum.accumulate(np.maximum(sign * v[side], 0.0))
+    return (t, out) if out.any() else None
+
+
+@dataclass
 class Correction:
     curves: dict[int, tuple[np.ndarray, np.ndarray]]   # parameter -> (steps t, monotone response)
     drift: torch.Tensor      # [2, 3, K-3]: head-angle drift per unit of each expression, - and + senses
@@ -197,6 +268,7 @@ class Correction:
     reach: tuple[torch.Tensor, int | None] | None = None
     jaw_far: JawFar | None = None   # the jaw's curve with the head far from rest (None: the mean curve alone)
     octant_reach: torch.Tensor | None = None   # [8] the reach (sds) of each octant (octant_of); None: REACH
+    jaw_drift: "JawDrift | None" = None   # what the angles alone add to the jaw's reading (None: nothing clear)
 
     @classmethod
     @torch.no_grad()
@@ -205,7 +277,8 @@ class Correction:
                 mouth_open: bool = False) -> "Correction | None":
         """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU;
         spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: the jaw is read
-        at rest only, and no reach limit); reach: limit angles and jaw together (within_reach);
+        at rest only, and no reach limit); reach: the open-loop guards: angles and jaw limited together
+        (within_reach), and what the angles add to the jaw's reading taken off (JawDrift);
         image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode);
         mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut.
         None when the render at rest shows no face (a jaw context without one is left out)."""
@@ -243,9 +316,11 @@ class Correction:
         p0 = p[0]
         plus, minus = p[1:1 + m] - p0, p[1 + m:1 + 2 * m] - p0
         far_plus, far_minus = p[1 + 2 * m:1 + 3 * m] - p0, p[1 + 3 * m:1 + 4 * m] - p0
-        at, curves, jaw_far = 1 + 4 * m, {}, None
+        at, curves, jaw_far, jaw_along, blind = 1 + 4 * m, {}, None, {}, False
         for i, t in swept.items():
             r = p[at:at + len(t), i] - p0[i]
+            if i < 3 and jaw is not None:
+                jaw_along[i] = seen_stretch(t, p[at:at + len(t), jaw] - p0[jaw])
             at += len(t)
             if i == jaw and len(contexts):
                 n = len(contexts) * len(t)
@@ -256,7 +331,7 @@ class Correction:
             seen, r = seen_stretch(t, r)
             curve = response_curve(seen, r)
             if curve is None and i == jaw and seen[-1] > 0:
-                curve, jaw_far = blind_jaw(seen), None   # its far curve is as blind
+                curve, jaw_far, blind = blind_jaw(seen), None, True   # its far curve is as blind
             if curve is not None:
                 curves[i] = curve
         own = np.arange(m), np.arange(3, k)
@@ -272,7 +347,15 @@ class Correction:
         elif not late and opens_late(curves[jaw], swept[jaw]):
             return _LATE
         octants = octant_reach([f is not None for f in probe_faces]) if limited else None
-        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants)
+        # what the angles alone add to the jaw's reading: not for a blind jaw (its readings say nothing),
+        # an open one (driven from shut, where a turn does not add what it adds to the open rest), nor
+        # under head-pose feedback (reach off: it steers the angles past the sweeps, and there a jaw
+        # closed against the turn hid a third of the turn from its reader: the astronaut shown 8.4
+        # degrees of a 12.2-degree turn, 10.8 without)
+        along = {} if not reach or jaw not in curves or blind or mouth_open else \
+            {i: c for i, (t, v) in jaw_along.items() if (c := angle_jaw_drift(t, v)) is not None}
+        jaw_drift = checked_drift(A, readings, p0, curves[jaw], JawDrift(jaw, along)) if along else None
+        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants, jaw_drift)
 
     def reach_of(self, dp: torch.Tensor) -> float:
         """How far (sds) the angles of request dp may reach: the octants' reaches blended by its
@@ -315,21 +398,41 @@ class Correction:
         ex[~(self.gates[1] | (ex <= 0))] = 0.0           # senses that do not move this avatar: off
         ex[~(self.gates[0] | (ex >= 0))] = 0.0
         out[:3] = out[:3] + self.drift[0] @ ex.clamp(max=0) + self.drift[1] @ ex.clamp(min=0)
-        far = self.jaw_far
-        request = 0.0 if far is None else float(out[far.index])   # before the curves turn it into a step
+        jaw = self.jaw_index()
+        wanted = 0.0 if jaw is None else float(out[jaw])   # the jaw's reading asked for, before its curve
         for i, (t, r) in self.curves.items():
-            if float(out[i]) != 0.0:  # no change requested stays no change
+            if i != jaw and float(out[i]) != 0.0:  # no change requested stays no change
                 out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
-        if far is None or request == 0.0:
+        if jaw is None:
             return out if self.reach is None else within_reach(out, *self.reach, self.reach_of(out))
-        near = float(out[far.index])
-        out[far.index] = far.step(near, request, far.radius(out))
-        if self.reach is not None:
-            room = far.room(request, float(self.curves[far.index][1][-1]))
-            out = within_reach(out, *self.reach, self.reach_of(out), room)
+        out[jaw] = self._jaw_step(wanted, out)
+        if self.reach is None:
+            return out
+        far = self.jaw_far
+        room = None if far is None or wanted == 0.0 else far.room(wanted, float(self.curves[jaw][1][-1]))
+        out = within_reach(out, *self.reach, self.reach_of(out), room)
         # the angles the limit leaves decide the jaw's step (the limit saw a step a little larger)
-        out[far.index] = far.step(near, request, far.radius(out))
+        out[jaw] = self._jaw_step(wanted, out)
         return out
+
+    def jaw_index(self) -> int | None:
+        """jawOpen's index when it has a curve, else None."""
+        for known in (self.jaw_far, self.jaw_drift):
+            if known is not None:
+                return known.index
+        return self.reach[1] if self.reach is not None and self.reach[1] in self.curves else None
+
+    def _jaw_step(self, wanted: float, out: torch.Tensor) -> float:
+        """The jaw's step that shows `wanted` with request out's angle steps: what the angles add to the
+        reading (jaw_drift) is taken off first, then the jaw's curves (near, and far by the angles'
+        radius) give the step."""
+        request = wanted - (0.0 if self.jaw_drift is None else self.jaw_drift(out))
+        if request == 0.0:
+            return 0.0
+        t, r = self.curves[self.jaw_index()]
+        near = float(np.interp(request, r, t))
+        far = self.jaw_far
+        return near if far is None else far.step(near, request, far.radius(out))
 
 
 def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:

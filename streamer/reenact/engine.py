@@ -222,8 +222,8 @@ class AvatarReenactor:
             self.avatar_img = self._render(self._latent(torch.zeros(k)))
         self.guard = OutputGuard(self._small)
         if engine.zoo.reads_own_output:   # both read the avatar's renders with MediaPipe
-            # with head-pose feedback on, the shown angles are measured and steered: the reach limit (an
-            # open-loop guard) would cap what the feedback asks for, so it is left off
+            # with head-pose feedback on, the shown angles are measured and steered: the open-loop guards
+            # (the reach limit would cap what the feedback asks for) are left off
             spread, reach = tuned_spread(pack, engine.zoo.recipe.tuning, self.A), feedback_every == 0
             self.correction = engine.per_pack.get(
                 pack, ("correction", None if spread is None else tuple(spread), reach),
