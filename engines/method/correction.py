@@ -205,7 +205,6 @@ class JawFar:
 @dataclass
 class JawDrift:
     """How far the head angles' steps alone move the jaw's reading (JAW_DRIFT_FLOOR)."""
-    index: int                                           # jawOpen's
     along: dict[int, tuple[np.ndarray, np.ndarray]]      # angle -> (its steps, the jaw reading's change)
 
     def __call__(self, out: torch.Tensor) -> float:
@@ -213,8 +212,9 @@ class JawDrift:
         return float(sum(np.interp(float(out[i]), t, c) for i, (t, c) in self.along.items()))
 
 
-def checked_drift(A, readings: "_Readings", p0: np.ndarray, jaw_curve, drift: JawDrift) -> JawDrift | None:
-    """drift with each side of each angle scaled by the share (JAW_DRIFT_SHARES) of it that, taken off
+def checked_drift(A, readings: "_Readings", p0: np.ndarray, jaw: int, jaw_curve,
+                  drift: JawDrift) -> JawDrift | None:
+    """drift (of jawOpen, index jaw) with each side of each angle scaled by the share (JAW_DRIFT_SHARES) of it that, taken off
     the jaw's request, shows the jaw readings wanted (0 and JAW_CHECK_OPEN) best at that side's
     JAW_CHECK_STEPS; None when no side keeps any."""
     t, r = jaw_curve
@@ -227,12 +227,12 @@ def checked_drift(A, readings: "_Readings", p0: np.ndarray, jaw_curve, drift: Ja
             off = np.interp(at, steps, d)
             if not off.any():
                 continue
-            errors = [_jaw_error(A, readings, p0, drift.index, i, at, np.interp(wanted[:, None] - g * off, r, t),
+            errors = [_jaw_error(A, readings, p0, jaw, i, at, np.interp(wanted[:, None] - g * off, r, t),
                                  wanted) for g in JAW_DRIFT_SHARES]
             d[np.sign(steps) == sign] *= JAW_DRIFT_SHARES[int(np.argmin(errors))]
         if d.any():
             along[i] = (steps, d)
-    return JawDrift(drift.index, along) if along else None
+    return JawDrift(along) if along else None
 
 
 def _jaw_error(A, readings, p0, jaw: int, i: int, at: np.ndarray, jaw_steps: np.ndarray, wanted: np.ndarray) -> float:
@@ -269,6 +269,7 @@ class Correction:
     jaw_far: JawFar | None = None   # the jaw's curve with the head far from rest (None: the mean curve alone)
     octant_reach: torch.Tensor | None = None   # [8] the reach (sds) of each octant (octant_of); None: REACH
     jaw_drift: "JawDrift | None" = None   # what the angles alone add to the jaw's reading (None: nothing clear)
+    jaw: int | None = None   # jawOpen's index where it has a curve (None: it has none, or there is no jaw)
 
     @classmethod
     @torch.no_grad()
@@ -354,8 +355,9 @@ class Correction:
         # degrees of a 12.2-degree turn, 10.8 without)
         along = {} if not reach or jaw not in curves or blind or mouth_open else \
             {i: c for i, (t, v) in jaw_along.items() if (c := angle_jaw_drift(t, v)) is not None}
-        jaw_drift = checked_drift(A, readings, p0, curves[jaw], JawDrift(jaw, along)) if along else None
-        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants, jaw_drift)
+        jaw_drift = checked_drift(A, readings, p0, jaw, curves[jaw], JawDrift(along)) if along else None
+        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants, jaw_drift,
+                   jaw if jaw in curves else None)
 
     def reach_of(self, dp: torch.Tensor) -> float:
         """How far (sds) the angles of request dp may reach: the octants' reaches blended by its
@@ -384,12 +386,11 @@ class Correction:
 
     def shut_reading(self, A, p: np.ndarray) -> float | None:
         """The lowest jawOpen reading the jaw's curve reaches from the avatar's rest p (None: no curve)."""
-        j = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
-        if j not in self.curves:
+        if self.jaw is None:
             return None
         low = A.normalise(torch.as_tensor(p, dtype=torch.float32))
-        low[j] += float(self.curves[j][1][0])
-        return float(A.denormalise(low)[j])
+        low[self.jaw] += float(self.curves[self.jaw][1][0])
+        return float(A.denormalise(low)[self.jaw])
 
     def __call__(self, dp: torch.Tensor) -> torch.Tensor:
         """A requested change dp [K] (normalised) -> the request that shows it on this avatar."""
@@ -398,7 +399,7 @@ class Correction:
         ex[~(self.gates[1] | (ex <= 0))] = 0.0           # senses that do not move this avatar: off
         ex[~(self.gates[0] | (ex >= 0))] = 0.0
         out[:3] = out[:3] + self.drift[0] @ ex.clamp(max=0) + self.drift[1] @ ex.clamp(min=0)
-        jaw = self.jaw_index()
+        jaw = self.jaw
         wanted = 0.0 if jaw is None else float(out[jaw])   # the jaw's reading asked for, before its curve
         for i, (t, r) in self.curves.items():
             if i != jaw and float(out[i]) != 0.0:  # no change requested stays no change
@@ -415,13 +416,6 @@ class Correction:
         out[jaw] = self._jaw_step(wanted, out)
         return out
 
-    def jaw_index(self) -> int | None:
-        """jawOpen's index when it has a curve, else None."""
-        for known in (self.jaw_far, self.jaw_drift):
-            if known is not None:
-                return known.index
-        return self.reach[1] if self.reach is not None and self.reach[1] in self.curves else None
-
     def _jaw_step(self, wanted: float, out: torch.Tensor) -> float:
         """The jaw's step that shows `wanted` with request out's angle steps: what the angles add to the
         reading (jaw_drift) is taken off first, then the jaw's curves (near, and far by the angles'
@@ -429,7 +423,7 @@ class Correction:
         request = wanted - (0.0 if self.jaw_drift is None else self.jaw_drift(out))
         if request == 0.0:
             return 0.0
-        t, r = self.curves[self.jaw_index()]
+        t, r = self.curves[self.jaw]
         near = float(np.interp(request, r, t))
         far = self.jaw_far
         return near if far is None else far.step(near, request, far.radius(out))
