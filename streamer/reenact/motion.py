@@ -91,7 +91,10 @@ class Motion:
             target = self.rest + (p - self.p_ref)
         else:
             target = p
-        target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
+        # a photo posed past the range calibration saw (Walter White's head tilted 19 degrees, the range
+        # ends at 9) keeps its own pose as a bound: clamped to the range alone, every frame asked it to
+        # roll back 10 degrees, which took the reach its jaw needed (jawOpen r 0.53 on a wide-mouth clip)
+        target = target.clamp(torch.minimum(self.p_min, self.rest), torch.maximum(self.p_max, self.rest))
         self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
         return None
 
