@@ -435,18 +435,18 @@ def test_a_clip_that_starts_mid_word_drives_the_mouth_from_its_least_opening():
     assert motion.dp.abs().max() == 0
 
 
-def test_a_photo_posed_past_the_calibrated_range_rests_at_its_own_pose():
-    """Closed form: the fake's range ends at +-6 (+-7.2 with its tenth of slack). A photo rolled 9 is
-    asked for nothing while the driver holds still (clamped to the range alone it was asked to roll
-    back 1.8 every frame), can roll back with the driver but not past its own roll, and a turn past
-    the range is still clamped there."""
+def test_a_photo_posed_past_the_calibrated_range_rests_at_its_edge_and_follows_the_driver_from_there():
+    """Closed form: the fake's range ends at +-6 (+-7.2 with its tenth of slack). A photo rolled 12 is
+    asked to rest at 7.2 (dp -4.8) and rolls back with the driver from there: a roll of -3 gives -7.8
+    (clamping the photo's 12 - 3 alone gave 9 -> 7.2: the driver's roll was lost until it undid the
+    whole excess); a roll further out stays at the edge, and a turn past the range is clamped."""
     from streamer.reenact.motion import Motion
-    motion = Motion(_LateMouth().A, np.array([0.0, 0.0, 9.0, 0.0, 0.0]), smooth=False)
+    motion = Motion(_LateMouth().A, np.array([0.0, 0.0, 12.0, 0.0, 0.0]), smooth=False)
     asked = []
     for i, (yaw, roll) in enumerate([(0.0, 0.0), (0.0, -3.0), (0.0, 2.0), (9.0, 0.0)]):
         motion.update(np.array([yaw, 0.0, roll, 0.0, 0.0]), now=i / 30)
         asked.append(motion.dp.numpy()[:3].tolist())
-    assert np.allclose(asked, [[0, 0, 0], [0, 0, -3], [0, 0, 0], [7.2, 0, 0]], atol=1e-5), asked
+    assert np.allclose(asked, [[0, 0, -4.8], [0, 0, -7.8], [0, 0, -4.8], [7.2, 0, -4.8]], atol=1e-5), asked
 
 
 def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():

@@ -88,13 +88,14 @@ class Motion:
             # closing asked the avatar to shut a shut mouth and only wider openings showed (jawOpen r
             # 0.17-0.39 on the selfie clip started at its widest opening, 0.92-0.97 from its start)
             self.p_ref = torch.where(self.floors, torch.minimum(self.p_ref, p), self.p_ref)
-            target = self.rest + (p - self.p_ref)
+            # a photo posed past the range calibration saw (a head rolled 23 degrees, the range ends at 9)
+            # rests at the range's edge and moves from there: G and its reader hold a face best within
+            # the range, and clamping rest + change alone left the driver's roll dead until it undid
+            # the photo's whole excess
+            target = self.rest.clamp(self.p_min, self.p_max) + (p - self.p_ref)
         else:
             target = p
-        # a photo posed past the range calibration saw (Walter White's head tilted 19 degrees, the range
-        # ends at 9) keeps its own pose as a bound: clamped to the range alone, every frame asked it to
-        # roll back 10 degrees, which took the reach its jaw needed (jawOpen r 0.53 on a wide-mouth clip)
-        target = target.clamp(torch.minimum(self.p_min, self.rest), torch.maximum(self.p_max, self.rest))
+        target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
         self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
         return None
 
