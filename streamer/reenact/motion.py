@@ -2,10 +2,10 @@
 
 Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
 with a face, each blendshape then at the least the driver has shown; `reset` re-takes it), applied on
-top of the avatar's own pose, so the avatar starts from
-its own expression and a driver whose neutral face is not the avatar's still drives it correctly (an
-open mouth is the exception: it starts shut, so that it can close with the driver's). The
-target p_avatar + dp is clamped to the range calibration saw (plus a tenth either way). Absolute mode
+top of the avatar's own pose, so the avatar starts from its own expression and a driver whose neutral
+face is not the avatar's still drives it correctly (the exceptions: an open mouth starts shut, so that
+it can close with the driver's; a pose past the range calibration saw starts at the range's edge).
+The target is clamped to that range (plus a tenth either way). Absolute mode
 is the paper's formula dp = p_driver - p_avatar. Frames with no face hold the last pose for `hold_s`,
 then ease back to the avatar's neutral pose.
 """
