@@ -20,6 +20,7 @@ from calibration.inversion import Inverter
 from calibration.sampling import Pool, render_and_read
 from engines.core.errors import UserError
 from engines.core.files import IMAGE_SUFFIXES
+from engines.core.frames import frame_rgb
 from engines.core.photo import read_photo
 from engines.core.views import VIEW_SIZE, net3d_view
 from engines.method.net3d import MediaPipeNet3D
@@ -42,7 +43,7 @@ def real_frames(source: str | Path, n: int) -> list[tuple[str, np.ndarray]]:
             out = []
             for i, f in enumerate(c.decode(video=0)):
                 if picks is None or i in picks:
-                    out.append((f"{source.name}#{i}", f.to_ndarray(format="rgb24")))
+                    out.append((f"{source.name}#{i}", frame_rgb(f)))
                 if len(out) >= n:
                     break
     except UserError:

@@ -46,6 +46,7 @@ import torch
 from calibration.evaluation.video_report import CROP, fmt, plot_series, save_strip, write_report
 from engines.core.errors import UserError, main_guard
 from engines.core.files import VIDEO_SUFFIXES, sha256_file
+from engines.core.frames import frame_rgb
 
 # iBUG-68 points as MediaPipe FaceMesh indices: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67
 MP68 = [162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
@@ -86,7 +87,7 @@ def frames(clip: Path, max_frames: int | None = None):
         for i, f in enumerate(c.decode(s)):
             if max_frames and i >= max_frames:
                 return
-            yield i, (f.time if f.time is not None else i / rate), f.to_ndarray(format="rgb24")
+            yield i, (f.time if f.time is not None else i / rate), frame_rgb(f)
 
 
 def frame_count(clip: Path) -> int:

@@ -44,6 +44,7 @@ from calibration.evaluation.media_variants import (
     write_portrait,
 )
 from engines.core.errors import UserError, main_guard
+from engines.core.frames import frame_rgb
 
 YAW_STD_MIN, JAW_STD_MIN = 3.0, 0.08
 GOALS = {"yaw_corr": 0.8, "jaw_corr": 0.6, "sface_mean": 0.5, "sface_p10": 0.3, "face_rate": 0.95}
@@ -138,7 +139,7 @@ def clip_frame(clip: Path, index: int) -> np.ndarray:
     with av.open(str(clip)) as c:
         for i, f in enumerate(c.decode(video=0)):
             if i == index:
-                return f.to_ndarray(format="rgb24")
+                return frame_rgb(f)
     raise UserError(f"{clip} has no frame {index}")
 
 
@@ -156,7 +157,7 @@ def clip_frames(spec: str, reader: Reader, max_frames: int | None = None) -> lis
             for i, f in enumerate(c.decode(s)):
                 if max_frames and i >= max_frames:
                     return
-                yield (f.time if f.time is not None else i / rate), f.to_ndarray(format="rgb24")
+                yield (f.time if f.time is not None else i / rate), frame_rgb(f)
     return list(clip_variant_frames(decoded(), variant, reader.net3d))
 
 

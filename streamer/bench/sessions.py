@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.core.errors import UserError, main_guard
+from engines.core.frames import frame_rgb
 from streamer.bench.machine import cpu_model
 from streamer.reenact.config import NET3D_CHOICES
 
@@ -52,7 +53,7 @@ def rgb_frames(path: Path, max_frames: int | None) -> tuple[list, float]:
             raise UserError(f"{path}: 'frames' must be uint8 [N, H, W, 3] with N >= 1")
         return frames, rate
     frames, rate = decode(path, max_frames)
-    return [f.to_ndarray(format="rgb24") for f in frames], rate
+    return [frame_rgb(f) for f in frames], rate
 
 
 def decode(path: Path, max_frames: int | None):
@@ -92,12 +93,12 @@ def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bo
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "20", "preset": "veryfast"}  # what the file sink uses
         stages["encode"] = []
-    reenactor.process(frames[0].to_ndarray(format="rgb24"))  # warm-up (first-call allocations)
+    reenactor.process(frame_rgb(frames[0]))  # warm-up (first-call allocations)
     reenactor.reset_reference()
     t_start = time.perf_counter()
     for f in frames:
         t0 = time.perf_counter()
-        rgb = f.to_ndarray(format="rgb24")
+        rgb = frame_rgb(f)
         stages["decode"].append((time.perf_counter() - t0) * 1e3)
         o = reenactor.process(rgb)
         for k, v in o.stage_ms.items():

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from engines.core.errors import UserError
+from engines.core.frames import frame_rgb
 from streamer.stream.pipeline import Channel, Frame
 
 
@@ -151,9 +152,7 @@ class AVSource:
             delay = self._t0 + (frame.time - self._first_time) - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        if self.spec.size and (frame.width, frame.height) != self.spec.size:
-            frame = frame.reformat(width=self.spec.size[0], height=self.spec.size[1])
-        return frame.to_ndarray(format="rgb24")
+        return frame_rgb(frame, self.spec.size)
 
     def close(self) -> None:
         self._container.close()
