@@ -251,6 +251,22 @@ def test_corrupt_avatar_images_are_one_line_errors(engine, tmp_path, capsys):
     assert code == 2 and msg in error_line(err) and not (tmp_path / "o.mp4").exists()
 
 
+@pytest.mark.parametrize("mode,suffix,scale", [("I;16", ".png", 257), ("I", ".tif", 257), ("F", ".tif", 1 / 255)])
+def test_a_grey_photo_of_more_than_8_bits_reads_as_its_8_bit_grey(tmp_path, mode, suffix, scale):
+    """A 16-bit grey PNG (a scanner's), a 32-bit integer and a 0..1 float TIFF of the astronaut's grey
+    read as the 8-bit grey itself, within one level (PIL's own conversion clipped them at 255: white)."""
+    from PIL import Image
+
+    from engines.core.photo import read_photo
+    grey = np.asarray(Image.open(ASTRO).convert("L"))
+    deep = tmp_path / f"deep{suffix}"
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    Image.fromarray((grey.astype(np.float64) * scale).astype(dtype)).save(deep)
+    assert Image.open(deep).mode == mode
+    got = read_photo(deep)
+    assert got.shape == (*grey.shape, 3) and np.abs(got.astype(int) - grey[..., None]).max() <= 1
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 def test_device_that_is_not_there(pack_path, tmp_path, capsys):

@@ -21,7 +21,7 @@ def read_photo(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
-            im = im.convert("RGB")
+            im = eight_bit(im).convert("RGB")
             if max(im.size) > MAX_SIDE:
                 im.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
             return np.asarray(im).copy()
@@ -31,3 +31,17 @@ def read_photo(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: image is too large (over {MAX_PIXELS // 1_000_000} MP)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{path}: corrupt or truncated image ({str(e)[:100]})") from None
+
+
+def eight_bit(im):
+    """A PIL image in a grey mode of more than 8 bits (16-bit PNG or TIFF, 32-bit integer or float) ->
+    its 8-bit 'L' image, scaled by the mode's range; any other image as it is. PIL's own conversion
+    clips at 255: a 16-bit scan of a grey-scale portrait came out a white frame."""
+    from PIL import Image
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    top = a.max(initial=0.0)
+    full = 65535.0 if im.mode.startswith("I;16") or top > 255 else 1.0 if im.mode == "F" and top <= 1 else 255.0
+    return Image.fromarray(np.clip(a / full * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+
