@@ -42,6 +42,10 @@ def eight_bit(im):
         return im
     a = np.asarray(im, dtype=np.float64)
     top = a.max(initial=0.0)
-    full = 65535.0 if im.mode.startswith("I;16") or top > 255 else 1.0 if im.mode == "F" and top <= 1 else 255.0
-    return Image.fromarray(np.clip(a / full * 255 + 0.5, 0, 255).astype(np.uint8), "L")
-
+    if im.mode.startswith("I;16") or top > 255:
+        full = 65535.0
+    elif im.mode == "F" and top <= 1:     # a float image in 0..1
+        full = 1.0
+    else:                                 # 32-bit values that fit 8 bits
+        full = 255.0
+    return Image.fromarray(np.clip(a / full * 255 + 0.5, 0, 255).astype(np.uint8))
