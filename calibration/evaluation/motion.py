@@ -151,7 +151,13 @@ def clip_frames(spec: str, reader: Reader, max_frames: int | None = None) -> lis
         raise UserError(f"--clips {base}: no such file")
 
     def decoded():
-        with av.open(base) as c:
+        try:
+            c = av.open(base)
+        except av.FFmpegError as e:
+            raise UserError(f"--clips {base}: not a video file ({e})") from None
+        with c:
+            if not c.streams.video:
+                raise UserError(f"--clips {base}: no video stream")
             s = c.streams.video[0]
             rate = float(s.average_rate or 30)
             for i, f in enumerate(c.decode(s)):
