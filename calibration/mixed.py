@@ -20,7 +20,7 @@ from calibration.inversion import Inverter
 from calibration.sampling import Pool, render_and_read
 from engines.core.errors import UserError
 from engines.core.files import IMAGE_SUFFIXES
-from engines.core.frames import frame_rgb
+from engines.core.frames import clip_rgb, frame_count
 from engines.core.photo import read_photo
 from engines.core.views import VIEW_SIZE, net3d_view
 from engines.method.net3d import MediaPipeNet3D
@@ -35,21 +35,15 @@ def real_frames(source: str | Path, n: int) -> list[tuple[str, np.ndarray]]:
         return [(p.name, read_photo(p)) for p in files]
     if not source.is_file():
         raise UserError(f"--mixed {source}: no such clip or folder")
-    import av
-    try:
-        with av.open(str(source)) as c:
-            total = c.streams.video[0].frames or 0
-            picks = set(np.linspace(0, max(total - 1, 0), n).round().astype(int).tolist()) if total else None
-            out = []
-            for i, f in enumerate(c.decode(video=0)):
-                if picks is None or i in picks:
-                    out.append((f"{source.name}#{i}", frame_rgb(f)))
-                if len(out) >= n:
-                    break
-    except UserError:
-        raise
-    except Exception as e:
-        raise UserError(f"--mixed {source}: cannot read it as a video ({type(e).__name__}: {e})") from None
+    label = "--mixed "
+    total = frame_count(source, label)
+    picks = set(np.linspace(0, max(total - 1, 0), n).round().astype(int).tolist()) if total else None
+    out = []
+    for i, _, rgb in clip_rgb(source, None, label):
+        if picks is None or i in picks:
+            out.append((f"{source.name}#{i}", rgb))
+        if len(out) >= n:
+            break
     return out
 
 

@@ -358,6 +358,49 @@ def test_driving_file_that_is_not_a_video_or_is_truncated(tmp_path, capsys):
         assert code == 2 and line.startswith(f"error: cannot open file {src}"), line
 
 
+def audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        for i in range(4):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 16000, i * 1024
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
+def clip_readers():
+    """Every tool that reads a whole clip, each through engines.core.frames."""
+    from types import SimpleNamespace
+
+    from calibration.evaluation.motion import clip_frame, clip_frames
+    from calibration.mixed import real_frames
+    from streamer.bench.sessions import rgb_frames
+    from streamer.testing.rtc_client import clip_frames as camera_frames
+    return {"motion --clips": lambda p: clip_frames(str(p), SimpleNamespace(net3d=None)),
+            "motion --avatars CLIP@N": lambda p: clip_frame(p, 0),
+            "train --mixed": lambda p: real_frames(p, 4),
+            "bench --source": lambda p: rgb_frames(p, None),
+            "test camera": lambda p: camera_frames(p, 4)}
+
+
+@pytest.mark.parametrize("tool", list(clip_readers()))
+def test_every_clip_reader_says_one_line_for_a_file_that_is_not_a_video(tmp_path, tool):
+    """A text file, an audio-only file and a clip whose index was lost: a UserError naming the file
+    (main_guard prints it as one line, exit 2), not an IndexError or an av traceback."""
+    read = clip_readers()[tool]
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    cut = truncated(short_clip(tmp_path / "full.mp4", 12, size=(320, 180)), tmp_path / "cut.mp4", 0.5)
+    for path, says in ((text, "not a video file"), (audio_only(tmp_path / "voice.mp4"), "no video stream"),
+                       (cut, "not a video file")):
+        with pytest.raises(UserError, match=f"{path}: {says}"):
+            read(path)
+    assert len(read(tmp_path / "full.mp4")) >= 1
+
+
 class FailingSource:
     """Delivers `good` frames of the clip, then raises like a camera unplugged / a disk read error."""
 

@@ -119,29 +119,6 @@ def test_midword_variant_starts_at_the_widest_opening_of_the_first_seconds():
     assert cut[0][0] == 0.0 and cut[-1][0] == pytest.approx(frames[-1][0] - frames[start][0])
 
 
-def test_a_clip_that_is_not_a_video_is_one_line(tmp_path):
-    """A text file and an audio-only file given as --clips: a UserError naming the file (main_guard
-    prints it as one line, exit 2), not an IndexError from a missing video stream."""
-    import av
-    text = tmp_path / "notes.mp4"
-    text.write_text("not a video")
-    audio = tmp_path / "voice.mp4"
-    with av.open(str(audio), "w") as c:
-        s = c.add_stream("aac", rate=16000)
-        for i in range(4):
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            f.sample_rate, f.pts = 16000, i * 1024
-            for pkt in s.encode(f):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    reader = SimpleNamespace(net3d=None)
-    with pytest.raises(UserError, match="not a video file"):
-        clip_frames(str(text), reader)
-    with pytest.raises(UserError, match="no video stream"):
-        clip_frames(str(audio), reader)
-
-
 def test_chroma_fringe_measure_sees_coloured_speckle_not_grey_detail():
     rng = np.random.default_rng(1)
     grey_noise = np.repeat(rng.integers(0, 255, (64, 64, 1)), 3, axis=2).astype(np.uint8)

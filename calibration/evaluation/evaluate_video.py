@@ -46,7 +46,7 @@ import torch
 from calibration.evaluation.video_report import CROP, fmt, plot_series, save_strip, write_report
 from engines.core.errors import UserError, main_guard
 from engines.core.files import VIDEO_SUFFIXES, sha256_file
-from engines.core.frames import frame_rgb
+from engines.core.frames import clip_rgb, frame_count
 
 # iBUG-68 points as MediaPipe FaceMesh indices: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67
 MP68 = [162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
@@ -70,30 +70,6 @@ def list_clips(items) -> list[Path]:
     if not out:
         raise UserError("--clips: no video files found")
     return out
-
-
-def frames(clip: Path, max_frames: int | None = None):
-    """(index, time in s, RGB uint8) for each frame of a clip."""
-    import av
-    try:
-        c = av.open(str(clip))
-    except Exception as e:
-        raise UserError(f"cannot open {clip}: {e}") from None
-    with c:
-        if not c.streams.video:
-            raise UserError(f"{clip} has no video stream")
-        s = c.streams.video[0]
-        rate = float(s.average_rate or 30)
-        for i, f in enumerate(c.decode(s)):
-            if max_frames and i >= max_frames:
-                return
-            yield i, (f.time if f.time is not None else i / rate), frame_rgb(f)
-
-
-def frame_count(clip: Path) -> int:
-    import av
-    with av.open(str(clip)) as c:
-        return c.streams.video[0].frames or 0
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -230,7 +206,7 @@ def enroll_source(engine, inst: Instruments, clip: Path, index: int, steps: tupl
     from streamer.avatar.enroll import Enroller, cache_dir, recipe_key
     from streamer.avatar.pack import AvatarPack
     from streamer.reenact.engine import AvatarReenactor
-    rgb = next((f for i, _, f in frames(clip, index + 1) if i == index), None)
+    rgb = next((f for i, _, f in clip_rgb(clip, index + 1, "--clips ") if i == index), None)
     if rgb is None:
         raise UserError(f"{clip.name} has no frame {index}")
     face, emb = inst.read_frame(rgb)
@@ -326,7 +302,7 @@ def drive(engine, inst: Instruments, clip: Path, sources: list[Source], modes: l
     picks = set(np.linspace(1, max(1, n - 1), strip_frames).round().astype(int).tolist())
     p_ref = None
     t0 = time.time()
-    for i, t, rgb in frames(clip, max_frames):
+    for i, t, rgb in clip_rgb(clip, max_frames, "--clips "):
         face, emb = inst.read_frame(rgb)
         if face is not None and p_ref is None:
             p_ref = face.p

@@ -44,7 +44,7 @@ from calibration.evaluation.media_variants import (
     write_portrait,
 )
 from engines.core.errors import UserError, main_guard
-from engines.core.frames import frame_rgb
+from engines.core.frames import clip_rgb
 
 YAW_STD_MIN, JAW_STD_MIN = 3.0, 0.08
 GOALS = {"yaw_corr": 0.8, "jaw_corr": 0.6, "sface_mean": 0.5, "sface_p10": 0.3, "face_rate": 0.95}
@@ -135,36 +135,19 @@ def load_portrait(spec: str, folder: Path, reader: Reader) -> tuple[str, Path, n
 
 
 def clip_frame(clip: Path, index: int) -> np.ndarray:
-    import av
-    with av.open(str(clip)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i == index:
-                return frame_rgb(f)
-    raise UserError(f"{clip} has no frame {index}")
+    rgb = next((rgb for i, _, rgb in clip_rgb(clip, index + 1, "--avatars ") if i == index), None)
+    if rgb is None:
+        raise UserError(f"{clip} has no frame {index}")
+    return rgb
 
 
 def clip_frames(spec: str, reader: Reader, max_frames: int | None = None) -> list[tuple[float, np.ndarray]]:
     """All (media time, RGB) frames of a clip variant, in memory: every avatar is driven by the same ones."""
-    import av
     base, variant = split_name(spec)
     if not Path(base).is_file():
         raise UserError(f"--clips {base}: no such file")
-
-    def decoded():
-        try:
-            c = av.open(base)
-        except av.FFmpegError as e:
-            raise UserError(f"--clips {base}: not a video file ({e})") from None
-        with c:
-            if not c.streams.video:
-                raise UserError(f"--clips {base}: no video stream")
-            s = c.streams.video[0]
-            rate = float(s.average_rate or 30)
-            for i, f in enumerate(c.decode(s)):
-                if max_frames and i >= max_frames:
-                    return
-                yield (f.time if f.time is not None else i / rate), frame_rgb(f)
-    return list(clip_variant_frames(decoded(), variant, reader.net3d))
+    decoded = ((t, rgb) for _, t, rgb in clip_rgb(Path(base), max_frames, "--clips "))
+    return list(clip_variant_frames(decoded, variant, reader.net3d))
 
 
 def expand(specs: list[str], variants, widen: bool) -> list[str]:

@@ -1,7 +1,16 @@
-"""Decoded video frames as their file means them to be shown."""
+"""Decoded video frames as their file means them to be shown, and the one loop that reads a clip."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from engines.core.errors import UserError
+
+if TYPE_CHECKING:
+    import av
 
 
 def frame_rgb(frame, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -17,3 +26,50 @@ def frame_rgb(frame, size: tuple[int, int] | None = None) -> np.ndarray:
             frame = frame.reformat(width=w, height=h)
     rgb = frame.to_ndarray(format="rgb24")
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def _opened(clip: Path, label: str) -> av.container.InputContainer:
+    import av      # here, not above: the GPU benchmark machine reads frames from .npz, without PyAV
+    try:
+        c = av.open(str(clip))
+    except (av.FFmpegError, OSError) as e:
+        raise UserError(f"{label}{clip}: not a video file ({e})") from None
+    if not c.streams.video:
+        c.close()
+        raise UserError(f"{label}{clip}: no video stream")
+    return c
+
+
+def decoded(clip: Path, max_frames: int | None = None, label: str = "") -> Iterator[tuple[int, float, av.VideoFrame]]:
+    """(index, media time in s, av.VideoFrame) for each frame of a clip's first video stream, stored
+    as decoded (frame_rgb shows it). A file that is not a video, or has none, is a UserError naming
+    it after `label` (the flag it came from, e.g. "--clips ")."""
+    import av
+    with _opened(clip, label) as c:
+        s = c.streams.video[0]
+        rate = float(s.average_rate or 30)
+        try:
+            for i, f in enumerate(c.decode(s)):
+                if max_frames and i >= max_frames:
+                    return
+                yield i, (f.time if f.time is not None else i / rate), f
+        except av.FFmpegError as e:
+            raise UserError(f"{label}{clip}: cannot decode it ({e})") from None
+
+
+def clip_rgb(clip: Path, max_frames: int | None = None, label: str = "") -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, media time in s, RGB uint8) for each frame of a clip, upright as it is shown."""
+    for i, t, f in decoded(clip, max_frames, label):
+        yield i, t, frame_rgb(f)
+
+
+def frame_count(clip: Path, label: str = "") -> int:
+    """The clip's frame count from its header; 0 where the container does not say."""
+    with _opened(clip, label) as c:
+        return c.streams.video[0].frames or 0
+
+
+def frame_rate(clip: Path, label: str = "") -> float:
+    """The clip's average frame rate; 30 where the container does not say."""
+    with _opened(clip, label) as c:
+        return float(c.streams.video[0].average_rate or 30)

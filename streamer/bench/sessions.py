@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.core.errors import UserError, main_guard
-from engines.core.frames import frame_rgb
+from engines.core.frames import decoded, frame_rate, frame_rgb
 from streamer.bench.machine import cpu_model
 from streamer.reenact.config import NET3D_CHOICES
 
@@ -56,19 +56,9 @@ def rgb_frames(path: Path, max_frames: int | None) -> tuple[list, float]:
     return [frame_rgb(f) for f in frames], rate
 
 
-def decode(path: Path, max_frames: int | None):
-    import av
-    try:
-        with av.open(str(path)) as c:
-            rate = float(c.streams.video[0].average_rate or 30)
-            frames = []
-            for f in c.decode(video=0):
-                frames.append(f)
-                if max_frames and len(frames) >= max_frames:
-                    break
-    except (av.error.FFmpegError, IndexError) as e:
-        raise UserError(f"{path}: cannot read video ({e})") from None
-    return frames, rate
+def decode(path: Path, max_frames: int | None) -> tuple[list, float]:
+    """The clip's frames as stored (their conversion is timed as the decode stage) and its frame rate."""
+    return [f for _, _, f in decoded(path, max_frames)], frame_rate(path)
 
 
 def run(zoo: str, source: Path, avatar: Path, max_frames: int | None, encode: bool,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from pathlib import Path
 
 import aiohttp
 import av
@@ -13,6 +14,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from engines.core.frames import decoded, frame_rgb
 from streamer.web.webrtc import rtc_configuration
 
 BITS, CELL = 16, 24   # 14-bit frame number + 2 parity bits, in 24-pixel cells along the top-left edge
@@ -75,15 +77,8 @@ class StampedCameraTrack(MediaStreamTrack):
 
 
 def clip_frames(path: str, count: int = 72, size: tuple[int, int] | None = None) -> list[np.ndarray]:
-    with av.open(str(path)) as c:
-        out = []
-        for f in c.decode(video=0):
-            if size:
-                f = f.reformat(width=size[0], height=size[1])
-            out.append(f.to_ndarray(format="rgb24"))
-            if len(out) >= count:
-                break
-    return out
+    """The clip's first `count` frames, upright as shown and at `size` (w, h) if given: a camera's view."""
+    return [frame_rgb(f, size) for _, _, f in decoded(Path(path), count)]
 
 
 class ClientPeer:
