@@ -17,12 +17,14 @@ def frames():
     return clip_frames(str(bench_live.ASSET_CLIP), count=12, size=(640, 360))  # the barcode needs this size
 
 
-@pytest.mark.parametrize("client_process, peers, watch", [(True, 2, False), (False, 1, True)])
-def test_clients_receive_frames(frames, client_process, peers, watch):
+@pytest.mark.parametrize("client_process, peers, watch, camera",
+                         [(True, 2, False, "live"), (True, 2, False, "once"), (False, 1, True, "live")])
+def test_clients_receive_frames(frames, client_process, peers, watch, camera):
     make = bench_live.load_factory(None)
     r = asyncio.run(bench_live._run(make, peers=peers, watch=watch, seconds=2.0, warmup=1.0, fps=30,
-                                    frames=frames, client_process=client_process))
+                                    frames=frames, client_process=client_process, camera=camera))
     assert r["clients"] == ("own process" if client_process else "server's process")
+    assert r["camera"] == (None if watch else {"live": "encoded as sent", "once": "encoded once, looped"}[camera])
     assert len(r["per_peer"]) == peers and all(p["fps"] > 5 for p in r["per_peer"])
     # the server's own statistics: one source per peer (send+receive) or the shared pipeline (watch)
     assert len(r["server_process_ms"]) == (1 if watch else peers)
@@ -59,7 +61,7 @@ def test_client_process_failure_is_reported(monkeypatch):
     """A child that dies before its result -> an error naming its exit status, not a hang."""
     async def go():
         return await bench_live._clients_elsewhere("http://127.0.0.1:9/", 1, True, 0.5, 0.1, 30, (64, 64),
-                                                   lambda what: None)
+                                                   lambda what: None, "live")
     with pytest.raises(RuntimeError, match="client process failed"):
         asyncio.run(go())
 

@@ -15,7 +15,9 @@ loaded (or enrolled) before the first run. Each run's window opens once every pe
 The clients share the CPU with the server, so these numbers are a lower bound for a real deployment.
 By default the clients also share the server's process (and its GIL: aiortc's RTP, jitter buffer and
 codec glue are Python); `--client-process` runs them in a second Python process instead, as real
-peers would be — same machine and cores, no shared interpreter.
+peers would be — same machine and cores, no shared interpreter. `--camera once` has the clients send
+a VP8 loop encoded before the run instead of encoding their cameras as they send (the server still
+decodes every frame): peers on other machines would cost these cores nothing to encode.
 """
 from __future__ import annotations
 
@@ -77,17 +79,24 @@ async def _settle(clients, timeout: float = 120.0, frames: int = 15) -> None:
 
 
 async def _clients(url: str, peers: int, watch: bool, seconds: float, warmup: float, fps: float, frames,
-                   mark=lambda what: None) -> list[dict]:
+                   mark=lambda what: None, camera: str = "live") -> list[dict]:
     """Connect `peers` client peers, let them settle `warmup` s, then count what each receives for
-    `seconds`. `mark("start")` / `mark("end")` are called when the measured window opens / closes."""
+    `seconds`. `mark("start")` / `mark("end")` are called when the measured window opens / closes.
+    camera: "live" encodes each peer's camera as it sends it, "once" sends a loop encoded beforehand."""
     import aiohttp
 
-    from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
+    from streamer.testing.rtc_client import ClientPeer, EncodedCameraTrack, StampedCameraTrack, vp8_loop
+    packets = vp8_loop(frames, fps) if camera == "once" and not watch else None
+
+    def track():
+        if watch:
+            return None
+        return EncodedCameraTrack(packets, fps) if packets else StampedCameraTrack(frames, fps)
     clients = []
     async with aiohttp.ClientSession() as http:  # ClientPeer.close talks to the server through it
         try:
             for _ in range(peers):
-                c = ClientPeer(url, http, send=None if watch else StampedCameraTrack(frames, fps))
+                c = ClientPeer(url, http, send=track())
                 await c.connect()
                 clients.append(c)
             await _settle(clients)
@@ -111,11 +120,11 @@ async def _clients(url: str, peers: int, watch: bool, seconds: float, warmup: fl
 
 
 async def _clients_elsewhere(url: str, peers: int, watch: bool, seconds: float, warmup: float, fps: float,
-                             size: tuple[int, int], mark) -> tuple[list[dict], float | None]:
+                             size: tuple[int, int], mark, camera: str) -> tuple[list[dict], float | None]:
     """The same clients in a child Python process; its stdout says START, END, its CPU seconds between
     them, then the JSON result. Returns (per-peer results, the clients' CPU seconds in the window)."""
     cmd = [sys.executable, "-m", "streamer.bench.live", "--clients-for", url, "--peers", str(peers),
-           "--seconds", str(seconds), "--warmup", str(warmup), "--fps", str(fps), "--size", f"{size[0]}x{size[1]}"]
+           "--seconds", str(seconds), "--warmup", str(warmup), "--fps", str(fps), "--size", f"{size[0]}x{size[1]}", "--camera", camera]
     if watch:
         cmd.append("--watch")
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
@@ -140,13 +149,12 @@ async def _clients_elsewhere(url: str, peers: int, watch: bool, seconds: float, 
 
 
 async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmup: float, fps: float,
-               frames, avatar=None, client_process: bool = False) -> dict:
+               frames, avatar=None, client_process: bool = False, camera: str = "live") -> dict:
     import aiohttp
 
     from streamer.stream.pipeline import Pipeline, run_sink
     from streamer.stream.sinks import NullSink
     from streamer.stream.sources import Capture, open_source, parse_source
-    from streamer.testing.rtc_client import ClientPeer, StampedCameraTrack
     from streamer.web.config import ServeConfig
     from streamer.web.webapp import ServerParts, start_server
 
@@ -184,9 +192,10 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
         if client_process:
             h, w = frames[0].shape[:2]
             per_peer, client_cpu = await _clients_elsewhere(server.url, peers, watch, seconds, warmup, fps, (w, h),
-                                                            mark)
+                                                            mark, camera)
         else:   # the clients' CPU is then part of the server process's
-            per_peer, client_cpu = await _clients(server.url, peers, watch, seconds, warmup, fps, frames, mark), None
+            per_peer, client_cpu = await _clients(server.url, peers, watch, seconds, warmup, fps, frames, mark,
+                                                  camera), None
         server_lat, snap = window["latency"], window["snap"]
     finally:
         if capture is not None:
@@ -213,6 +222,7 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
     return {"peers": peers, "avatars": getattr(make_reenactor, "given", None), "cpu": cpu, "generator_stage": stage,
             "mode": "watch" if watch else "send+receive", "seconds": seconds,
             "clients": "own process" if client_process else "server's process",
+            "camera": None if watch else ("encoded as sent" if camera == "live" else "encoded once, looped"),
             "capture_to_publish_ms_p50": c50, "capture_to_publish_ms_p95": c95,
             "per_peer": per_peer, "server_process_ms": [s["stage_ms"].get("process") for s in snap],
             "server_dropped": [s["dropped"] for s in snap]}
@@ -220,7 +230,7 @@ async def _run(make_reenactor, *, peers: int, watch: bool, seconds: float, warmu
 
 def bench(make_reenactor=None, *, peers: int = 3, seconds: float = 10.0, warmup: float = 3.0,
           fps: float = 30.0, size: tuple[int, int] = (640, 360), avatar=None,
-          client_process: bool = False) -> list[dict]:
+          client_process: bool = False, camera: str = "live") -> list[dict]:
     """Run the three scenarios; returns their results (also what main prints). avatar: one, or a list
     the peers take in turn."""
     from streamer.testing.rtc_client import clip_frames
@@ -238,7 +248,7 @@ def bench(make_reenactor=None, *, peers: int = 3, seconds: float = 10.0, warmup:
         make = PeerAvatars(make_reenactor, avatars) if avatars else make_reenactor   # each run from the first
         out.append(asyncio.run(_run(make, peers=n, watch=watch, seconds=seconds, warmup=warmup, fps=fps,
                                     frames=frames, avatar=avatars[0] if avatars else avatar,
-                                    client_process=client_process)))
+                                    client_process=client_process, camera=camera)))
     return out
 
 
@@ -263,6 +273,8 @@ def report(results: list[dict]) -> str:
         lines.append(f"    CPU: server {c['server_cores']:.2f} cores ({_fmt(c['server_ms_per_frame'])} ms a frame the "
                      f"clients received)" + ("" if c["client_cores"] is None else
                                              f", clients' process {c['client_cores']:.2f} cores"))
+        if r.get("camera"):
+            lines.append(f"    clients' cameras: {r['camera']}")
         if r.get("avatars"):
             lines.append(f"    avatars: {', '.join(r['avatars'])}")
         g = r.get("generator_stage")
@@ -289,21 +301,25 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON too")
     ap.add_argument("--client-process", action="store_true",
                     help="run the client peers in a second Python process (as real peers would be)")
+    ap.add_argument("--camera", choices=("live", "once"), default="live",
+                    help="live: each client encodes its camera as it sends it (VP8, as aiortc does); once: "
+                         "the clients send a loop encoded beforehand, as peers on other machines would cost "
+                         "this one nothing to encode")
     ap.add_argument("--clients-for", default=None, help=argparse.SUPPRESS)  # the child of --client-process
     ap.add_argument("--watch", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     w, h = (int(v) for v in a.size.split("x"))
     if a.clients_for:
-        return _clients_child(a.clients_for, a.peers, a.watch, a.seconds, a.warmup, a.fps, (w, h))
+        return _clients_child(a.clients_for, a.peers, a.watch, a.seconds, a.warmup, a.fps, (w, h), a.camera)
     results = bench(load_factory(a.factory, a.fake_delay_ms), peers=a.peers, seconds=a.seconds, warmup=a.warmup, fps=a.fps,
-                    size=(w, h), avatar=a.avatar, client_process=a.client_process)
+                    size=(w, h), avatar=a.avatar, client_process=a.client_process, camera=a.camera)
     print(report(results))
     if a.json:
         print(json.dumps(results, indent=1))
     return 0
 
 
-def _clients_child(url, peers, watch, seconds, warmup, fps, size) -> int:
+def _clients_child(url, peers, watch, seconds, warmup, fps, size, camera) -> int:
     from streamer.testing.rtc_client import clip_frames
     from streamer.web.webrtc import allow_loopback_candidates
     allow_loopback_candidates(only=True)
@@ -314,7 +330,7 @@ def _clients_child(url, peers, watch, seconds, warmup, fps, size) -> int:
     def mark(what):
         cpu[what] = time.process_time()
         print(what.upper(), flush=True)
-    per_peer = asyncio.run(_clients(url, peers, watch, seconds, warmup, fps, frames, mark))
+    per_peer = asyncio.run(_clients(url, peers, watch, seconds, warmup, fps, frames, mark, camera))
     print(f"CPU {cpu['end'] - cpu['start']:.4f}", flush=True)   # this process's CPU seconds in the window
     print("RESULT " + json.dumps(per_peer), flush=True)
     return 0

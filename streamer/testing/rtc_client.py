@@ -49,6 +49,7 @@ class StampedCameraTrack(MediaStreamTrack):
     """Plays `frames` (a list of RGB arrays, looped) at `fps`, stamping each with its number and
     remembering when it was sent."""
     kind = "video"
+    period = 1 << 14               # stamps count modulo this (14 bits)
 
     def __init__(self, frames: list[np.ndarray], fps: float = 30.0):
         super().__init__()
@@ -65,15 +66,56 @@ class StampedCameraTrack(MediaStreamTrack):
         delay = self._t0 + self.n / self.fps - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        img = self.frames[self.n % len(self.frames)].copy()
-        stamp(img, self.n)
-        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        frame.pts, frame.time_base = int(self.n * 90000 / self.fps), fractions.Fraction(1, 90000)
-        self.sent[self.n & 0x3FFF] = time.perf_counter()
+        out = self._next()
+        out.pts, out.time_base = int(self.n * 90000 / self.fps), fractions.Fraction(1, 90000)
+        self.sent[self.n % self.period] = time.perf_counter()
         if len(self.sent) > 2000:
             self.sent.pop(next(iter(self.sent)))
         self.n += 1
-        return frame
+        return out
+
+    def _next(self):
+        img = self.frames[self.n % len(self.frames)].copy()
+        stamp(img, self.n)
+        return av.VideoFrame.from_ndarray(img, format="rgb24")
+
+
+class EncodedCameraTrack(StampedCameraTrack):
+    """The same camera sent as VP8 packets encoded once (vp8_loop), as a browser on another machine
+    sends them: the receiver decodes every frame as before, but the sender spends no CPU encoding, so
+    a benchmark running its clients on the server's own cores measures the server, not the clients."""
+
+    def __init__(self, packets: list[bytes], fps: float = 30.0):
+        super().__init__([], fps)
+        self.packets, self.period = packets, len(packets)
+
+    def _next(self):
+        return av.Packet(self.packets[self.n % self.period])
+
+
+def vp8_loop(frames: list[np.ndarray], fps: float = 30.0, length: int = 300, keyframe_every: int = 30,
+             bitrate: int = 500_000) -> list[bytes]:
+    """`length` stamped frames (0..length-1) of the looped `frames`, VP8-encoded as aiortc encodes a
+    camera (its default 500 kbps, realtime, constant rate), with a keyframe every `keyframe_every`
+    frames (aiortc answers a receiver's keyframe request; a loop cannot, so it sends them anyway)."""
+    h, w = frames[0].shape[:2]
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt = w, h, "yuv420p"
+    codec.bit_rate, codec.gop_size, codec.qmin, codec.qmax = bitrate, keyframe_every, 2, 56
+    codec.time_base = fractions.Fraction(1, round(fps))
+    codec.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0", "bufsize": str(bitrate),
+                     "minrate": str(bitrate), "maxrate": str(bitrate), "partitions": "0"}
+    out = []
+    for n in range(length):
+        img = frames[n % len(frames)].copy()
+        stamp(img, n)
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        frame.pts = n
+        packets = codec.encode(frame)
+        if len(packets) != 1:      # realtime, no lag: one packet per frame, or the loop's stamps drift
+            raise RuntimeError(f"libvpx gave {len(packets)} packets for frame {n}")
+        out.append(bytes(packets[0]))
+    return out
 
 
 def clip_frames(path: str, count: int = 72, size: tuple[int, int] | None = None) -> list[np.ndarray]:
