@@ -133,6 +133,35 @@ def test_an_enrollment_that_reaches_no_usable_avatar_is_refused_in_one_line(tmp_
     assert not out.exists()
 
 
+def test_published_faces_counts_the_renders_a_reader_finds_once_framed():
+    """The framed render is read by MediaPipe's runtime: the bundled avatar's own 64-px crop is found in
+    its surroundings, the same crop blurred through 8 pixels is not (measured: found down to 12)."""
+    import torch.nn.functional as F
+
+    from streamer.avatar.enroll import published_faces
+    from streamer.avatar.pack import AvatarPack
+    pack = AvatarPack.load(ASTRONAUT.parents[1] / "tests" / "data" / "same_output" / "astro.avatar")
+    face = torch.from_numpy(pack.crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+    blurred = F.interpolate(F.interpolate(face, size=8, mode="area"), size=64, mode="bicubic",
+                            align_corners=False).clamp(-1, 1)
+    assert published_faces(torch.cat([face, blurred, face]), pack.display) == 2
+
+
+@pytest.mark.slow
+def test_an_avatar_not_found_once_framed_is_refused_in_one_line(shared_dir):
+    """Biden's half of the two-faces photo seen through 96 pixels: the generator reproduces the blur,
+    every probe is found in its generator crop (9 of 9, identity 0.94), but framed as published the
+    reader finds 3-7 of 10; streamed, such an avatar showed a face in 8-11% of its frames. Enrollment
+    refuses it with what it measured."""
+    from calibration.evaluation.media_variants import portrait_variant
+    from engines.core.errors import UserError
+    photo = portrait_variant(read_photo(shared_dir / "media" / "twofaces_obama_biden.jpg"), "lowres", None)
+    enroller = Enroller(load_zoo("default"), progress=False, log=lambda m: None)
+    with pytest.raises(UserError, match=r"two: enrollment did not reach a usable avatar \(its face is found in "
+                                        r"[0-7] of 10 test frames as they would be published"):
+        enroller.enroll(photo, "two", invert_steps=80, tune_steps=150)
+
+
 def test_response_curve_stops_at_the_peak_where_a_direction_undoes_itself():
     """A mouth that opens to t = 6 and closes again beyond: requests past the peak go to t = 6, not
     to the far end of the sweep (where this avatar's mouth had closed: jawOpen r -0.4)."""

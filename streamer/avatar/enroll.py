@@ -37,12 +37,12 @@ from engines.accel.lowrank import fold_low_rank, low_rank_deltas
 from engines.core.errors import UserError, main_guard
 from engines.core.files import sha256_file
 from engines.core.photo import read_photo
-from engines.core.views import VIEW_SIZE, net3d_view
+from engines.core.views import VIEW_SIZE, image_uint8, net3d_view
 from engines.method.net3d import MediaPipeNet3D
 from engines.method.recipes import Tuning
 from engines.method.zoos import RECIPES, ZOOS, load_zoo
 from engines.models.facelandmarker import roi_from_landmarks
-from streamer.avatar.framing import DISPLAY_SCALE, mirror_half, others_hidden, surroundings
+from streamer.avatar.framing import DISPLAY_SCALE, OUT_SIZE, Framer, mirror_half, others_hidden, surroundings
 from streamer.avatar.pack import AvatarPack
 from streamer.avatar.pose_targets import loss_weights, pose_targets
 
@@ -54,6 +54,17 @@ DISPLAY_SIZE = 256
 USABLE = (0.5, 0.75, 0.35)
 USABILITY_PROBES = {"yaw": (-2.5, 2.5), "pitch": (-2.5, 2.5), "roll": (-2.5, 2.5), "jawOpen": (6.0,),
                     "mouthSmileLeft": (3.0,), "eyeBlinkLeft": (4.0,)}
+
+
+def published_faces(imgs: torch.Tensor, display: np.ndarray) -> int:
+    """How many renders [B,3,R,R] in [-1,1], framed as a session publishes them (the generator's
+    square inside the photo's surroundings, OUT_SIZE px), the runtime finds a face in: what a viewer
+    sees. A blurred avatar (a face of ~15 px seen through a thumbnail) is found in its generator crop
+    but not once it is framed (Biden's half of a 96-px photo of two: 9 of 9 probes, a face in 8-11% of
+    the frames it published)."""
+    framer = Framer(display, DISPLAY_SCALE, OUT_SIZE)
+    with MediaPipeNet3D("image") as reader:
+        return sum(reader.read(framer(f.numpy())) is not None for f in image_uint8(imgs))
 
 
 class Enroller(Inverter):
@@ -125,12 +136,13 @@ class Enroller(Inverter):
         mae = float((img - target).abs().mean() * 127.5)
         return {"sface_cosine": round(self._identity(img, emb_target)[0], 4), "pixel_mae": round(mae, 2)}
 
-    def _usable(self, G, z, emb_target, name: str) -> dict:
-        """Renders the tuned avatar at a few poses (USABILITY_PROBES); a photo whose avatar is not this
-        face at its own pose, or falls apart when it moves, is refused with what was measured."""
+    def _usable(self, G, z, emb_target, name: str, display: np.ndarray) -> dict:
+        """Renders the tuned avatar at rest and at a few poses (USABILITY_PROBES); a photo whose avatar
+        is not this face at its own pose, falls apart when it moves, or is not found as a face once
+        framed for publishing, is refused with what was measured."""
         k, names = self.directions.k, self.directions.param_names
-        dps = torch.zeros(sum(len(v) for v in USABILITY_PROBES.values()), k)
-        row = 0
+        dps = torch.zeros(1 + sum(len(v) for v in USABILITY_PROBES.values()), k)   # row 0: at rest
+        row = 1
         for param, steps in USABILITY_PROBES.items():
             for v in steps:
                 dps[row, names.index(param)] = v
@@ -138,14 +150,20 @@ class Enroller(Inverter):
         with torch.no_grad():
             shift = self.directions(dps) - self.directions(torch.zeros(1, k))
             imgs = G.synthesize(self.zoo.compose_latent(z.expand(len(dps), *z.shape[1:]), shift))
-        cos = np.array(self._identity(imgs, emb_target))
+        cos = np.array(self._identity(imgs[1:], emb_target))
         faces = int(np.isfinite(cos).sum())
-        report = {"probe_faces": f"{faces}/{len(cos)}", "probe_sface": round(float(np.nan_to_num(cos).mean()), 3)}
+        shown = published_faces(imgs, display)
+        report = {"probe_faces": f"{faces}/{len(cos)}", "probe_sface": round(float(np.nan_to_num(cos).mean()), 3),
+                  "published_faces": f"{shown}/{len(imgs)}"}
         min_id, min_faces, min_probe_id = USABLE
         if faces < min_faces * len(cos) or report["probe_sface"] < min_probe_id:
             raise UserError(f"{name}: enrollment did not reach a usable avatar (a face in {faces} of {len(cos)} "
                             f"test poses, identity {report['probe_sface']:.2f} there; needs {min_faces:.0%} and "
                             f"{min_probe_id}); try a sharper, frontal, evenly lit photo")
+        if shown < min_faces * len(imgs):
+            raise UserError(f"{name}: enrollment did not reach a usable avatar (its face is found in {shown} of "
+                            f"{len(imgs)} test frames as they would be published, needs {min_faces:.0%}: too "
+                            f"blurred or small); try a photo where the face is larger and sharper")
         return report
 
     # -- 3. pivotal tuning ---------------------------------------------------------------------
@@ -275,7 +293,7 @@ class Enroller(Inverter):
                     raise UserError(f"{name}: enrollment did not reach a usable avatar (identity of its own "
                                     f"render {pivot_id:.2f}, needs {USABLE[0]}); try a sharper, frontal photo")
                 self._report("check")
-                quality["moving"] = self._usable(G_t, z, emb_target, name)
+                quality["moving"] = self._usable(G_t, z, emb_target, name, display)
         directions, directions_report = None, None
         if tune_directions:
             A, directions_report = tune_a(self.zoo, G_t, self.pivot(z).detach(), self.directions, tune_directions,

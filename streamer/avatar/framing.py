@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 from engines.method.align import crop_image
 
 DISPLAY_SCALE = 1.6    # the published frame spans this many generator squares
+OUT_SIZE = 256         # the published frame's side in pixels
 FEATHER = 0.12         # the paste fades out over this outer share of the square's half-width
 # where the surroundings reach past a tightly cropped photo's edge, its edge pixels run on as stripes:
 # there they blur into the photo's colours, lightly within FILL_NEAR x the frame's side of the edge and

@@ -34,7 +34,7 @@ from engines.method.net3d import MediaPipeNet3D
 from engines.method.net3d_torch import Reader, TorchNet3D
 from engines.method.zoos import load_zoo
 from streamer.avatar.enroll import cached_pack_path, load_or_enroll
-from streamer.avatar.framing import Framer
+from streamer.avatar.framing import OUT_SIZE, Framer
 from streamer.avatar.pack import AvatarPack
 from streamer.avatar.preparing import enroll_in_subprocess
 from streamer.reenact.api import Output
@@ -46,7 +46,6 @@ from streamer.reenact.net3d_stage import Net3DStage
 from streamer.reenact.output_guard import OutputGuard
 from streamer.reenact.side_by_side import side_by_side
 
-OUT_SIZE = 256
 PACKS_KEPT = 4   # avatar packs an Engine keeps in memory (a default-zoo pack is ~3 MB)
 
 
