@@ -64,7 +64,7 @@ def published_faces(imgs: torch.Tensor, display: np.ndarray) -> int:
     the frames it published)."""
     framer = Framer(display, DISPLAY_SCALE, OUT_SIZE)
     with MediaPipeNet3D("image") as reader:
-        return sum(reader.read(framer(f.numpy())) is not None for f in image_uint8(imgs))
+        return sum(reader.read(framer(f.numpy())) is not None for f in image_uint8(imgs).cpu())
 
 
 class Enroller(Inverter):
