@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from calibration.evaluation.media_variants import open_mouth
-from calibration.evaluation.motion import Reader, clip_frame, colour_drift_p95
+from calibration.evaluation.motion import Reader, colour_drift_p95
 from calibration.shape_model import ShapeModel, shape_model_path
+from engines.core.frames import clip_frame
 from engines.core.photo import read_photo
 from engines.method.net3d import MediaPipeNet3D
 from engines.method.pose import PARAM_NAMES

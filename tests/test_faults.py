@@ -375,12 +375,13 @@ def clip_readers():
     """Every tool that reads a whole clip, each through engines.core.frames."""
     from types import SimpleNamespace
 
-    from calibration.evaluation.motion import clip_frame, clip_frames
+    from calibration.evaluation.motion import clip_frames
+    from engines.core.frames import clip_frame
     from calibration.mixed import real_frames
     from streamer.bench.sessions import rgb_frames
     from streamer.testing.rtc_client import clip_frames as camera_frames
     return {"motion --clips": lambda p: clip_frames(str(p), SimpleNamespace(net3d=None)),
-            "motion --avatars CLIP@N": lambda p: clip_frame(p, 0),
+            "motion --avatars CLIP@N": lambda p: clip_frame(p, 0, "--avatars "),
             "train --mixed": lambda p: real_frames(p, 4),
             "bench --source": lambda p: rgb_frames(p, None),
             "test camera": lambda p: camera_frames(p, 4)}

@@ -46,7 +46,7 @@ import torch
 from calibration.evaluation.video_report import CROP, fmt, plot_series, save_strip, write_report
 from engines.core.errors import UserError, main_guard
 from engines.core.files import VIDEO_SUFFIXES, sha256_file
-from engines.core.frames import clip_rgb, frame_count
+from engines.core.frames import clip_frame, clip_rgb, frame_count
 
 # iBUG-68 points as MediaPipe FaceMesh indices: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, mouth 48-67
 MP68 = [162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,
@@ -206,9 +206,7 @@ def enroll_source(engine, inst: Instruments, clip: Path, index: int, steps: tupl
     from streamer.avatar.enroll import Enroller, cache_dir, recipe_key
     from streamer.avatar.pack import AvatarPack
     from streamer.reenact.engine import AvatarReenactor
-    rgb = next((f for i, _, f in clip_rgb(clip, index + 1, "--clips ") if i == index), None)
-    if rgb is None:
-        raise UserError(f"{clip.name} has no frame {index}")
+    rgb = clip_frame(clip, index, "--clips ")
     face, emb = inst.read_frame(rgb)
     if face is None:
         raise UserError(f"no face in frame {index} of {clip.name}; pick another with --avatar-frame")

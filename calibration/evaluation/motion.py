@@ -44,7 +44,7 @@ from calibration.evaluation.media_variants import (
     write_portrait,
 )
 from engines.core.errors import UserError, main_guard
-from engines.core.frames import clip_rgb
+from engines.core.frames import clip_frame, clip_rgb
 
 YAW_STD_MIN, JAW_STD_MIN = 3.0, 0.08
 GOALS = {"yaw_corr": 0.8, "jaw_corr": 0.6, "sface_mean": 0.5, "sface_p10": 0.3, "face_rate": 0.95}
@@ -118,7 +118,7 @@ def load_portrait(spec: str, folder: Path, reader: Reader) -> tuple[str, Path, n
     base, variant = split_name(spec)
     if "@" in base:
         clip, _, index = base.rpartition("@")
-        rgb = clip_frame(Path(clip), int(index))
+        rgb = clip_frame(Path(clip), int(index), "--avatars ")
         name = f"{Path(clip).stem}@{index}"
     else:
         rgb = read_photo(base)
@@ -132,13 +132,6 @@ def load_portrait(spec: str, folder: Path, reader: Reader) -> tuple[str, Path, n
     if variant is None and "@" not in base:
         return name, Path(base), rgb
     return name, write_portrait(rgb, folder, name), rgb
-
-
-def clip_frame(clip: Path, index: int) -> np.ndarray:
-    rgb = next((rgb for i, _, rgb in clip_rgb(clip, index + 1, "--avatars ") if i == index), None)
-    if rgb is None:
-        raise UserError(f"{clip} has no frame {index}")
-    return rgb
 
 
 def clip_frames(spec: str, reader: Reader, max_frames: int | None = None) -> list[tuple[float, np.ndarray]]:

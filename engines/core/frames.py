@@ -63,6 +63,14 @@ def clip_rgb(clip: Path, max_frames: int | None = None, label: str = "") -> Iter
         yield i, t, frame_rgb(f)
 
 
+def clip_frame(clip: Path, index: int, label: str = "") -> np.ndarray:
+    """Frame `index` of a clip as RGB uint8, upright; a UserError when the clip is shorter."""
+    rgb = next((rgb for i, _, rgb in clip_rgb(clip, index + 1, label) if i == index), None)
+    if rgb is None:
+        raise UserError(f"{label}{clip} has no frame {index}")
+    return rgb
+
+
 def frame_count(clip: Path, label: str = "") -> int:
     """The clip's frame count from its header; 0 where the container does not say."""
     with _opened(clip, label) as c:

@@ -31,6 +31,13 @@ def stamp(img: np.ndarray, n: int) -> None:
         img[:CELL, i * CELL:(i + 1) * CELL] = 255 if b else 0
 
 
+def stamped(frames: list[np.ndarray], n: int) -> np.ndarray:
+    """Frame n of the looped `frames`, a copy with n stamped on it."""
+    img = frames[n % len(frames)].copy()
+    stamp(img, n)
+    return img
+
+
 def read_stamp(img: np.ndarray, inverted: bool = True) -> int | None:
     """The frame number, or None if the cells don't decode with valid parity."""
     if img.shape[0] < CELL or img.shape[1] < BITS * CELL:
@@ -75,9 +82,7 @@ class StampedCameraTrack(MediaStreamTrack):
         return out
 
     def _next(self):
-        img = self.frames[self.n % len(self.frames)].copy()
-        stamp(img, self.n)
-        return av.VideoFrame.from_ndarray(img, format="rgb24")
+        return av.VideoFrame.from_ndarray(stamped(self.frames, self.n), format="rgb24")
 
 
 class EncodedCameraTrack(StampedCameraTrack):
@@ -107,9 +112,7 @@ def vp8_loop(frames: list[np.ndarray], fps: float = 30.0, length: int = 300, key
                      "minrate": str(bitrate), "maxrate": str(bitrate), "partitions": "0"}
     out = []
     for n in range(length):
-        img = frames[n % len(frames)].copy()
-        stamp(img, n)
-        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(stamped(frames, n), format="rgb24").reformat(format="yuv420p")
         frame.pts = n
         packets = codec.encode(frame)
         if len(packets) != 1:      # realtime, no lag: one packet per frame, or the loop's stamps drift
