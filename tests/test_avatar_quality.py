@@ -405,6 +405,45 @@ def test_an_open_mouth_is_swept_shut_and_closes_and_opens_with_the_drivers():
     assert torch.equal(closed.rest, closed.p_avatar)
 
 
+class _CreepingMouth(_LateMouth):
+    """A photo with its mouth open (jawOpen 3) that shuts half a unit a step down to 0.5 at step -5,
+    then creeps: 0.02 a step further, as real open mouths do (0.36 at the sweep's end, step -12)."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        s = dp[3]
+        return 3.0 + 0.5 * s if s >= -5 else 0.5 + 0.02 * (s + 5)
+
+
+def test_an_open_mouth_is_driven_shut_only_to_the_knee_of_its_closing():
+    """A speaking photo's last hundredths of closing took its last ~5 steps, and a jaw held there, 3 sds
+    out, bent the head: its turns stopped and reversed (yaw r 0.63). Closed form: the creeping tail is
+    cut where SHUT_KNEE of the closing is done, the rest is the reading there, and no curve (the far
+    one included) asks the jaw to close past it."""
+    from engines.method.correction import SHUT_KNEE, Correction, JawFar, closed_to_knee
+    fake = _CreepingMouth()
+    corr = Correction.measure(fake.A, fake.render, image_reader=fake.reader, mouth_open=True)
+    t, r = corr.curves[3]
+    # swept to -12 and made monotone (the tail's 0.02 a step raised to 0.05): 2.85 of closing in all,
+    # 2.5 of it by step -5, then 0.05 a step; the curve starts at the last step short of SHUT_KNEE of it
+    monotone = {s: -2.5 - 0.05 * (-5 - s) for s in range(-12, -4)}
+    knee = max(s for s, v in monotone.items() if v <= SHUT_KNEE * monotone[-12] + 1e-9)
+    assert -12 < knee < -5 and t[0] == knee and r[0] == pytest.approx(monotone[knee])
+    p_avatar = np.array([0.0, 0.0, 0.0, 3.0, 0.0])
+    # the rest the driver's shut mouth maps to: the knee's, above the tail's end
+    assert corr.shut_reading(fake.A, p_avatar) == pytest.approx(3.0 + monotone[knee], abs=1e-5)
+    assert 3.0 + monotone[knee] > 3.0 + monotone[-12]
+    # a curve that does not close, and one that closes all at once, are left as they are
+    opening = (np.arange(0.0, 5.0), np.arange(0.0, 5.0))
+    assert closed_to_knee(opening) is opening
+    sharp = (np.array([-2.0, -1.0, 0.0]), np.array([-3.0, -2.99, 0.0]))
+    assert closed_to_knee(sharp)[0][0] == -1.0
+    # the far curve, which would close 12 steps, stops where the near one does
+    far = JawFar(3, 0.0, 1.0, (np.arange(-12.0, 1.0), np.linspace(-3.2, 0.0, 13)), torch.ones(3))
+    held = dataclasses.replace(corr, jaw_far=far, reach=None, jaw_drift=None)
+    request = torch.tensor([5.0, 0.0, 0.0, -3.0, 0.0])   # turned far out, the jaw asked to shut
+    assert float(held(request)[3]) == pytest.approx(knee)
+
 class _SlowMouth(_LateMouth):
     """A mouth that opens slowly all the way: 0.3 a step (3 units at the sweep's step 10)."""
 

@@ -50,6 +50,12 @@ SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jaw
 # at rest, 0.34 at -4, 0.06 at -10)
 SHUT_SWEEP = range(-12, 11)
 MOUTH_OPEN = 0.3
+# ... but only as far as SHUT_KNEE of that closing: the last hundredths of a jawOpen reading took the
+# last ~5 steps (a speaking photo, mirrored: 87% of its closing done at step -6, all at -12), and a jaw held
+# 3 sds out there bent the whole head: its turns stopped and reversed (yaw r 0.63 on the bundled clip;
+# re-rendered with the jaw stopped at -8, -9, -10: 0.82, 0.82, 0.78). At 97% it stops at -9 (0.82). The
+# price, on the open-mouth photos' jawOpen r: up to 0.07 at 95-97%, 0.13 at 90% (docs/reenactment.md)
+SHUT_KNEE = 0.97
 # A jaw still opening at the sweep's last step and short of JAW_LATE there (the typical avatar's
 # response at step 7.5, TYPICAL_JAW) opens late: its curve is read again with the sweep run on to
 # LATE_END. A toothy smile read 0.17 jawOpen at step 10 (3.4 units) and 0.34 at 14, still a clean face;
@@ -137,6 +143,16 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     r = np.maximum.accumulate(r)
     r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
     return t, r - np.interp(0.0, t, r)
+
+
+def closed_to_knee(curve: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A jaw curve (steps, response) that closes below rest, started at the step nearest rest where
+    SHUT_KNEE of its closing is done: requests for less clamp there."""
+    t, r = curve
+    if r[0] >= 0:
+        return curve
+    knee = int(np.flatnonzero(r <= SHUT_KNEE * r[0]).max())
+    return t[knee:], r[knee:]
 
 
 def opens_late(curve: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> bool:
@@ -331,6 +347,8 @@ class Correction:
                 jaw_far = _jaw_far(jaw, t, far_r, far[far_kept], contexts[near_kept], spread)
             seen, r = seen_stretch(t, r)
             curve = response_curve(seen, r)
+            if curve is not None and i == jaw and mouth_open:
+                curve = closed_to_knee(curve)
             if curve is None and i == jaw and seen[-1] > 0:
                 curve, jaw_far, blind = blind_jaw(seen), None, True   # its far curve is as blind
             if curve is not None:
@@ -426,7 +444,8 @@ class Correction:
         t, r = self.curves[self.jaw]
         near = float(np.interp(request, r, t))
         far = self.jaw_far
-        return near if far is None else far.step(near, request, far.radius(out))
+        # the far curve closes no further than the near one (closed_to_knee)
+        return near if far is None else max(far.step(near, request, far.radius(out)), float(t[0]))
 
 
 def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
