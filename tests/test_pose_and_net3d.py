@@ -99,3 +99,31 @@ def test_small_faces_in_a_wide_photo_are_found_window_by_window(net3d):
         gap = np.abs(face.landmarks[:, :2] - (alone.landmarks[:, :2] + [x, y])).max(0)
         assert gap.max() < 0.05 * side, gap     # the same face, read in a different window
     assert net3d.find_all(_on_canvas([])) == []
+
+
+def test_a_face_the_photos_edge_cuts_and_tilts_is_found_on_the_photo_padded_by_its_edge(net3d):
+    """A smiling portrait cut through the cheek and turned 10 degrees (face_recognition's test picture,
+    rotated) was refused as faceless: the detector misses a face whose box leaves the image once it is
+    also tilted. find_all then reads the photo with its edge pixels repeated around it. Here the
+    bundled astronaut, her face's left 30% cut off and the photo turned 10 degrees: MediaPipe finds no
+    face in it, and finds the one find_all returns in the padded photo, at the same landmarks moved
+    back by the pad; a frame without a face still finds none."""
+    from engines.method.net3d import EDGE_PAD
+    rgb = load_rgb(ASSETS / "astronaut.png")
+    x0, _, x1, _ = net3d.find_all(rgb)[0].box
+    cut = rgb[:, int(x0 + 0.3 * (x1 - x0)):]
+    photo = np.ascontiguousarray(np.asarray(Image.fromarray(cut).rotate(10, resample=Image.BICUBIC,
+                                                                       fillcolor=tuple(int(v) for v in cut[0, 0]))))
+    assert net3d.read_all(photo) == [] and net3d._found(photo) == []
+    faces = net3d.find_all(photo)
+    assert len(faces) == 1
+    # the same face read on another canvas (half the pad), moved back by its own pad: the landmarks
+    # inside the photo agree (those beyond its edge are the network's guesses either way)
+    pad = int(EDGE_PAD / 2 * max(photo.shape[:2]))
+    other = net3d._found(np.pad(photo, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))[0]
+    inside = faces[0].landmarks[:, 0] >= 0
+    width = faces[0].box[2] - faces[0].box[0]
+    gap = np.abs(faces[0].landmarks[inside, :2] - (other.landmarks[inside, :2] - pad))
+    assert inside.mean() > 0.3 and np.median(gap) < 0.03 * width and gap.max() < 0.1 * width
+    assert faces[0].box[0] < 0 < faces[0].box[2]        # cut by the photo's left edge
+    assert net3d.find_all(_on_canvas([])) == []
