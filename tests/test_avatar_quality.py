@@ -444,6 +444,7 @@ def test_an_open_mouth_is_driven_shut_only_to_the_knee_of_its_closing():
     request = torch.tensor([5.0, 0.0, 0.0, -3.0, 0.0])   # turned far out, the jaw asked to shut
     assert float(held(request)[3]) == pytest.approx(knee)
 
+
 class _SlowMouth(_LateMouth):
     """A mouth that opens slowly all the way: 0.3 a step (3 units at the sweep's step 10)."""
 

@@ -376,8 +376,8 @@ def clip_readers():
     from types import SimpleNamespace
 
     from calibration.evaluation.motion import clip_frames
-    from engines.core.frames import clip_frame
     from calibration.mixed import real_frames
+    from engines.core.frames import clip_frame
     from streamer.bench.sessions import rgb_frames
     from streamer.testing.rtc_client import clip_frames as camera_frames
     return {"motion --clips": lambda p: clip_frames(str(p), SimpleNamespace(net3d=None)),
