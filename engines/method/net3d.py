@@ -129,10 +129,7 @@ class MediaPipeNet3D:
         if faces:
             return faces
         pad = int(EDGE_PAD * max(image.shape[:2]))
-        faces = self._found(np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
-        for face in faces:
-            face.landmarks[:, :2] -= pad
-        return faces
+        return _moved(self._found(np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")), -pad, -pad)
 
     def _found(self, image: np.ndarray) -> list[FaceReading]:
         """find_all's faces of the image as it is: the whole, then window levels until one finds a face."""
@@ -159,9 +156,7 @@ class MediaPipeNet3D:
         for y in _starts(h, side):
             for x in _starts(w, side):
                 window = np.ascontiguousarray(image[y:y + side, x:x + side])
-                for face in self.read_all(window):
-                    face.landmarks[:, 0] += x
-                    face.landmarks[:, 1] += y
+                for face in _moved(self.read_all(window), x, y):
                     x0, y0, x1, y1 = face.box
                     off = np.hypot((x0 + x1) / 2 - x - side / 2, (y0 + y1) / 2 - y - side / 2) / side
                     found.append((face, float(off)))
@@ -196,6 +191,15 @@ def _starts(length: int, side: int) -> list[int]:
     if length <= side:
         return [0]
     return sorted({*range(0, length - side, side // 2), length - side})
+
+
+def _moved(faces: list[FaceReading], dx: int, dy: int) -> list[FaceReading]:
+    """faces with their landmarks moved by (dx, dy) px: from a window's or a padded image's coordinates
+    to the photo's."""
+    for face in faces:
+        face.landmarks[:, 0] += dx
+        face.landmarks[:, 1] += dy
+    return faces
 
 
 def _distinct(found: list[tuple[FaceReading, float]]) -> list[FaceReading]:
