@@ -167,6 +167,26 @@ def test_a_group_photo_is_read_through_the_crop_around_the_face_enrollment_chose
         avatar_reference(Path("g.jpg"), group, reader(None), _Pack())
 
 
+def test_a_small_face_in_a_wide_photo_is_cropped_around_where_enrollment_finds_it(tmp_path):
+    """`PHOTO~crop` looks for the face as enrollment does (find_all: windows, then the padded photo):
+    two men on a touchline, 1280x720, were 'no face to crop around' to a read of the whole frame."""
+    from PIL import Image
+
+    from calibration.evaluation.motion import load_portrait
+    canvas = Image.new("RGB", (1600, 900), (120, 110, 100))
+    canvas.paste(Image.open(ASTRONAUT).convert("RGB").resize((200, 200), Image.BICUBIC), (1200, 500))
+    wide = tmp_path / "wide.png"
+    canvas.save(wide)
+    reader = Reader()
+    try:
+        assert reader.read(np.asarray(canvas))[0] is None          # the whole frame shows no face
+        _, path, rgb = load_portrait(f"{wide}~crop", tmp_path, reader)
+        face, _ = reader.read(rgb)
+    finally:
+        reader.close()
+    assert path.is_file() and rgb.shape[0] == rgb.shape[1] < 300 and face is not None
+
+
 @pytest.mark.slow
 def test_one_command_measures_every_pair(tmp_path, monkeypatch):
     """Two portraits (the bundled one and its grey variant) x a short clip: one table row per pair,

@@ -124,7 +124,9 @@ def load_portrait(spec: str, folder: Path, reader: Reader) -> tuple[str, Path, n
         rgb = read_photo(base)
         name = Path(base).stem
     if variant:
-        face, _ = reader.read(rgb)
+        # the product's own search (windows, the padded photo): a face of a wide photo is found as at enrollment
+        faces = reader.net3d.find_all(rgb)
+        face = faces[0] if faces else None
         if variant == "crop" and face is None:
             raise UserError(f"{spec}: no face to crop around")
         rgb = portrait_variant(rgb, variant, face.box if face is not None else None)
