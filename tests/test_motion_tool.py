@@ -5,9 +5,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from calibration.evaluation.media_variants import clip_variant_frames, portrait_variant, split_name
-from calibration.evaluation.motion import Reader, avatar_reference, chroma_hf, clip_frames, judge, main
+from calibration.evaluation.motion import (Reader, avatar_reference, chroma_hf, clip_frames, judge, load_portrait,
+                                          main)
 from engines.core.errors import UserError
 from engines.core.photo import read_photo
 from engines.method.pose import PARAM_NAMES
@@ -170,9 +172,6 @@ def test_a_group_photo_is_read_through_the_crop_around_the_face_enrollment_chose
 def test_a_small_face_in_a_wide_photo_is_cropped_around_where_enrollment_finds_it(tmp_path):
     """`PHOTO~crop` looks for the face as enrollment does (find_all: windows, then the padded photo):
     two men on a touchline, 1280x720, were 'no face to crop around' to a read of the whole frame."""
-    from PIL import Image
-
-    from calibration.evaluation.motion import load_portrait
     canvas = Image.new("RGB", (1600, 900), (120, 110, 100))
     canvas.paste(Image.open(ASTRONAUT).convert("RGB").resize((200, 200), Image.BICUBIC), (1200, 500))
     wide = tmp_path / "wide.png"
