@@ -43,6 +43,7 @@ from calibration.evaluation.media_variants import (
     split_name,
     write_portrait,
 )
+from calibration.inversion import chosen_face
 from engines.core.errors import UserError, main_guard
 from engines.core.frames import clip_frame, clip_rgb
 
@@ -124,9 +125,9 @@ def load_portrait(spec: str, folder: Path, reader: Reader) -> tuple[str, Path, n
         rgb = read_photo(base)
         name = Path(base).stem
     if variant:
-        # the product's own search (windows, the padded photo): a face of a wide photo is found as at enrollment
+        # the face enrollment takes: its own search (windows, the padded photo) and its choice among rivals
         faces = reader.net3d.find_all(rgb)
-        face = faces[0] if faces else None
+        face = chosen_face(faces) if faces else None
         if variant == "crop" and face is None:
             raise UserError(f"{spec}: no face to crop around")
         rgb = portrait_variant(rgb, variant, face.box if face is not None else None)
