@@ -35,6 +35,7 @@ from engines.models.facelandmarker import (
     roi_from_landmarks,
     uncrop_landmarks,
 )
+from tests.mediapipe_faces import video_frames
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PEXELS_FRAMES = (100, 260, 403)  # frontal smile, turned, rolled (-26 degrees: exercises rotation and z)
@@ -52,19 +53,6 @@ def _load_rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def _video_frames(path: Path, indices) -> list[np.ndarray]:
-    import av
-
-    want, frames = set(indices), {}
-    with av.open(str(path)) as c:
-        for i, f in enumerate(c.decode(video=0)):
-            if i in want:
-                frames[i] = f.to_ndarray(format="rgb24")
-            if i >= max(indices):
-                break
-    return [frames[i] for i in indices]
-
-
 @functools.lru_cache(maxsize=None)
 def _core_images() -> dict[str, np.ndarray]:
     astro = Image.open(ASSETS / "astronaut.png").convert("RGB")
@@ -75,7 +63,7 @@ def _core_images() -> dict[str, np.ndarray]:
         "astronaut_rot30": np.asarray(astro.rotate(30, resample=Image.BICUBIC)),
         "astronaut_edge": np.asarray(astro.crop((150, 60, 512, 512))),
     }
-    for i, f in zip(PEXELS_FRAMES, _video_frames(ASSETS / "pexels_woman.mp4", PEXELS_FRAMES)):
+    for i, f in zip(PEXELS_FRAMES, video_frames(ASSETS / "pexels_woman.mp4", PEXELS_FRAMES)):
         imgs[f"pexels_woman#{i}"] = f
     return imgs
 
@@ -88,7 +76,7 @@ def _shared_images(shared: Path) -> dict[str, np.ndarray]:
             imgs[name] = _load_rgb(media / name)
     for name in SHARED_CLIPS:
         if (media / name).is_file():
-            imgs[f"{name}#150"] = _video_frames(media / name, (150,))[0]
+            imgs[f"{name}#150"] = video_frames(media / name, (150,))[0]
     if not imgs:
         pytest.skip("no shared media files")
     return imgs

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from streamer.bench.report import save_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,8 +169,7 @@ def main(argv=None) -> int:
     res.update(what=args.what, factory=args.factory or "fake", avatar=args.avatar,
                malloc_arena_max=os.environ.get("MALLOC_ARENA_MAX"))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
+        save_json(args.json, res)
     return 0
 
 

@@ -11,7 +11,6 @@ can). `--device cuda` runs the reenactor's networks on a GPU, as `run_stream.py 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -24,6 +23,7 @@ import numpy as np
 from engines.core.errors import UserError, main_guard
 from engines.core.frames import decoded, frame_rate, frame_rgb
 from streamer.bench.machine import cpu_model
+from streamer.bench.report import save_json
 from streamer.reenact.config import NET3D_CHOICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,8 +248,7 @@ def main(argv=None) -> int:
         print(f"end to end: {res['fps']:.1f} fps over {res['frames']} frames ({res['no_face']} without a face); "
               f"{res['machine']}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
+        save_json(args.json, res)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.core.errors import main_guard
+from streamer.bench.report import save_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,8 +117,7 @@ def main(argv=None) -> int:
     ok, text = verdict(result, args.max_growth_mb)
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        save_json(args.json, result)
     return 0 if ok else 1
 
 
