@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from engines.core.errors import main_guard
+from streamer.bench.report import save_json
 from streamer.bench.sessions import ROOT, machine, pct, rgb_frames, run_sessions
 from streamer.cluster.client import ClusterReenactorFactory, import_ray
 from streamer.cluster.config import ClusterConfig, add_cluster_arguments
@@ -119,8 +120,7 @@ def save(res: dict, path: Path) -> None:
     runs = data.setdefault("runs", {})
     c = res["cluster"]
     runs[f"replicas={c['replicas']},sessions={c['sessions']},lru={c['avatars_per_replica']}"] = res
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1))
+    save_json(path, data)
 
 
 @main_guard
