@@ -6,10 +6,8 @@ Prints medians; the CPU is shared with other work, so expect some noise.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.core.errors import main_guard  # noqa: E402
 from engines.models.facedetector import FaceDetectorNet  # noqa: E402
 from engines.models.facelandmarker import BlendshapeNet, LandmarkNet, read_task_file  # noqa: E402
-
-
-def median_ms(fn, x, reps: int) -> float:
-    for _ in range(2):
-        fn(x)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn(x)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) * 1000
+from streamer.bench.timing import median_ms, model_bench_args  # noqa: E402
 
 
 def litert_ms(name: str, shape, reps: int, threads: int) -> float:
@@ -50,13 +36,7 @@ def litert_ms(name: str, shape, reps: int, threads: int) -> float:
 
 @main_guard
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--half", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    dtype = torch.float16 if args.half else torch.float32
+    args, dtype = model_bench_args(__doc__.splitlines()[0])
     dev = args.device
     print(f"device {dev}, dtype {dtype}, threads {args.threads}, load average {os.getloadavg()[0]:.1f}")
     lm = LandmarkNet.from_task().to(dev, dtype)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,12 +18,7 @@ from engines.accel.onnx_cpu import OrtGenerator  # noqa: E402
 from engines.core.errors import main_guard  # noqa: E402
 from engines.models.dcgan import DCGAN  # noqa: E402
 from streamer.bench.machine import cpu_model  # noqa: E402
-
-
-def _once_ms(fn, z) -> float:
-    t = time.perf_counter()
-    fn(z)
-    return (time.perf_counter() - t) * 1e3
+from streamer.bench.timing import once_ms  # noqa: E402
 
 
 @main_guard
@@ -48,7 +42,7 @@ def main(argv=None) -> int:
                     fn(z)
             for _ in range(args.reps):
                 for k, fn in forms.items():
-                    times[k].append(_once_ms(fn, z))
+                    times[k].append(once_ms(fn, z))
         for k, ts in times.items():
             print(f"batch {batch}: {k:27s} {statistics.median(ts) / batch:6.2f} ms per frame")
     return 0

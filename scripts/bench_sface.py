@@ -5,9 +5,7 @@ Prints medians; the CPU is shared with other work, so expect some noise.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,30 +14,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.core.errors import main_guard  # noqa: E402
 from engines.models.sface import SFace  # noqa: E402
+from streamer.bench.timing import median_ms, model_bench_args  # noqa: E402
 
 
 def median_ms_per_face(fn, x, reps: int) -> float:
-    for _ in range(2):
-        fn(x)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn(x)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts)) / len(x) * 1000
+    return median_ms(fn, x, reps) / len(x)
 
 
 @main_guard
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--half", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    dtype = torch.float16 if args.half else torch.float32
+    args, dtype = model_bench_args(__doc__.splitlines()[0])
     model = SFace.from_onnx().to(args.device, dtype)
     print(f"device {args.device}, dtype {dtype}, threads {args.threads}")
     with torch.inference_mode():

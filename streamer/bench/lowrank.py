@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
@@ -21,6 +20,7 @@ from engines.method.zoos import RECIPES
 from engines.models.dcgan import DCGAN
 from engines.models.stylegan2 import StyleGAN2
 from engines.weights.random_weights import random_stylegan2
+from streamer.bench.timing import once_ms
 
 
 def low_rank_avatar(g, prefixes, rank: int, seed: int) -> dict:
@@ -33,11 +33,6 @@ def low_rank_avatar(g, prefixes, rank: int, seed: int) -> dict:
             d = torch.randn(rows, rank, generator=gen) @ torch.randn(rank, cols, generator=gen)
             out[n] = p.detach() + 0.01 * d.view(p.shape) * p.detach().std()
     return out
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def side_by_side(g, prefixes, make_grouped, make_low, inputs, batch: int, rank: int, repeats: int,
@@ -62,11 +57,7 @@ def side_by_side(g, prefixes, make_grouped, make_low, inputs, batch: int, rank: 
         outs = {k: run(k) for k in runs}   # warm-up, and the outputs to compare
         for _ in range(repeats):
             for k in runs:
-                _sync(device)
-                t0 = time.perf_counter()
-                run(k)
-                _sync(device)
-                times[k].append((time.perf_counter() - t0) * 1000)
+                times[k].append(once_ms(run, k, device))
     ref = outs["grouped"]
     med = {k: round(statistics.median(v), 1) for k, v in times.items()}
     return {"batch": batch, "rank": rank, "ms_median": med,
