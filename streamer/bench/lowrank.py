@@ -9,8 +9,8 @@ DCGAN (tuned main.3-12). Runs alternate so a loaded machine slows both alike; me
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -20,6 +20,7 @@ from engines.method.zoos import RECIPES
 from engines.models.dcgan import DCGAN
 from engines.models.stylegan2 import StyleGAN2
 from engines.weights.random_weights import random_stylegan2
+from streamer.bench.report import save_json
 from streamer.bench.timing import once_ms
 
 
@@ -97,9 +98,7 @@ def main(argv=None) -> int:
               f"shared+low-rank {r['ms_median']['shared_low_rank']} ms -> {r['grouped_over_low_rank']}x "
               f"(rel. L2 {r['rel_l2']:.1e}; bank {r['bank_numbers']['shared_low_rank'] / r['bank_numbers']['grouped']:.3f} of grouped's)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+        save_json(Path(args.json), result)
     return 0
 
 
