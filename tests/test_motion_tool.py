@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from calibration.evaluation.media_variants import clip_variant_frames, portrait_variant, split_name
-from calibration.evaluation.motion import (Reader, avatar_reference, chroma_hf, clip_frames, judge, load_portrait,
-                                          main)
+from calibration.evaluation.motion import (Reader, Series, WiderJaw, avatar_reference, chroma_hf, clip_frames, judge,
+                                          jaw_rest, load_portrait, main, widened)
 from engines.core.errors import UserError
 from engines.core.photo import read_photo
 from engines.method.pose import PARAM_NAMES
@@ -101,6 +101,30 @@ def test_wide_mouth_variant_opens_the_drivers_mouth():
         gained.append(reader.read(moved)[0].p[JAW] - reader.read(orig)[0].p[JAW])
     reader.close()
     assert len(gained) >= 10 and max(gained) > 0.2 and np.median(gained) > 0.05
+
+
+def test_a_wider_driver_is_the_clips_jaw_stretched_above_its_rest_and_nothing_else():
+    """--jaw-gain: what the reenactor reads and what it is compared with carry the same widened jawOpen
+    (rest + K x the opening, within 0..1); the head and the other expressions are the reading's own."""
+    import av
+    reader = Reader()
+    with av.open(str(CLIP)) as c:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(12), c.decode(video=0))]
+    plain = [reader.net3d.read(f) for f in frames]
+    drv = Series([f.p for f in plain])
+    rest = jaw_rest(drv)
+    assert rest == pytest.approx(np.percentile([f.p[JAW] for f in plain], 5))
+    wide = WiderJaw(reader.net3d, rest, 3.0)
+    read = [wide.read(f).p for f in frames]
+    series = widened(drv, rest, 3.0).p
+    reader.close()
+    for face, w, s in zip(plain, read, series):
+        assert w[JAW] == pytest.approx(np.clip(rest + 3.0 * (face.p[JAW] - rest), 0, 1), abs=1e-6)
+        assert s == pytest.approx(w, abs=1e-6)
+        others = [i for i in range(len(PARAM_NAMES)) if i != JAW]
+        assert np.allclose(w[others], face.p[others])
+    assert max(w[JAW] for w in read) > 2 * max(f.p[JAW] for f in plain) - 2 * rest
+    assert WiderJaw(SimpleNamespace(read=lambda *a: None), 0.0, 2.0).read(frames[0]) is None
 
 
 def test_midword_variant_starts_at_the_widest_opening_of_the_first_seconds():
@@ -208,3 +232,8 @@ def test_one_command_measures_every_pair(tmp_path, monkeypatch):
     assert r["frames"] == 30 and r["sampled"] == 10 and 0 <= r["face_rate"] <= 1
     assert (tmp_path / "media" / "astronaut~grey.png").is_file()
     assert (tmp_path / "m.md").read_text().count("| astronaut") == 2
+    # a driver opening twice as wide: the same clip, its jaw's spread doubled (rest held), read so
+    assert main(["--avatars", str(ASTRONAUT), "--clips", str(clip), "--stride", "3", "--jaw-gain", "2",
+                 "--media-dir", str(tmp_path / "media"), "--json", str(out)]) == 0
+    wide = json.loads(out.read_text())["pairs"]["astronaut"]["c jaw x2"]
+    assert 1.8 <= wide["driver_jaw_sd"] / pairs["astronaut"]["c"]["driver_jaw_sd"] <= 2.0

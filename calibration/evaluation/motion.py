@@ -22,6 +22,9 @@ max(10, driver's + 5).
 
 Widened media (calibration.evaluation.media_variants): `PHOTO~mirror|crop|rot+10|rot-10|grey`, a frame of a clip as
 a portrait `CLIP@N`, and `CLIP~mirror|reverse|widemouth|grey|dark|lowres|far|rot+10|noise`; `--widen` adds every variant of every item.
+`--jaw-gain K`: a driver who opens K times wider than the clip's (none here exceeds jawOpen sd 0.19): the
+driver's jawOpen score, as the reenactor reads it and as it is compared, is stretched K-fold above its
+5th percentile (clipped to 0..1); the frames, the head and everything else stay the clip's.
 """
 from __future__ import annotations
 
@@ -187,6 +190,56 @@ def drive(reen, frames, reader: Reader, stride: int) -> Series:
     return s
 
 
+JAW_REST_PERCENTILE = 5
+
+
+def jaw_rest(drv: Series) -> float:
+    """The driver's jawOpen with the mouth at rest: the 5th percentile of the clip's readings."""
+    from engines.method.pose import PARAM_NAMES
+    jaws = [p[PARAM_NAMES.index("jawOpen")] for p in drv.p if p is not None]
+    return float(np.percentile(jaws, JAW_REST_PERCENTILE)) if jaws else 0.0
+
+
+def wider(score, rest: float, gain: float):
+    """A jawOpen score as a driver opening `gain` times as wide from `rest` would show it."""
+    return np.clip(rest + gain * (score - rest), 0.0, 1.0)
+
+
+def widened(drv: Series, rest: float, gain: float) -> Series:
+    """The driver's series with its jawOpen readings widened (the frames themselves are the clip's)."""
+    from engines.method.pose import PARAM_NAMES
+    jaw = PARAM_NAMES.index("jawOpen")
+
+    def one(p):
+        if p is None:
+            return None
+        p = np.array(p, dtype=np.float64)
+        p[jaw] = wider(p[jaw], rest, gain)
+        return p
+    return Series([one(p) for p in drv.p], drv.emb, drv.means, drv.chroma)
+
+
+class WiderJaw:
+    """A reenactor's Net3D reader whose readings carry the driver's jawOpen widened (--jaw-gain)."""
+
+    def __init__(self, reader, rest: float, gain: float):
+        from engines.models.facelandmarker import BLENDSHAPE_NAMES
+        self.reader, self.rest, self.gain = reader, rest, gain
+        self.index = BLENDSHAPE_NAMES.index("jawOpen")
+
+    def read(self, image, timestamp_ms=None):
+        from engines.method.net3d import FaceReading
+        face = self.reader.read(image, timestamp_ms)
+        if face is None:
+            return None
+        shapes = face.blendshapes.copy()
+        shapes[self.index] = wider(shapes[self.index], self.rest, self.gain)
+        return FaceReading(face.landmarks, shapes, face.matrix)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 def pair_metrics(drv: Series, out: Series, avatar_emb: np.ndarray, avatar_chroma: float) -> dict:
     from engines.method.pose import PARAM_NAMES
     yaw, jaw = PARAM_NAMES.index("yaw"), PARAM_NAMES.index("jawOpen")
@@ -299,6 +352,8 @@ def main(argv=None) -> int:
     ap.add_argument("--widen", action="store_true", help="add every variant of every avatar and clip given")
     ap.add_argument("--stride", type=int, default=2, help="read every Nth frame (default 2; colour drift uses all)")
     ap.add_argument("--max-frames", type=int, help="at most this many frames of each clip")
+    ap.add_argument("--jaw-gain", type=float, default=1.0, metavar="K",
+                    help="a driver opening K times as wide as the clip's (default 1: the clip as it is)")
     ap.add_argument("--feedback", type=int, default=0, metavar="N",
                     help="the reenactor's head-pose feedback every N frames (default 0 = off, as run_stream)")
     ap.add_argument("--tune-directions", type=int, nargs="?", const=200, default=0, metavar="STEPS",
@@ -325,9 +380,16 @@ def main(argv=None) -> int:
     for clip in expand(args.clips, CLIP_VARIANTS, args.widen):
         frames = clip_frames(clip, reader, args.max_frames)
         drv = read_driver(frames, reader, args.stride)
+        rest = jaw_rest(drv)
+        if args.jaw_gain != 1.0:
+            drv = widened(drv, rest, args.jaw_gain)
         clip_name = "~".join(filter(None, [Path(split_name(clip)[0]).stem, split_name(clip)[1]]))
+        if args.jaw_gain != 1.0:
+            clip_name += f" jaw x{args.jaw_gain:g}"
         for name, path, emb, chroma in avatars:
             reen = engine.make_reenactor(path, feedback_every=args.feedback)
+            if args.jaw_gain != 1.0:   # the product reads the clip's frames, then sees the wider jaw
+                reen.reader = WiderJaw(reen.reader, rest, args.jaw_gain)
             try:
                 r = pair_metrics(drv, drive(reen, frames, reader, args.stride), emb, chroma)
             finally:
