@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from calibration.evaluation.media_variants import (
     CLIP_VARIANTS,
@@ -46,9 +47,15 @@ from calibration.evaluation.media_variants import (
     split_name,
     write_portrait,
 )
+from calibration.identity import IdentityScorer
 from calibration.inversion import chosen_face
 from engines.core.errors import UserError, main_guard
 from engines.core.frames import clip_frame, clip_rgb
+from engines.core.photo import read_photo
+from engines.core.views import net3d_view
+from engines.method.net3d import FaceReading, MediaPipeNet3D
+from engines.method.pose import PARAM_NAMES
+from engines.models.facelandmarker import BLENDSHAPE_NAMES
 
 YAW_STD_MIN, JAW_STD_MIN = 3.0, 0.08
 GOALS = {"yaw_corr": 0.8, "jaw_corr": 0.6, "sface_mean": 0.5, "sface_p10": 0.3, "face_rate": 0.95}
@@ -57,9 +64,6 @@ DRIFT_FLOOR, DRIFT_MARGIN = 10.0, 5.0
 
 def output_view(img: np.ndarray, resolution: int) -> torch.Tensor:
     """A published face frame (the generator's crop, upscaled) framed like calibration's Net3D view."""
-    from PIL import Image
-
-    from engines.core.views import net3d_view
     small = np.asarray(Image.fromarray(img).resize((resolution, resolution), Image.BICUBIC))
     t = torch.from_numpy(np.array(small, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
     return net3d_view(t)
@@ -98,8 +102,6 @@ class Reader:
     """The independent reader: MediaPipe runtime (image mode) + SFace, on images as they are."""
 
     def __init__(self):
-        from calibration.identity import IdentityScorer
-        from engines.method.net3d import MediaPipeNet3D
         self.net3d = MediaPipeNet3D("image")
         self.scorer = IdentityScorer()
 
@@ -118,7 +120,6 @@ class Reader:
 # ------------------------------------------------------------------------------------------ media
 def load_portrait(spec: str, folder: Path, reader: Reader) -> tuple[str, Path, np.ndarray]:
     """`PHOTO`, `PHOTO~variant` or `CLIP@N[~variant]` -> (name, a PNG the product can enroll, RGB)."""
-    from engines.core.photo import read_photo
     base, variant = split_name(spec)
     if "@" in base:
         clip, _, index = base.rpartition("@")
@@ -195,7 +196,6 @@ JAW_REST_PERCENTILE = 5
 
 def jaw_rest(drv: Series) -> float:
     """The driver's jawOpen with the mouth at rest: the 5th percentile of the clip's readings."""
-    from engines.method.pose import PARAM_NAMES
     jaws = [p[PARAM_NAMES.index("jawOpen")] for p in drv.p if p is not None]
     return float(np.percentile(jaws, JAW_REST_PERCENTILE)) if jaws else 0.0
 
@@ -207,7 +207,6 @@ def wider(score, rest: float, gain: float):
 
 def widened(drv: Series, rest: float, gain: float) -> Series:
     """The driver's series with its jawOpen readings widened (the frames themselves are the clip's)."""
-    from engines.method.pose import PARAM_NAMES
     jaw = PARAM_NAMES.index("jawOpen")
 
     def one(p):
@@ -223,12 +222,10 @@ class WiderJaw:
     """A reenactor's Net3D reader whose readings carry the driver's jawOpen widened (--jaw-gain)."""
 
     def __init__(self, reader, rest: float, gain: float):
-        from engines.models.facelandmarker import BLENDSHAPE_NAMES
         self.reader, self.rest, self.gain = reader, rest, gain
         self.index = BLENDSHAPE_NAMES.index("jawOpen")
 
     def read(self, image, timestamp_ms=None):
-        from engines.method.net3d import FaceReading
         face = self.reader.read(image, timestamp_ms)
         if face is None:
             return None
@@ -241,7 +238,6 @@ class WiderJaw:
 
 
 def pair_metrics(drv: Series, out: Series, avatar_emb: np.ndarray, avatar_chroma: float) -> dict:
-    from engines.method.pose import PARAM_NAMES
     yaw, jaw = PARAM_NAMES.index("yaw"), PARAM_NAMES.index("jawOpen")
     both = [i for i, (d, o) in enumerate(zip(drv.p, out.p)) if d is not None and o is not None]
     d_p = np.array([drv.p[i] for i in both]).reshape(-1, len(PARAM_NAMES))
@@ -291,7 +287,6 @@ def avatar_reference(path: Path, rgb: np.ndarray, reader: Reader, pack) -> tuple
     """The photo's SFace embedding, and the chroma detail of its aligned crop at the output's size.
     In a group photo the reader may miss every face (faces a tenth of its width) or find another
     person than enrollment chose; the face is then read in the crop enrollment kept around its face."""
-    from PIL import Image
     face, emb = reader.read(rgb)
     if face is None or not enrolled_face(face, pack):
         face, emb = reader.read(pack.display)
@@ -303,7 +298,6 @@ def avatar_reference(path: Path, rgb: np.ndarray, reader: Reader, pack) -> tuple
 
 def measure_pair(engine, avatar: Path, clip: str, reader: Reader, stride: int = 2, **reenactor_kw) -> dict:
     """One avatar (photo or pack; its photo is read for the identity reference) driven by one clip."""
-    from engines.core.photo import read_photo
     pack = engine.pack(avatar)
     photo = read_photo(avatar) if Path(avatar).suffix not in (".avatar", ".safetensors") else pack.display
     emb, chroma = avatar_reference(Path(avatar), photo, reader, pack)
@@ -380,15 +374,14 @@ def main(argv=None) -> int:
     for clip in expand(args.clips, CLIP_VARIANTS, args.widen):
         frames = clip_frames(clip, reader, args.max_frames)
         drv = read_driver(frames, reader, args.stride)
-        rest = jaw_rest(drv)
-        if args.jaw_gain != 1.0:
-            drv = widened(drv, rest, args.jaw_gain)
         clip_name = "~".join(filter(None, [Path(split_name(clip)[0]).stem, split_name(clip)[1]]))
-        if args.jaw_gain != 1.0:
-            clip_name += f" jaw x{args.jaw_gain:g}"
+        wide = args.jaw_gain != 1.0
+        if wide:
+            rest = jaw_rest(drv)
+            drv, clip_name = widened(drv, rest, args.jaw_gain), f"{clip_name} jaw x{args.jaw_gain:g}"
         for name, path, emb, chroma in avatars:
             reen = engine.make_reenactor(path, feedback_every=args.feedback)
-            if args.jaw_gain != 1.0:   # the product reads the clip's frames, then sees the wider jaw
+            if wide:   # the product reads the clip's frames, then sees the wider jaw
                 reen.reader = WiderJaw(reen.reader, rest, args.jaw_gain)
             try:
                 r = pair_metrics(drv, drive(reen, frames, reader, args.stride), emb, chroma)
