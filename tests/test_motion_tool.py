@@ -8,10 +8,9 @@ import pytest
 from PIL import Image
 
 from calibration.evaluation.media_variants import clip_variant_frames, portrait_variant, split_name
-from calibration.evaluation.motion import (Reader, Series, WiderJaw, avatar_reference, chroma_hf, clip_frames, judge,
-                                          jaw_rest, load_portrait, main, widened)
+from calibration.evaluation.motion import (Reader, Series, WiderJaw, avatar_reference, chroma_hf, judge, jaw_rest,
+                                          load_portrait, main, widened)
 from engines.core.errors import UserError
-from engines.core.photo import read_photo
 from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP, short_clip
 
