@@ -9,7 +9,7 @@ from PIL import Image
 
 from calibration.evaluation.media_variants import clip_variant_frames, portrait_variant, split_name
 from calibration.evaluation.motion import (Reader, Series, WiderJaw, avatar_reference, chroma_hf, judge, jaw_rest,
-                                          load_portrait, main, widened)
+                                          load_portrait, main, pair_metrics, widened)
 from engines.core.errors import UserError
 from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP, short_clip
@@ -163,6 +163,28 @@ def test_goals_are_judged_as_the_issue_states():
     assert judge({**base, "drift_p95": 14.0, "driver_drift_p95": 9.5})["pass"]   # within driver's + 5
 
 
+def test_each_head_angle_is_compared_with_the_drivers_and_roll_alone_does_not_judge():
+    """Closed form: an output that rolls at half the driver's roll and turns against the driver's turn
+    reads roll r 1 with gain 0.5 and yaw r -1; a roll that never moves (an avatar whose roll is held at
+    the end of its curve) reads no correlation. Roll is recorded, the goals stay the issue's."""
+    rng = np.random.default_rng(0)
+    n, k = 40, len(PARAM_NAMES)
+    yaw, roll = PARAM_NAMES.index("yaw"), PARAM_NAMES.index("roll")
+    drv_p = rng.normal(0.0, 4.0, (n, k))
+    out_p = drv_p.copy()
+    out_p[:, roll] = 0.5 * drv_p[:, roll] + 3.0
+    out_p[:, yaw] = -drv_p[:, yaw]
+    emb = [np.eye(4)[0]] * n
+    drv = Series(list(drv_p), emb, [np.zeros(3)] * n, [0.0] * n)
+    r = pair_metrics(drv, Series(list(out_p), emb, [np.zeros(3)] * n, [0.0] * n), np.eye(4)[0], 0.0)
+    assert r["roll_corr"] == pytest.approx(1.0) and r["roll_gain"] == pytest.approx(0.5)
+    assert r["yaw_corr"] == pytest.approx(-1.0) and "yaw" in r["failed"]
+    assert r["driver_roll_sd"] == pytest.approx(drv_p[:, roll].std())
+    out_p[:, roll] = 7.0
+    still = pair_metrics(drv, Series(list(out_p), emb, [np.zeros(3)] * n, [0.0] * n), np.eye(4)[0], 0.0)
+    assert np.isnan(still["roll_corr"]) and "roll" not in " ".join(still["failed"])
+
+
 def test_a_group_photo_is_read_through_the_crop_around_the_face_enrollment_chose():
     """The reader finds no face in the group as a whole, or another face than enrollment chose: the
     identity reference then comes from the crop enrollment kept around its face; the chosen face
@@ -226,7 +248,7 @@ def test_one_command_measures_every_pair(tmp_path, monkeypatch):
     assert set(pairs) == {"astronaut", "astronaut~grey"}
     r = pairs["astronaut~grey"]["c"]
     for key in ("yaw_corr", "jaw_corr", "driver_yaw_sd", "driver_jaw_sd", "sface_mean", "sface_p10",
-                "sface_driver", "face_rate", "drift_p95", "driver_drift_p95", "pass"):
+                "sface_driver", "face_rate", "drift_p95", "driver_drift_p95", "pass", "roll_corr", "driver_roll_sd"):
         assert key in r
     assert r["frames"] == 30 and r["sampled"] == 10 and 0 <= r["face_rate"] <= 1
     assert (tmp_path / "media" / "astronaut~grey.png").is_file()

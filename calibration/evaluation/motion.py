@@ -238,7 +238,7 @@ class WiderJaw:
 
 
 def pair_metrics(drv: Series, out: Series, avatar_emb: np.ndarray, avatar_chroma: float) -> dict:
-    yaw, jaw = PARAM_NAMES.index("yaw"), PARAM_NAMES.index("jawOpen")
+    yaw, pitch, roll, jaw = (PARAM_NAMES.index(n) for n in ("yaw", "pitch", "roll", "jawOpen"))
     both = [i for i, (d, o) in enumerate(zip(drv.p, out.p)) if d is not None and o is not None]
     d_p = np.array([drv.p[i] for i in both]).reshape(-1, len(PARAM_NAMES))
     o_p = np.array([out.p[i] for i in both]).reshape(-1, len(PARAM_NAMES))
@@ -250,14 +250,15 @@ def pair_metrics(drv: Series, out: Series, avatar_emb: np.ndarray, avatar_chroma
          "driver_yaw_sd": float(drv_faces[:, yaw].std()) if len(drv_faces) else 0.0,
          "driver_jaw_sd": float(drv_faces[:, jaw].std()) if len(drv_faces) else 0.0,
          "yaw_corr": pearson(d_p[:, yaw], o_p[:, yaw]), "jaw_corr": pearson(d_p[:, jaw], o_p[:, jaw]),
-         "pitch_corr": pearson(d_p[:, 1], o_p[:, 1]),
+         "pitch_corr": pearson(d_p[:, pitch], o_p[:, pitch]), "roll_corr": pearson(d_p[:, roll], o_p[:, roll]),
+         "driver_roll_sd": float(drv_faces[:, roll].std()) if len(drv_faces) else 0.0,
          "sface_mean": float(to_avatar.mean()), "sface_p10": float(np.percentile(to_avatar, 10)),
          "sface_driver": float(np.mean(to_driver)) if to_driver else float("nan"),
          "drift_p95": colour_drift_p95(np.array(out.means)),
          "driver_drift_p95": colour_drift_p95(np.array(drv.means)),
          "chroma_hf": float(np.mean(out.chroma)), "avatar_chroma_hf": avatar_chroma}
     if len(both) >= 2:
-        for n, i in (("yaw", yaw), ("pitch", 1)):
+        for n, i in (("yaw", yaw), ("pitch", pitch), ("roll", roll)):
             r.update({f"{n}_{k}": v for k, v in follow(d_p[:, i], o_p[:, i]).items()})
     return judge(r)
 
