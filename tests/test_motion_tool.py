@@ -174,14 +174,17 @@ def test_each_head_angle_is_compared_with_the_drivers_and_roll_alone_does_not_ju
     out_p = drv_p.copy()
     out_p[:, roll] = 0.5 * drv_p[:, roll] + 3.0
     out_p[:, yaw] = -drv_p[:, yaw]
-    emb = [np.eye(4)[0]] * n
-    drv = Series(list(drv_p), emb, [np.zeros(3)] * n, [0.0] * n)
-    r = pair_metrics(drv, Series(list(out_p), emb, [np.zeros(3)] * n, [0.0] * n), np.eye(4)[0], 0.0)
+    face = np.eye(4)[0]
+
+    def series(p):   # every frame a face, the same identity, no colour
+        return Series(list(p), [face] * n, [np.zeros(3)] * n, [0.0] * n)
+    drv = series(drv_p)
+    r = pair_metrics(drv, series(out_p), face, 0.0)
     assert r["roll_corr"] == pytest.approx(1.0) and r["roll_gain"] == pytest.approx(0.5)
     assert r["yaw_corr"] == pytest.approx(-1.0) and "yaw" in r["failed"]
     assert r["driver_roll_sd"] == pytest.approx(drv_p[:, roll].std())
     out_p[:, roll] = 7.0
-    still = pair_metrics(drv, Series(list(out_p), emb, [np.zeros(3)] * n, [0.0] * n), np.eye(4)[0], 0.0)
+    still = pair_metrics(drv, series(out_p), face, 0.0)
     assert np.isnan(still["roll_corr"]) and "roll" not in " ".join(still["failed"])
 
 

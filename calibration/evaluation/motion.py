@@ -245,13 +245,15 @@ def pair_metrics(drv: Series, out: Series, avatar_emb: np.ndarray, avatar_chroma
     drv_faces = np.array([p for p in drv.p if p is not None]).reshape(-1, len(PARAM_NAMES))
     to_avatar = np.array([0.0 if e is None else float(e @ avatar_emb) for e in out.emb])
     to_driver = [float(o @ d) for o, d in zip(out.emb, drv.emb) if o is not None and d is not None]
+
+    def spread(i: int) -> float:   # the driver's sd of parameter i over the frames with a face
+        return float(drv_faces[:, i].std()) if len(drv_faces) else 0.0
+
     r = {"frames": len(out.means), "sampled": len(out.p), "measured": len(both),
          "face_rate": float(np.mean([p is not None for p in out.p])),
-         "driver_yaw_sd": float(drv_faces[:, yaw].std()) if len(drv_faces) else 0.0,
-         "driver_jaw_sd": float(drv_faces[:, jaw].std()) if len(drv_faces) else 0.0,
+         "driver_yaw_sd": spread(yaw), "driver_jaw_sd": spread(jaw), "driver_roll_sd": spread(roll),
          "yaw_corr": pearson(d_p[:, yaw], o_p[:, yaw]), "jaw_corr": pearson(d_p[:, jaw], o_p[:, jaw]),
          "pitch_corr": pearson(d_p[:, pitch], o_p[:, pitch]), "roll_corr": pearson(d_p[:, roll], o_p[:, roll]),
-         "driver_roll_sd": float(drv_faces[:, roll].std()) if len(drv_faces) else 0.0,
          "sface_mean": float(to_avatar.mean()), "sface_p10": float(np.percentile(to_avatar, 10)),
          "sface_driver": float(np.mean(to_driver)) if to_driver else float("nan"),
          "drift_p95": colour_drift_p95(np.array(out.means)),
