@@ -506,17 +506,57 @@ def test_a_clip_that_starts_mid_word_drives_the_mouth_from_its_least_opening():
 
 
 def test_a_photo_posed_past_the_calibrated_range_rests_at_its_edge_and_follows_the_driver_from_there():
-    """Closed form: the fake's range ends at +-6 (+-7.2 with its tenth of slack). A photo rolled 12 is
-    asked to rest at 7.2 (dp -4.8) and rolls back with the driver from there: a roll of -3 gives -7.8
-    (clamping the photo's 12 - 3 alone gave 9 -> 7.2: the driver's roll was lost until it undid the
-    whole excess); a roll further out stays at the edge, and a turn past the range is clamped."""
+    """Closed form: the fake's range ends at +-6 (+-7.2 with its tenth of slack). A photo turned 12 is
+    asked to rest at 7.2 (dp -4.8) and turns back with the driver from there: a turn of -3 gives -7.8
+    (clamping the photo's 12 - 3 alone gave 9 -> 7.2: the driver's turn was lost until it undid the
+    whole excess); a turn further out stays at the edge."""
     from streamer.reenact.motion import Motion
-    motion = Motion(_LateMouth().A, np.array([0.0, 0.0, 12.0, 0.0, 0.0]), smooth=False)
+    motion = Motion(_LateMouth().A, np.array([12.0, 0.0, 0.0, 0.0, 0.0]), smooth=False)
     asked = []
-    for i, (yaw, roll) in enumerate([(0.0, 0.0), (0.0, -3.0), (0.0, 2.0), (9.0, 0.0)]):
-        motion.update(np.array([yaw, 0.0, roll, 0.0, 0.0]), now=i / 30)
+    for i, yaw in enumerate([0.0, -3.0, 2.0, 9.0]):
+        motion.update(np.array([yaw, 0.0, 0.0, 0.0, 0.0]), now=i / 30)
         asked.append(motion.dp.numpy()[:3].tolist())
-    assert np.allclose(asked, [[0, 0, -4.8], [0, 0, -7.8], [0, 0, -4.8], [7.2, 0, -4.8]], atol=1e-5), asked
+    assert np.allclose(asked, [[-4.8, 0, 0], [-7.8, 0, 0], [-4.8, 0, 0], [-4.8, 0, 0]], atol=1e-5), asked
+
+
+def test_the_drivers_roll_turns_the_image_and_g_keeps_the_photos_roll():
+    """Closed form: G holds the roll of the avatar's rest whatever the driver's (a photo rolled 12,
+    past the fake's range, rests at its edge, 7.2: dp -4.8); the motion state's roll is the driver's
+    roll from its reference, in degrees, however far (a roll of 20 is not clamped to the range), and it
+    eases back to 0 with the rest of the pose once the face is gone."""
+    from streamer.reenact.motion import Motion
+    motion = Motion(_LateMouth().A, np.array([0.0, 0.0, 12.0, 0.0, 0.0]), smooth=False, hold_s=0.1, ease_s=0.1)
+    rolls = []
+    for i, roll in enumerate([1.0, -2.0, 4.0, 21.0]):
+        motion.update(np.array([0.5, 0.0, roll, 0.0, 0.0]), now=i / 30)
+        rolls.append(motion.roll)
+        assert float(motion.dp[2]) == pytest.approx(-4.8)
+    assert rolls == pytest.approx([0.0, -3.0, 3.0, 20.0])
+    for i in range(4, 30):
+        motion.update(None, now=i / 30)
+    assert 0.0 < motion.roll < 0.05 * 20.0
+
+
+def test_the_published_face_turns_no_further_from_upright_than_the_reader_can_read_its_mouth():
+    """Closed form: with the avatar read at rest rolled -19 degrees in its frame, the image turns with
+    the driver back toward upright and past it up to ROLL_READ the other side, but toward its own tilt
+    only up to ROLL_READ from upright; an avatar rolled past ROLL_READ at rest keeps that roll as its
+    far end; unknown (no face read at rest): no bound."""
+    from streamer.reenact.motion import ROLL_READ, Motion
+    motion = Motion(_LateMouth().A, np.zeros(5), smooth=False)
+    motion.bound_roll(-19.0)
+    shown = []
+    for i, roll in enumerate([0.0, -10.0, 10.0, 45.0]):
+        motion.update(np.array([0.0, 0.0, roll, 0.0, 0.0]), now=i / 30)
+        shown.append(motion.roll)
+    assert shown == pytest.approx([0.0, -(ROLL_READ - 19.0), 10.0, ROLL_READ + 19.0])
+    motion.bound_roll(-30.0)
+    assert motion.roll_limits == (0.0, ROLL_READ + 30.0)
+    free = Motion(_LateMouth().A, np.zeros(5), smooth=False)
+    free.bound_roll(None)
+    free.update(np.zeros(5), now=0.0)
+    free.update(np.array([0.0, 0.0, -60.0, 0.0, 0.0]), now=1 / 30)
+    assert free.roll == pytest.approx(-60.0)
 
 
 def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from engines.method.align import crop_image
-from streamer.avatar.framing import Framer, face_square, generator_view, square_mask, surroundings
+from streamer.avatar.framing import Framer, face_square, generator_view, rolled, square_mask, surroundings
 
 
 def test_the_render_sits_in_the_photos_surroundings():
@@ -55,6 +55,45 @@ def test_published_avatar_frame_is_the_photo_around_the_render(engine, astronaut
     bg = np.asarray(Image.fromarray(pack.display).resize((256, 256), Image.BICUBIC))
     assert np.array_equal(r.avatar_img[:o], bg[:o]) and np.array_equal(r.avatar_img[o + s:], bg[o + s:])
     r.close()
+
+
+def _roll_read(reader, img: np.ndarray) -> float:
+    return float(reader.read(img).p[2])
+
+
+def test_a_rolled_face_reads_as_rolled_that_far_and_its_corners_show_what_lies_under():
+    """MediaPipe's runtime (image mode) reads the bundled photo turned by `rolled` as rolled by the
+    same angle (counter-clockwise positive, as its roll reads), within 1.5 degrees; with a paste mask,
+    the corners the turned face leaves are cut from it (0) and its middle kept whole."""
+    from engines.core.photo import read_photo
+    from engines.method.net3d import MediaPipeNet3D
+    photo = read_photo("assets/astronaut.png")
+    with MediaPipeNet3D("image") as reader:
+        rest = _roll_read(reader, photo)
+        for roll in (-12.0, 8.0):
+            turned, _ = rolled(photo, roll, None)
+            assert _roll_read(reader, turned) - rest == pytest.approx(roll, abs=1.5)
+    _, mask = rolled(np.zeros((100, 100, 3), np.uint8), 20.0, square_mask(100, 0.12)[..., None])
+    assert mask[0, 0, 0] == 0 and mask[99, 99, 0] == 0 and mask[50, 50, 0] == 1
+
+
+def test_the_avatar_rolls_with_the_driver_as_far_as_the_driver_rolls(engine, astronaut_pack):
+    """The driver's roll is shown by turning the published face, not through G (whose roll direction
+    moves a 64-px face a few degrees at most): the bundled photo as the driver, then turned 12 degrees
+    either way, gives an output MediaPipe reads rolled 12 degrees either way (within 3) from the
+    first frame's."""
+    from PIL import Image
+
+    from engines.core.photo import read_photo
+    from engines.method.net3d import MediaPipeNet3D
+    photo = read_photo("assets/astronaut.png")
+    r = engine.make_reenactor(astronaut_pack)
+    outs = [r.process(np.asarray(Image.fromarray(photo).rotate(a, Image.BICUBIC)), t=i / 30).image
+            for i, a in enumerate([0.0] * 30 + [12.0] * 30 + [-12.0] * 30)]
+    r.close()
+    with MediaPipeNet3D("image") as reader:
+        rest, left, right = (_roll_read(reader, outs[i]) for i in (29, 59, 89))
+    assert left - rest == pytest.approx(12.0, abs=3.0) and right - rest == pytest.approx(-12.0, abs=3.0)
 
 
 def test_the_frame_is_the_whole_frame_blend_to_the_byte():

@@ -138,17 +138,33 @@ class Framer:
         else:   # packs enrolled before the wider crop: the render fills the frame
             self.offset, self.side = 0, size
 
-    def __call__(self, face: np.ndarray) -> np.ndarray:
-        """face: the render as uint8 HxWx3 (any size) -> the published frame, uint8 size x size x 3."""
+    def __call__(self, face: np.ndarray, roll: float = 0.0) -> np.ndarray:
+        """face: the render as uint8 HxWx3 (any size) -> the published frame, uint8 size x size x 3,
+        with the face turned `roll` degrees (counter-clockwise) about its square's centre."""
         if face.shape[0] != self.side:
             face = np.asarray(Image.fromarray(face).resize((self.side, self.side), Image.BICUBIC))
+        mask = self.mask if self.scale > 1 else None
+        if roll:
+            face, mask = rolled(face, roll, mask)
         if self.scale <= 1:
             return face
         out = self._frame.copy()
         o, s = self.offset, self.side
         under = self._under
-        out[o:o + s, o:o + s] = (under + (face.astype(np.float32) - under) * self.mask).round()
+        out[o:o + s, o:o + s] = (under + (face.astype(np.float32) - under) * mask).round()
         return out
+
+
+def rolled(face: np.ndarray, roll: float, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """face (uint8 HxWx3) turned `roll` degrees about its centre, and the paste mask [H, W, 1] cut to
+    where the turned face has pixels (the corners it leaves show what lies under the square); without
+    a mask (the render fills the frame) the corners repeat the face's edge colour."""
+    img = Image.fromarray(face)
+    if mask is None:
+        edge = np.concatenate([face[0], face[-1], face[:, 0], face[:, -1]]).mean(0)
+        return np.asarray(img.rotate(roll, Image.BICUBIC, fillcolor=tuple(int(c) for c in edge))), None
+    inside = np.asarray(Image.new("L", img.size, 255).rotate(roll, Image.BILINEAR), np.float32)[..., None] / 255
+    return np.asarray(img.rotate(roll, Image.BICUBIC)), mask * inside
 
 
 def generator_view(frame: np.ndarray, scale: float) -> np.ndarray:

@@ -233,7 +233,16 @@ class AvatarReenactor:
                 self.motion.shut_at(self.correction.shut_reading(self.A, pack.p))
                 self.motion.move_rest(self.correction.room_shift())
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)
+            self.motion.bound_roll(self._shown_roll(engine.image_reader))
         self._t0 = time.monotonic()
+
+    def _shown_roll(self, image_reader) -> float | None:
+        """The roll (degrees) the reader sees on the published avatar at rest (None: no face)."""
+        if "roll" not in self.A.param_names:
+            return None
+        with image_reader() as reader:
+            face = reader.read(self.avatar_img)
+        return None if face is None else float(face.p[self.A.param_names.index("roll")])
 
     @property
     def dp(self) -> torch.Tensor:
@@ -274,11 +283,11 @@ class AvatarReenactor:
         return self.engine.zoo.compose_latent(self.z, shift)
 
     @torch.no_grad()
-    def _render(self, latent: torch.Tensor) -> np.ndarray:
+    def _render(self, latent: torch.Tensor, roll: float = 0.0) -> np.ndarray:
         self._small = self.stage.render(self.session, latent, self.slot)
         if self.guard is not None:
             self._small = self.guard(self._small)
-        return self.framer(image_uint8(self._small)[0].numpy())
+        return self.framer(image_uint8(self._small)[0].numpy(), roll)
 
     def process(self, image: np.ndarray, t: float | None = None) -> Output:
         t0 = time.perf_counter()
@@ -296,7 +305,7 @@ class AvatarReenactor:
         latent = self._latent(self._request(self.motion.dp, ease))
         t3 = time.perf_counter()
         held = self.guard.held
-        result = self._render(latent)
+        result = self._render(latent, self.motion.roll)
         out = side_by_side(image, self.pack.display, result) if self.side_by_side else result
         t4 = time.perf_counter()
         stage_ms = {"face": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3, "latent": (t3 - t2) * 1e3,

@@ -5,11 +5,14 @@ with a face, each blendshape then at the least the driver has shown; `reset` re-
 top of the avatar's own pose, so the avatar starts from its own expression and a driver whose neutral
 face is not the avatar's still drives it correctly (the exceptions: an open mouth starts shut, so that
 it can close with the driver's; a pose past the range calibration saw starts at the range's edge).
-The target is clamped to that range (plus a tenth either way). Absolute mode
+The target is clamped to that range (plus a tenth either way). The driver's roll is not asked of G: G
+holds the rest's roll and `roll` (degrees) turns the published image (ROLL_READ). Absolute mode
 is the paper's formula dp = p_driver - p_avatar. Frames with no face hold the last pose for `hold_s`,
 then ease back to the avatar's neutral pose.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -26,6 +29,12 @@ EASE_FRAME_S = 1 / 30   # easing runs per frame without a face, at a nominal 30 
 # clamp to one step, and a driver's small openings vanish (from 0.05 rather than the 0.16 that
 # surprised face reaches: jawOpen r 0.61-0.62 on the wide-mouth bundled clip instead of 0.72-0.84).
 MOUTH_SHUT = 0.05
+# The driver's roll turns the published image (exact for an in-plane turn; G's roll direction moves a
+# 64-px face a few degrees at most, and a photo tilted past the calibrated range not at all), up to
+# this far from upright: MediaPipe reads an open mouth on a render turned further as shut (jawOpen
+# 0.30 -> 0.01 on a toothy smile at 23 -> 33 degrees; 0.44 -> 0.26 / 0.01 on the astronaut at 33 / 43).
+# At 25 the toothy smile, at rest 19 degrees from upright, lost her wide-mouth pair (jawOpen r 0.65 -> 0.38)
+ROLL_READ = 20.0
 
 
 class Motion:
@@ -48,6 +57,10 @@ class Motion:
         # open eyes), so their reference follows the least the driver has shown (update)
         self.floors = torch.tensor([n in BLENDSHAPE_NAMES for n in A.param_names])
         self.dp = torch.zeros(k)
+        # the head's roll is shown by turning the avatar's image, not through G: degrees, counter-clockwise
+        self.roll_index = A.param_names.index("roll") if "roll" in A.param_names else None
+        self.roll = 0.0
+        self.roll_limits = (-math.inf, math.inf)
         self.last_face_t: float | None = None
 
     def shut_at(self, reading: float | None) -> None:
@@ -60,6 +73,12 @@ class Motion:
         little room to turn one way starts turned a little the other: Correction.room_shift)."""
         n = len(shift)
         self.rest[:n] += shift * (self.A.hi - self.A.lo)[:n] / (2 * self.A.shift_scale)
+
+    def bound_roll(self, shown: float | None) -> None:
+        """Keep the published face within ROLL_READ degrees of upright, from its roll at rest `shown`
+        (None: unknown), where the rest lies within it (else: no further out than the rest)."""
+        if shown is not None:
+            self.roll_limits = (min(0.0, -ROLL_READ - shown), max(0.0, ROLL_READ - shown))
 
     def reset(self) -> None:
         """Take the next frame with a face as the driver's neutral reference."""
@@ -74,6 +93,7 @@ class Motion:
             if self.last_face_t is not None and now - self.last_face_t > self.hold_s:
                 ease = float(np.exp(-EASE_FRAME_S / self.ease_s))  # ease toward neutral
                 self.dp = self.dp * ease
+                self.roll *= ease
                 return ease
             return None
         self.last_face_t = now
@@ -95,6 +115,12 @@ class Motion:
             target = self.rest.clamp(self.p_min, self.p_max) + (p - self.p_ref)
         else:
             target = p
+        if self.roll_index is not None:   # G holds its rest's roll; the image turns by the driver's
+            r = self.roll_index
+            roll = float(target[r] - (self.rest[r].clamp(self.p_min[r], self.p_max[r]) if self.relative
+                                      else self.p_avatar[r]))
+            target[r] -= roll
+            self.roll = min(max(roll, self.roll_limits[0]), self.roll_limits[1])
         target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
         self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
         return None
