@@ -286,7 +286,11 @@ class AvatarReenactor:
     def _render(self, latent: torch.Tensor, roll: float = 0.0) -> np.ndarray:
         self._small = self.stage.render(self.session, latent, self.slot)
         if self.guard is not None:
+            held = self.guard.held
             self._small = self.guard(self._small)
+            if self.guard.held > held:   # the last good frame, turned as it was shown
+                roll = self._good_roll
+        self._good_roll = roll
         return self.framer(image_uint8(self._small)[0].numpy(), roll)
 
     def process(self, image: np.ndarray, t: float | None = None) -> Output:
