@@ -63,23 +63,18 @@ def _roll_read(reader, img: np.ndarray) -> float:
 
 def test_a_rolled_face_reads_as_rolled_that_far_and_its_corners_show_what_lies_under():
     """MediaPipe's runtime (image mode) reads the bundled photo turned by `rolled` as rolled by the
-    same angle (counter-clockwise positive, as its roll reads), within 1.5 degrees; the corners the
-    turned face leaves are outside it (0) and its middle inside, and a framed face turned 30 degrees
-    shows the surroundings in its square's corner and the render in its middle."""
+    same angle (counter-clockwise positive, as its roll reads), within 1.5 degrees; with a paste mask,
+    the corners the turned face leaves are cut from it (0) and its middle kept whole."""
     from engines.core.photo import read_photo
     from engines.method.net3d import MediaPipeNet3D
     photo = read_photo("assets/astronaut.png")
     with MediaPipeNet3D("image") as reader:
         rest = _roll_read(reader, photo)
         for roll in (-12.0, 8.0):
-            turned, _ = rolled(photo, roll)
+            turned, _ = rolled(photo, roll, None)
             assert _roll_read(reader, turned) - rest == pytest.approx(roll, abs=1.5)
-    _, inside = rolled(np.zeros((100, 100, 3), np.uint8), 20.0)
-    assert inside[0, 0] == 0 and inside[99, 99] == 0 and inside[50, 50] == 255
-    surroundings = np.full((256, 256, 3), 7, np.uint8)
-    frame = Framer(surroundings, 1.6, 256)(np.full((64, 64, 3), 200, np.uint8), 30.0)
-    o, s = face_square(256, 1.6)
-    assert (frame[o + 1, o + 1] == 7).all() and (frame[128, 128] == 200).all()   # a corner shows what lies under
+    _, mask = rolled(np.zeros((100, 100, 3), np.uint8), 20.0, square_mask(100, 0.12)[..., None])
+    assert mask[0, 0, 0] == 0 and mask[99, 99, 0] == 0 and mask[50, 50, 0] == 1
 
 
 def test_the_avatar_rolls_with_the_driver_as_far_as_the_driver_rolls(engine, astronaut_pack):

@@ -141,16 +141,13 @@ class Framer:
     def __call__(self, face: np.ndarray, roll: float = 0.0) -> np.ndarray:
         """face: the render as uint8 HxWx3 (any size) -> the published frame, uint8 size x size x 3,
         with the face turned `roll` degrees (counter-clockwise) about its square's centre."""
-        inside = None
-        if roll:   # turned at the render's own size: a third of the cost of turning the upscaled square
-            face, inside = rolled(face, roll)
         if face.shape[0] != self.side:
             face = np.asarray(Image.fromarray(face).resize((self.side, self.side), Image.BICUBIC))
-            if inside is not None:
-                inside = np.asarray(Image.fromarray(inside).resize((self.side, self.side), Image.BILINEAR))
+        mask = self.mask if self.scale > 1 else None
+        if roll:
+            face, mask = rolled(face, roll, mask)
         if self.scale <= 1:
             return face
-        mask = self.mask if inside is None else self.mask * (inside[..., None] / np.float32(255))
         out = self._frame.copy()
         o, s = self.offset, self.side
         under = self._under
@@ -158,14 +155,16 @@ class Framer:
         return out
 
 
-def rolled(face: np.ndarray, roll: float) -> tuple[np.ndarray, np.ndarray]:
-    """face (uint8 HxWx3) turned `roll` degrees about its centre, its corners filled with its edges'
-    mean colour, and where the turned face has pixels (uint8 HxW, 255 inside): the paste mask is cut
-    to it, so those corners show what lies under the square."""
+def rolled(face: np.ndarray, roll: float, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """face (uint8 HxWx3) turned `roll` degrees about its centre, and the paste mask [H, W, 1] cut to
+    where the turned face has pixels (the corners it leaves show what lies under the square); without
+    a mask (the render fills the frame) the corners repeat the face's edge colour."""
     img = Image.fromarray(face)
-    edge = np.concatenate([face[0], face[-1], face[:, 0], face[:, -1]]).mean(0)
-    turned = img.rotate(roll, Image.BICUBIC, fillcolor=tuple(int(c) for c in edge))
-    return np.asarray(turned), np.asarray(Image.new("L", img.size, 255).rotate(roll, Image.BILINEAR))
+    if mask is None:
+        edge = np.concatenate([face[0], face[-1], face[:, 0], face[:, -1]]).mean(0)
+        return np.asarray(img.rotate(roll, Image.BICUBIC, fillcolor=tuple(int(c) for c in edge))), None
+    inside = np.asarray(Image.new("L", img.size, 255).rotate(roll, Image.BILINEAR), np.float32)[..., None] / 255
+    return np.asarray(img.rotate(roll, Image.BICUBIC)), mask * inside
 
 
 def generator_view(frame: np.ndarray, scale: float) -> np.ndarray:
