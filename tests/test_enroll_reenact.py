@@ -126,9 +126,10 @@ def test_first_frame_reproduces_the_avatar_and_no_face_eases_back(engine, pack):
 def test_a_packs_next_sessions_share_its_correction(pack):
     """The response correction is measured by a pack's first session and shared by the next ones (no
     ~2 s of renders read by MediaPipe while other calls run); it is the same as a fresh measurement and
-    is measured apart for another reach (feedback on: no reach limit)."""
+    is measured apart for another reach (feedback on: no reach limit). So is its roll at rest."""
     from engines.method.correction import Correction
     from streamer.reenact.engine import Engine
+    from streamer.reenact.motion import ROLL_READ
     engine = Engine("default", log=lambda m: None, progress=False)
     a, b = engine.make_reenactor(pack), engine.make_reenactor(pack)
     assert a.correction is not None and a.correction.reach is not None and b.correction is a.correction
@@ -139,7 +140,11 @@ def test_a_packs_next_sessions_share_its_correction(pack):
     assert torch.equal(fresh.gates, a.correction.gates) and torch.allclose(fresh.drift, a.correction.drift)
     assert fresh.curves.keys() == a.correction.curves.keys()
     assert all(np.allclose(fresh.curves[i][1], a.correction.curves[i][1]) for i in fresh.curves)
-    assert len(engine.per_pack) == 2
+    # and so is the roll the published avatar shows at rest, which bounds the driver's roll
+    shown = a._shown_roll(engine.image_reader)
+    assert shown is not None and b.motion.roll_limits == fb.motion.roll_limits == a.motion.roll_limits
+    assert a.motion.roll_limits == (min(0.0, -ROLL_READ - shown), max(0.0, ROLL_READ - shown))
+    assert len(engine.per_pack) == 3   # two corrections, one roll at rest
     for r in (a, b, fb):
         r.close()
 

@@ -110,7 +110,7 @@ class Engine:
         self.tune_directions = tune_directions   # photos enrolled from here on also tune A to the avatar
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
         self._packs: dict[tuple, AvatarPack] = {}   # the last few packs, by file and its mtime/size
-        self.per_pack = PerPack()                   # each pack's response correction
+        self.per_pack = PerPack()                   # each pack's response correction, its roll at rest
 
     def pack(self, avatar: str | Path, on_progress=None) -> AvatarPack:
         """avatar's pack (enrolled once and cached; kept in memory for the next sessions).
@@ -233,7 +233,8 @@ class AvatarReenactor:
                 self.motion.shut_at(self.correction.shut_reading(self.A, pack.p))
                 self.motion.move_rest(self.correction.room_shift())
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)
-            self.motion.bound_roll(self._shown_roll(engine.image_reader))
+            self.motion.bound_roll(engine.per_pack.get(pack, ("shown roll", out_size, relative),
+                                                       lambda: self._shown_roll(engine.image_reader)))
         self._t0 = time.monotonic()
 
     def _shown_roll(self, image_reader) -> float | None:

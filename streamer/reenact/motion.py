@@ -112,15 +112,15 @@ class Motion:
             # rests at the range's edge and moves from there: G and its reader hold a face best within
             # the range, and clamping rest + change alone left the driver's roll dead until it undid
             # the photo's whole excess
-            target = self.rest.clamp(self.p_min, self.p_max) + (p - self.p_ref)
+            change = p - self.p_ref
+            target = self.rest.clamp(self.p_min, self.p_max) + change
         else:
-            target = p
+            change = p - self.p_avatar
+            target = p.clone()
         if self.roll_index is not None:   # G holds its rest's roll; the image turns by the driver's
             r = self.roll_index
-            roll = float(target[r] - (self.rest[r].clamp(self.p_min[r], self.p_max[r]) if self.relative
-                                      else self.p_avatar[r]))
-            target[r] -= roll
-            self.roll = min(max(roll, self.roll_limits[0]), self.roll_limits[1])
+            target[r] -= change[r]
+            self.roll = min(max(float(change[r]), self.roll_limits[0]), self.roll_limits[1])
         target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
         self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
         return None
