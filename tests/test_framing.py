@@ -96,6 +96,34 @@ def test_the_avatar_rolls_with_the_driver_as_far_as_the_driver_rolls(engine, ast
     assert left - rest == pytest.approx(12.0, abs=3.0) and right - rest == pytest.approx(-12.0, abs=3.0)
 
 
+def _driven_by_roll_alone(r, rolls: list[float]) -> list[np.ndarray]:
+    """The avatar's published frames for a driver at the avatar's own pose who then rolls his head
+    alone by each of `rolls` (degrees: his yaw and pitch read as before)."""
+    base = np.array(r.pack.p, dtype=np.float64)
+    outs = []
+    for i, roll in enumerate([0.0, *rolls]):
+        r.motion.update(base + np.eye(len(base))[2] * roll, now=i / 30)
+        outs.append(r._render(r._latent(r._request(r.motion.dp, None)), r.motion.roll))
+    return outs[1:]
+
+
+def test_a_drivers_roll_alone_leaves_the_avatars_turn_as_the_reader_reads_it(engine, astronaut_pack):
+    """A turn in the image's plane moves a pitched head's pitch into the reader's yaw (its Euler order
+    puts roll innermost: the bundled photo, pitched ~8 degrees, turned 12 either way reads 1.6 degrees
+    of yaw either way, 3.3 apart). So G shows the yaw and pitch the turned image must read as asked
+    (engines.method.pose.before_image_turn): MediaPipe's runtime reads the output rolled +12 and -12
+    with its yaw within 1.5 degrees of each other (3.1 apart without)."""
+    from engines.method.net3d import MediaPipeNet3D
+    r = engine.make_reenactor(astronaut_pack, smooth=False)
+    assert r.pack.p[1] > 5.0                    # the premise: a pitched rest
+    outs = _driven_by_roll_alone(r, [12.0, -12.0])
+    r.close()
+    with MediaPipeNet3D("image") as reader:
+        (left, right) = (reader.read(o).p for o in outs)
+    assert left[2] - right[2] == pytest.approx(24.0, abs=4.0)
+    assert abs(left[0] - right[0]) < 1.5, (left[:3], right[:3])
+
+
 def test_the_frame_is_the_whole_frame_blend_to_the_byte():
     """Only the face square is blended per frame; the result is the closed-form blend of the whole frame
     (photo + (render - photo) * mask, the mask 0 outside the square), rounded."""

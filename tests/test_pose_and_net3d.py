@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from engines.method.net3d import MediaPipeNet3D
-from engines.method.pose import PARAM_NAMES, euler_from_rotation, pose_vector, rotation_from_euler
+from engines.method.pose import PARAM_NAMES, before_image_turn, euler_from_rotation, pose_vector, rotation_from_euler
 from tests.mediapipe_faces import ASSETS, load_rgb
 
 
@@ -27,6 +27,19 @@ def test_euler_round_trip_and_convention():
     # positive pitch turns it down (-y in the y-up camera frame)
     n = rotation_from_euler([0, 20, 0]) @ [0, 0, 1]
     assert n[1] < -0.3
+
+
+def test_the_angles_before_a_turn_of_the_image_read_as_asked_once_turned():
+    """Closed forms, with scipy's rotations as the reference (intrinsic Y-X-Z: the module's Ry Rx Rz):
+    a head showing before_image_turn(a, t), its image turned t about the camera's axis, reads a; a head
+    pitched 10 degrees under a quarter turn must show a yaw of -10 instead, exactly."""
+    from scipy.spatial.transform import Rotation
+    rng = np.random.default_rng(3)
+    for a, t in zip(rng.uniform([-40, -25, -25], [40, 25, 25], size=(20, 3)), rng.uniform(-20, 20, 20)):
+        shown = Rotation.from_euler("YXZ", before_image_turn(a, t), degrees=True)
+        read = (Rotation.from_euler("Z", t, degrees=True) * shown).as_euler("YXZ", degrees=True)
+        assert np.allclose(read, a, atol=1e-9)
+    assert np.allclose(before_image_turn([0.0, 10.0, 0.0], 90.0), [-10.0, 0.0, -90.0], atol=1e-9)
 
 
 def test_pose_vector_ignores_uniform_scale():

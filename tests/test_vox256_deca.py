@@ -21,6 +21,7 @@ from engines.core.errors import UserError
 from engines.models.deca import (
     P_NAMES,
     DecaEncoder,
+    angles_before_turn,
     axis_angle_to_euler,
     deca_p,
     load_ranges,
@@ -107,6 +108,19 @@ def test_normalise_p_on_a_matrix_inputs(ranges):
                         torch.tensor([d["pose"][3]], dtype=torch.float64),
                         torch.tensor([d["exp"]], dtype=torch.float64), ranges)
         assert max_abs_diff(p[0], load_npy("a_matrix", f"inputs/p_{side}.npy")) <= 1e-9
+
+
+def test_a_turn_of_the_image_changes_decas_roll_alone():
+    """DECA's Euler order puts roll outermost: a head pose turned t degrees about the camera's axis
+    (scipy composes the turn; the poses as axis-angle) reads the same yaw and pitch and t more roll, so
+    the angles G shows before the turn are the asked ones less t of roll."""
+    from scipy.spatial.transform import Rotation
+    rng = np.random.default_rng(4)
+    for aa, t in zip(rng.normal(0, 0.3, (10, 3)), rng.uniform(-20, 20, 10)):
+        turned = (Rotation.from_euler("z", t, degrees=True) * Rotation.from_rotvec(aa)).as_rotvec()
+        before, after = axis_angle_to_euler(torch.tensor(np.stack([aa, turned]), dtype=torch.float64)).numpy()
+        assert np.allclose(after - before, [0.0, 0.0, t], atol=1e-9)
+        assert np.allclose(angles_before_turn(after, t), before, atol=1e-9)
 
 
 def test_euler_closed_form_and_gradients():

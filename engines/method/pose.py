@@ -53,6 +53,15 @@ def rotation_from_euler(angles_deg):
     return Ry @ Rx @ Rz
 
 
+def before_image_turn(angles_deg, turn_deg: float) -> np.ndarray:
+    """The (yaw, pitch, roll) in degrees a head must show so that, once its image is turned `turn_deg`
+    degrees counter-clockwise in the image's plane, it reads as angles_deg [3]. The turn is about the
+    camera's axis, outermost, where roll is innermost (Ry Rx Rz), so it moves yaw and pitch into
+    each other: a head pitched 17 degrees and turned by 12 reads 3.5 degrees of yaw it was not asked for."""
+    return euler_from_rotation(rotation_from_euler(np.array([0.0, 0.0, -turn_deg]))
+                               @ rotation_from_euler(np.asarray(angles_deg, dtype=np.float64)))
+
+
 def pose_vector(matrix: np.ndarray, blendshapes: np.ndarray) -> np.ndarray:
     """MediaPipe outputs for one face -> p (float64, len(PARAM_NAMES))."""
     R = np.asarray(matrix, dtype=np.float64)[:3, :3]

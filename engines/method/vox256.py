@@ -20,7 +20,7 @@ from engines.method.pose import PARAM_NAMES
 from engines.method.recipes import Tuning, ZooRecipe
 from engines.method.reenact_latent import OFFICIAL_PSI, official_latent
 from engines.method.zoo import Zoo
-from engines.models.deca import P_NAMES, DecaEncoder, deca_p, load_ranges
+from engines.models.deca import P_NAMES, DecaEncoder, angles_before_turn, deca_p, load_ranges
 from engines.models.directions import Directions
 from engines.models.e4e import E4E
 from engines.models.lpips import LPIPS
@@ -77,12 +77,13 @@ def load_vox256(weights_dir, directions=None, net3d: str | None = None) -> Zoo:
             a_path = weight_path(weights_dir, "directions")
         names = Directions.from_checkpoint(a_path).param_names
         net3d = "deca" if names == list(P_NAMES) else "mediapipe"
-    reader_factory, device_modules = None, ()
+    reader_factory, device_modules, turn = None, (), None   # None: MediaPipe's own reader and angles
     if net3d == "deca":
         deca = DecaEncoder.from_checkpoint(weight_path(weights_dir, "deca")).eval().requires_grad_(False)
         ranges = load_ranges(weight_path(weights_dir, "ranges"))
         reader_factory = lambda: DecaReader(deca, ranges)   # noqa: E731
         device_modules = (deca,)   # streamer.reenact.engine.Engine moves these to --device
+        turn = angles_before_turn
         names = list(P_NAMES)
     elif net3d == "mediapipe":
         names = list(PARAM_NAMES)
@@ -97,7 +98,7 @@ def load_vox256(weights_dir, directions=None, net3d: str | None = None) -> Zoo:
                reader_factory=reader_factory,
                latent_composer=lambda w, shift: official_latent(w, shift, trunc, OFFICIAL_PSI),
                encoder_factory=lambda: _load_e4e(weights_dir), perceptual_factory=perceptual,
-               device_modules=device_modules)
+               device_modules=device_modules, angles_before_turn=turn)
 
 
 def _load_lpips(lin, alex):

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from engines.core.errors import UserError
 from engines.method.net3d import MediaPipeNet3D
+from engines.method.pose import before_image_turn
 from engines.method.recipes import ZooRecipe
 from engines.models.directions import Directions
 
@@ -31,6 +34,9 @@ class Zoo:
     encoder_factory: Callable[[], object] | None = None    # inversion encoder (None: optimisation only)
     perceptual_factory: Callable[[], object] | None = None  # pivotal tuning's perceptual loss
     device_modules: tuple = ()                             # per-frame networks that go to --device
+    # (angles [3] degrees, turn) -> the angles a head must show so that its image, turned `turn` degrees in
+    # its plane, reads as them (None: Net3D is MediaPipe, whose Euler order puts roll innermost)
+    angles_before_turn: Callable | None = None
 
     @property
     def reads_own_output(self) -> bool:
@@ -46,6 +52,13 @@ class Zoo:
         if self.reader_factory is not None:
             return self.reader_factory()
         return MediaPipeNet3D("image")
+
+    def before_image_turn(self, angles, turn: float) -> np.ndarray:
+        """The (yaw, pitch, roll) G must show so that Net3D reads `angles` on its render turned `turn`
+        degrees counter-clockwise in the image's plane (how the driver's roll is shown)."""
+        if self.angles_before_turn is not None:
+            return self.angles_before_turn(angles, turn)
+        return before_image_turn(angles, turn)
 
     def compose_latent(self, latent, shift):
         """Source latent + direction shift -> the latent G renders (vox256: the official truncation)."""

@@ -108,6 +108,14 @@ def axis_angle_to_euler(aa: torch.Tensor, degrees: bool = True) -> torch.Tensor:
     return ang * (180.0 / _PI32) if degrees else ang
 
 
+def angles_before_turn(angles, turn: float) -> np.ndarray:
+    """The Euler angles above put roll outermost (R = Rz Ry Rx, about the camera's axis), so an image
+    turned `turn` degrees counter-clockwise in its plane reads that much more roll and nothing else."""
+    out = np.array(angles, dtype=np.float64)
+    out[2] -= turn
+    return out
+
+
 # -- the paper's p ------------------------------------------------------------------------------------
 def load_ranges(path: str | Path) -> np.ndarray:
     """ranges_voxceleb.npy -> float64 [54, 2] of [min, max], validated."""

@@ -211,7 +211,8 @@ class AvatarReenactor:
         self.reader = engine.pose_reader()
         self.relative, self.side_by_side, self.out_size = relative, side_by_side, out_size
         self.framer = Framer(pack.display, pack.display_scale, out_size)
-        self.motion = Motion(self.A, pack.p, relative=relative, smooth=smooth, hold_s=hold_s, ease_s=ease_s)
+        self.motion = Motion(self.A, pack.p, relative=relative, smooth=smooth, hold_s=hold_s, ease_s=ease_s,
+                             before_turn=engine.zoo.before_image_turn)
         self.frames = self.no_face = 0
         self.correction = self.feedback = self.guard = None   # all measured on the avatar's own render below
         self._last_request: torch.Tensor | None = None

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from engines.method.correction import mouth_is_open
+from engines.method.pose import before_image_turn
 from engines.models.facelandmarker import BLENDSHAPE_NAMES
 from streamer.reenact.smoothing import OneEuro
 
@@ -39,8 +40,10 @@ ROLL_READ = 20.0
 
 class Motion:
     def __init__(self, A, p_avatar: np.ndarray, *, relative: bool = True, smooth: bool = True,
-                 hold_s: float = 1.0, ease_s: float = 0.5):
+                 hold_s: float = 1.0, ease_s: float = 0.5, before_turn=before_image_turn):
+        """before_turn: the zoo's Zoo.before_image_turn (Net3D's Euler order)."""
         self.A, self.relative, self.hold_s, self.ease_s = A, relative, hold_s, ease_s
+        self.before_turn = before_turn
         k = A.k
         self.p_avatar = torch.as_tensor(p_avatar, dtype=torch.float32)
         self.rest = shut_mouth(self.p_avatar, A.param_names)
@@ -60,6 +63,8 @@ class Motion:
         # the head's roll is shown by turning the avatar's image, not through G: degrees, counter-clockwise
         self.roll_index = A.param_names.index("roll") if "roll" in A.param_names else None
         self.roll = 0.0
+        names = A.param_names
+        self.angles = (names.index("yaw"), names.index("pitch")) if {"yaw", "pitch"} <= set(names) else None
         self.roll_limits = (-math.inf, math.inf)
         self.last_face_t: float | None = None
 
@@ -121,6 +126,10 @@ class Motion:
             r = self.roll_index
             target[r] -= change[r]
             self.roll = min(max(float(change[r]), self.roll_limits[0]), self.roll_limits[1])
+            if self.roll and self.angles is not None:   # G's yaw and pitch as the turned image must read them
+                y, x = self.angles
+                want = [float(target[y]), float(target[x]), float(target[r]) + self.roll]
+                target[y], target[x] = (float(a) for a in self.before_turn(want, self.roll)[:2])
         target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
         self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
         return None
