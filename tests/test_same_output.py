@@ -2,7 +2,8 @@
 at >= 40 dB PSNR. First recorded before the one-engine refactor and reproduced bit-exact after it on
 the machine that recorded it; re-recorded on 2026-12-03 with its pack kept beside it, since enrollment
 differs between CPUs and the per-frame path should not; re-recorded on 2026-12-05 when the driver's roll
-moved from G to a turn of the published image (a change of output on purpose). The --feedback 3 case is a closed loop through MediaPipe reading the avatar's own output:
+moved from G to a turn of the published image, and again when G began to show the yaw and pitch the
+turned image must read as (changes of output on purpose). The --feedback 3 case is a closed loop through MediaPipe reading the avatar's own output:
 once, in a fresh clone under a load average of ~16 on 2 cores, one of its frames came out at 37.6 dB
 (a rerun there passed); if it fails alone, rerun it before suspecting the engine."""
 import numpy as np
