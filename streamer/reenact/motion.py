@@ -6,7 +6,8 @@ top of the avatar's own pose, so the avatar starts from its own expression and a
 face is not the avatar's still drives it correctly (the exceptions: an open mouth starts shut, so that
 it can close with the driver's; a pose past the range calibration saw starts at the range's edge).
 The target is clamped to that range (plus a tenth either way). The driver's roll is not asked of G: G
-holds the rest's roll and `roll` (degrees) turns the published image (ROLL_READ). Absolute mode
+holds the rest's roll and `roll` (degrees) turns the published image (ROLL_READ); G shows the yaw and
+pitch that the turned image must read as (a turn in the image's plane moves one into the other). Absolute mode
 is the paper's formula dp = p_driver - p_avatar. Frames with no face hold the last pose for `hold_s`,
 then ease back to the avatar's neutral pose.
 """
