@@ -10,9 +10,13 @@ so the seam does not move.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image, ImageFilter
+
+try:   # MediaPipe's own dependency; an image without MediaPipe (the GPU one) turns with PIL instead
+    import cv2
+except ImportError:
+    cv2 = None
 
 from engines.method.align import crop_image
 
@@ -159,18 +163,28 @@ class Framer:
 def rolled(face: np.ndarray, roll: float, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """face (uint8 HxWx3) turned `roll` degrees about its centre, and the paste mask [H, W, 1] cut to
     where the turned face has pixels (the corners it leaves show what lies under the square); without
-    a mask (the render fills the frame) the corners repeat the face's edge colour. OpenCV's warp, not
-    PIL's rotate: the same turn (47 dB apart) at half the cost, which every frame of every session
-    pays (the framer 0.9 ms a frame with a roll, against 1.7 with PIL's)."""
+    a mask (the render fills the frame) the corners repeat the face's edge colour. OpenCV's warp where
+    it imports: the same turn as PIL's rotate (47 dB apart) at half the cost, which every frame of every
+    session pays (the framer 0.9 ms a frame with a roll, against 1.7 with PIL's)."""
+    edge = np.concatenate([face[0], face[-1], face[:, 0], face[:, -1]]).mean(0) if mask is None else None
+    if cv2 is None:
+        return _rolled_pil(face, roll, mask, edge)
     h, w = face.shape[:2]
     turn = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), roll, 1.0)   # about the pixel grid's centre
     if mask is None:
-        edge = np.concatenate([face[0], face[-1], face[:, 0], face[:, -1]]).mean(0)
         return cv2.warpAffine(face, turn, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
                               borderValue=tuple(float(c) for c in edge)), None
     inside = cv2.warpAffine(np.ones((h, w), np.float32), turn, (w, h), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     return cv2.warpAffine(face, turn, (w, h), flags=cv2.INTER_CUBIC), mask * inside[..., None]
+
+
+def _rolled_pil(face, roll, mask, edge):
+    img = Image.fromarray(face)
+    if mask is None:
+        return np.asarray(img.rotate(roll, Image.BICUBIC, fillcolor=tuple(int(c) for c in edge))), None
+    inside = np.asarray(Image.new("L", img.size, 255).rotate(roll, Image.BILINEAR), np.float32)[..., None] / 255
+    return np.asarray(img.rotate(roll, Image.BICUBIC)), mask * inside
 
 
 def generator_view(frame: np.ndarray, scale: float) -> np.ndarray:
