@@ -62,9 +62,9 @@ class Motion:
         self.floors = torch.tensor([n in BLENDSHAPE_NAMES for n in A.param_names])
         self.dp = torch.zeros(k)
         # the head's roll is shown by turning the avatar's image, not through G: degrees, counter-clockwise
-        self.roll_index = A.param_names.index("roll") if "roll" in A.param_names else None
-        self.roll = 0.0
         names = A.param_names
+        self.roll_index = names.index("roll") if "roll" in names else None
+        self.roll = 0.0
         self.angles = (names.index("yaw"), names.index("pitch")) if {"yaw", "pitch"} <= set(names) else None
         self.roll_limits = (-math.inf, math.inf)
         self.last_face_t: float | None = None
