@@ -287,10 +287,12 @@ class AvatarReenactor:
     @torch.no_grad()
     def _render(self, latent: torch.Tensor, roll: float = 0.0) -> np.ndarray:
         self._small = self.stage.render(self.session, latent, self.slot)
+        self.held = False
         if self.guard is not None:
             held = self.guard.held
             self._small = self.guard(self._small)
-            if self.guard.held > held:   # the last good frame, turned as it was shown
+            self.held = self.guard.held > held
+            if self.held:   # the last good frame, turned as it was shown
                 roll = self._good_roll
         self._good_roll = roll
         return self.framer(image_uint8(self._small)[0].numpy(), roll)
@@ -310,7 +312,6 @@ class AvatarReenactor:
         t2 = time.perf_counter()
         latent = self._latent(self._request(self.motion.dp, ease))
         t3 = time.perf_counter()
-        held = self.guard.held
         result = self._render(latent, self.motion.roll)
         out = side_by_side(image, self.pack.display, result) if self.side_by_side else result
         t4 = time.perf_counter()
@@ -320,7 +321,7 @@ class AvatarReenactor:
             self.feedback.update(self.frames, self.motion.dp, self._small)
             stage_ms["feedback"] = (time.perf_counter() - t4) * 1e3
         self.frames += 1
-        return Output(out, face is not None, stage_ms, held=self.guard.held > held, pose=pose)
+        return Output(out, face is not None, stage_ms, held=self.held, pose=pose)
 
     def close(self) -> None:
         self.reader.close()
