@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from engines.method.align import crop_image
-from streamer.avatar.framing import Framer, face_square, generator_view, rolled, square_mask, surroundings
+from streamer.avatar.framing import (Framer, HeadTurn, face_square, generator_view, square_mask,
+                                     surroundings)
 
 
 def test_the_render_sits_in_the_photos_surroundings():
@@ -62,39 +63,56 @@ def _roll_read(reader, img: np.ndarray) -> float:
     return float(reader.read(img).p[2])
 
 
-def test_a_rolled_face_reads_as_rolled_that_far_and_its_corners_show_what_lies_under():
-    """MediaPipe's runtime (image mode) reads the bundled photo turned by `rolled` as rolled by the
-    same angle (counter-clockwise positive, as its roll reads), within 1.5 degrees; with a paste mask,
-    the corners the turned face leaves are cut from it (0) and its middle kept whole."""
-    from engines.core.photo import read_photo
+def test_a_turned_head_reads_as_turned_that_far_and_the_frames_corners_stay(engine, astronaut_pack):
+    """MediaPipe's runtime (image mode) reads the bundled avatar's published frame, its head turned by
+    the framer's HeadTurn, as rolled by the same angle (counter-clockwise positive, as its roll reads)
+    within 1.5 degrees; the frame's corners, away from the head, stay to the byte."""
     from engines.method.net3d import MediaPipeNet3D
-    photo = read_photo("assets/astronaut.png")
+    r = engine.make_reenactor(astronaut_pack)
+    frame, turn = r.avatar_img, r.framer.head_turn
+    r.close()
     with MediaPipeNet3D("image") as reader:
-        rest = _roll_read(reader, photo)
+        rest = _roll_read(reader, frame)
         for roll in (-12.0, 8.0):
-            turned, _ = rolled(photo, roll, None)
+            turned = turn(frame, roll)
             assert _roll_read(reader, turned) - rest == pytest.approx(roll, abs=1.5)
-    _, mask = rolled(np.zeros((100, 100, 3), np.uint8), 20.0, square_mask(100, 0.12)[..., None])
-    assert mask[0, 0, 0] == 0 and mask[99, 99, 0] == 0 and mask[50, 50, 0] == 1
+            assert np.array_equal(turned[:20, :20], frame[:20, :20])
+            assert np.array_equal(turned[-20:, -20:], frame[-20:, -20:])
 
 
-def test_without_opencv_the_face_turns_with_pil_to_the_same_image(monkeypatch):
-    """An image without MediaPipe lacks OpenCV too (the GPU one): `rolled` turns with PIL there. On the
-    bundled photo's face square, upscaled as the framer does, the two turns agree within 40 dB PSNR over
-    the middle and their masks within 0.02 on average."""
-    import streamer.avatar.framing as framing
-    from engines.core.photo import read_photo
-    from tests.same_output import psnr
-    face = np.asarray(Image.fromarray(read_photo("assets/astronaut.png")).resize((64, 64), Image.LANCZOS)
-                      .resize((160, 160), Image.BICUBIC))
-    mask = square_mask(160, 0.12)[..., None].astype(np.float32)
-    assert framing.cv2 is not None                       # the premise: the test machine has OpenCV
-    fast, fast_mask = rolled(face, 11.0, mask)
-    monkeypatch.setattr(framing, "cv2", None)
-    slow, slow_mask = rolled(face, 11.0, mask)
-    assert psnr(fast[25:135, 25:135], slow[25:135, 25:135]) >= 40.0
-    assert np.abs(fast_mask - slow_mask).mean() < 0.02
-    assert np.array_equal(rolled(face, 11.0, None)[0].shape, face.shape)
+def _stripes(size: int) -> np.ndarray:
+    """A smooth frame of diagonal colour stripes (20 px period): any cut or fold in a warp of it shows
+    as a step far larger than its own."""
+    ys, xs = np.mgrid[0:size, 0:size]
+    phase = (xs + 0.7 * ys) * 2 * np.pi / 20
+    return np.stack([127 + 100 * np.sin(phase + k) for k in (0, 2, 4)], -1).round().astype(np.uint8)
+
+
+def _largest_step(img: np.ndarray) -> int:
+    img = img.astype(int)
+    return max(np.abs(np.diff(img, axis=0)).max(), np.abs(np.diff(img, axis=1)).max())
+
+
+def test_the_head_turns_whole_and_the_turn_fades_out_with_no_cut():
+    """Closed form, on smooth stripes standing for a photo with its render pasted in (continuous at
+    rest): with a 15-degree turn, the head's core is the rigid turn of the frame about the square's
+    centre (OpenCV's warpAffine) within 3 levels, pixels beyond the fade are the frame's to the byte,
+    and nowhere does the frame step more than 2.5 x the stripes' own largest step between neighbours
+    (turning the face square alone cut the stripes where it met the still photo: steps of up to 6 x)."""
+    import cv2
+    frame = _stripes(256)
+    o, s = face_square(256, 1.6)
+    turn = HeadTurn(256, o, s)
+    turned = turn(frame, 15.0)
+    rigid = cv2.warpAffine(frame, cv2.getRotationMatrix2D((127.5, 127.5), 15.0, 1.0), (256, 256),
+                           flags=cv2.INTER_CUBIC)
+    weight = np.zeros((256, 256), np.float32)
+    weight[turn.box] = turn.weight
+    core, still = weight == 1, weight == 0
+    assert core.mean() > 0.2 and still.mean() > 0.1            # the premise: both are there
+    assert np.abs(turned[core].astype(int) - rigid[core]).max() <= 3
+    assert np.array_equal(turned[still], frame[still])
+    assert _largest_step(turned) <= 2.5 * _largest_step(frame)
 
 
 def test_the_avatar_rolls_with_the_driver_as_far_as_the_driver_rolls(engine, astronaut_pack):

@@ -6,14 +6,17 @@ often, it looks unlike a webcam, and every pixel of it is the soft 64-px render.
 wider crop of the photo (`DISPLAY_SCALE` x the generator's square, same centre), and each frame's render
 is pasted into its centre with a feathered edge: hair, shoulders and background stay the photo's own,
 sharp and still. The generator's frame border is held still by the pose targets (streamer.avatar.pose_targets),
-so the seam does not move.
+so the seam does not move. The driver's roll turns the head in the finished frame (HeadTurn).
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-try:   # MediaPipe's own dependency; an image without MediaPipe (the GPU one) turns with PIL instead
+import torch
+import torch.nn.functional as F
+
+try:   # MediaPipe's own dependency; an image without MediaPipe (the GPU one) turns with torch instead
     import cv2
 except ImportError:
     cv2 = None
@@ -23,6 +26,11 @@ from engines.method.align import crop_image
 DISPLAY_SCALE = 1.6    # the published frame spans this many generator squares
 OUT_SIZE = 256         # the published frame's side in pixels
 FEATHER = 0.12         # the paste fades out over this outer share of the square's half-width
+# The driver's roll turns the head: fully inside this ellipse (centre and semi-axes as shares of the
+# generator's square, where alignment puts every face), fading out over HEAD_FADE of its radius beyond
+HEAD_CENTRE = (0.5, 0.55)
+HEAD_AXES = (0.44, 0.50)
+HEAD_FADE = 0.5
 # where the surroundings reach past a tightly cropped photo's edge, its edge pixels run on as stripes:
 # there they blur into the photo's colours, lightly within FILL_NEAR x the frame's side of the edge and
 # more as they go (sigma FILL_NEAR_BLUR, then FILL_BLUR x the side, reached FILL_FEATHER beyond it)
@@ -134,6 +142,7 @@ class Framer:
             self.background = np.asarray(Image.fromarray(display).resize((size, size), Image.BICUBIC),
                                          dtype=np.float32)
             self.offset, self.side = face_square(size, scale)
+            self.head_turn = HeadTurn(size, self.offset, self.side)
             self.mask = square_mask(self.side, FEATHER)[..., None].astype(np.float32)
             # only the face square changes from frame to frame: the rest is copied as it is (a third
             # of the work of blending the whole frame in float, the same bytes)
@@ -142,49 +151,61 @@ class Framer:
             self._under = self.background[o:o + s, o:o + s].copy()
         else:   # packs enrolled before the wider crop: the render fills the frame
             self.offset, self.side = 0, size
+            self.head_turn = HeadTurn(size, 0, size)
 
     def __call__(self, face: np.ndarray, roll: float = 0.0) -> np.ndarray:
         """face: the render as uint8 HxWx3 (any size) -> the published frame, uint8 size x size x 3,
-        with the face turned `roll` degrees (counter-clockwise) about its square's centre."""
+        with the head turned `roll` degrees (counter-clockwise) about its square's centre (HeadTurn)."""
         if face.shape[0] != self.side:
             face = np.asarray(Image.fromarray(face).resize((self.side, self.side), Image.BICUBIC))
-        mask = self.mask if self.scale > 1 else None
-        if roll:
-            face, mask = rolled(face, roll, mask)
-        if self.scale <= 1:
-            return face
-        out = self._frame.copy()
-        o, s = self.offset, self.side
-        under = self._under
-        out[o:o + s, o:o + s] = (under + (face.astype(np.float32) - under) * mask).round()
+        if self.scale > 1:
+            out = self._frame.copy()
+            o, s = self.offset, self.side
+            under = self._under
+            out[o:o + s, o:o + s] = (under + (face.astype(np.float32) - under) * self.mask).round()
+            face = out
+        return self.head_turn(face, roll) if roll else face
+
+
+class HeadTurn:
+    """The published frame with the head turned `roll` degrees (counter-clockwise) about the face
+    square's centre, the turn fading out beyond the head: every pixel turns by roll x weight, the weight
+    1 over the head (an ellipse about the face in the generator's square, HEAD_AXES) and falling
+    smoothly to 0 over HEAD_FADE beyond it, so hair, neck and collar bend a little and the frame's
+    corners stay. A continuous warp: turning the face square alone cut the hair, the collar and the
+    square's corners with hard edges where it met the photo's still surroundings, and blending a turned
+    head into the still square drew them twice."""
+
+    def __init__(self, size: int, offset: int, side: int):
+        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+        self.centre = (size - 1) / 2                      # the square's centre (it sits in the middle)
+        (hx, hy), (ax, ay) = HEAD_CENTRE, HEAD_AXES
+        d = np.hypot(((xs + 0.5 - offset) / side - hx) / ax, ((ys + 0.5 - offset) / side - hy) / ay)
+        t = np.clip((1 + HEAD_FADE - d) / HEAD_FADE, 0.0, 1.0)
+        weight = t * t * (3 - 2 * t)                      # smoothstep: no kink where the turn starts to fade
+        rows, cols = np.nonzero(weight.any(1))[0], np.nonzero(weight.any(0))[0]
+        self.box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))   # only these pixels move
+        self.weight = weight[self.box]
+        self.dx, self.dy = xs[self.box] - self.centre, ys[self.box] - self.centre
+
+    def sources(self, roll: float) -> tuple[np.ndarray, np.ndarray]:
+        """Where each pixel of the box takes its colour from (x, y float32 frame coordinates)."""
+        turn = np.float32(np.deg2rad(roll)) * self.weight
+        cos, sin = np.cos(turn), np.sin(turn)
+        return self.centre + cos * self.dx - sin * self.dy, self.centre + sin * self.dx + cos * self.dy
+
+    def __call__(self, frame: np.ndarray, roll: float) -> np.ndarray:
+        out = frame.copy()
+        x, y = self.sources(roll)
+        if cv2 is not None:   # OpenCV where it imports: a third of torch's cost on the CPU
+            out[self.box] = cv2.remap(frame, x, y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+            return out
+        size = frame.shape[0]
+        grid = torch.from_numpy(np.stack([x, y], -1) / (size - 1) * 2 - 1)[None]
+        img = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+        moved = F.grid_sample(img, grid, mode="bicubic", padding_mode="border", align_corners=True)
+        out[self.box] = moved[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
         return out
-
-
-def rolled(face: np.ndarray, roll: float, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """face (uint8 HxWx3) turned `roll` degrees about its centre, and the paste mask [H, W, 1] cut to
-    where the turned face has pixels (the corners it leaves show what lies under the square); without
-    a mask (the render fills the frame) the corners repeat the face's edge colour. OpenCV's warp where
-    it imports: the same turn as PIL's rotate (47 dB apart) at half the cost, which every frame of every
-    session pays (the framer 0.9 ms a frame with a roll, against 1.7 with PIL's)."""
-    edge = np.concatenate([face[0], face[-1], face[:, 0], face[:, -1]]).mean(0) if mask is None else None
-    if cv2 is None:
-        return _rolled_pil(face, roll, mask, edge)
-    h, w = face.shape[:2]
-    turn = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), roll, 1.0)   # about the pixel grid's centre
-    if mask is None:
-        return cv2.warpAffine(face, turn, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
-                              borderValue=tuple(float(c) for c in edge)), None
-    inside = cv2.warpAffine(np.ones((h, w), np.float32), turn, (w, h), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    return cv2.warpAffine(face, turn, (w, h), flags=cv2.INTER_CUBIC), mask * inside[..., None]
-
-
-def _rolled_pil(face, roll, mask, edge):
-    img = Image.fromarray(face)
-    if mask is None:
-        return np.asarray(img.rotate(roll, Image.BICUBIC, fillcolor=tuple(int(c) for c in edge))), None
-    inside = np.asarray(Image.new("L", img.size, 255).rotate(roll, Image.BILINEAR), np.float32)[..., None] / 255
-    return np.asarray(img.rotate(roll, Image.BICUBIC)), mask * inside
 
 
 def generator_view(frame: np.ndarray, scale: float) -> np.ndarray:
