@@ -98,7 +98,7 @@ def test_the_head_turns_whole_and_the_turn_fades_out_with_no_cut():
     rest): with a 15-degree turn, the head's core is the rigid turn of the frame about the square's
     centre (OpenCV's warpAffine) within 3 levels, pixels beyond the fade are the frame's to the byte,
     and nowhere does the frame step more than 2.5 x the stripes' own largest step between neighbours
-    (turning the face square alone cut the stripes where it met the still photo: steps of up to 6 x)."""
+    (1.8 x; turning the face square alone cut the stripes where it met the still photo: 6.7 x)."""
     import cv2
     frame = _stripes(256)
     o, s = face_square(256, 1.6)
