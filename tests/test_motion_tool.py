@@ -8,13 +8,14 @@ import pytest
 from PIL import Image
 
 from calibration.evaluation.media_variants import clip_variant_frames, portrait_variant, split_name
-from calibration.evaluation.motion import (Reader, Series, WiderJaw, avatar_reference, chroma_hf, judge, jaw_rest,
-                                          load_portrait, main, pair_metrics, widened)
+from calibration.evaluation.motion import (Reader, Series, Widening, WiderDriver, avatar_reference, chroma_hf, judge,
+                                          jaw_rest, load_portrait, main, pair_metrics, widened, yaw_centre)
 from engines.core.errors import UserError
 from engines.method.pose import PARAM_NAMES
 from tests.media import ASTRONAUT, CLIP, short_clip
 
 JAW = PARAM_NAMES.index("jawOpen")
+YAW = PARAM_NAMES.index("yaw")
 
 
 def test_portrait_variants_do_what_their_names_say():
@@ -102,20 +103,25 @@ def test_wide_mouth_variant_opens_the_drivers_mouth():
     assert len(gained) >= 10 and max(gained) > 0.2 and np.median(gained) > 0.05
 
 
-def test_a_wider_driver_is_the_clips_jaw_stretched_above_its_rest_and_nothing_else():
-    """--jaw-gain: what the reenactor reads and what it is compared with carry the same widened jawOpen
-    (rest + K x the opening, within 0..1); the head and the other expressions are the reading's own."""
+def _clip_readings(n: int = 12):
     import av
     reader = Reader()
     with av.open(str(CLIP)) as c:
-        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(12), c.decode(video=0))]
-    plain = [reader.net3d.read(f) for f in frames]
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(n), c.decode(video=0))]
+    return reader, frames, [reader.net3d.read(f) for f in frames]
+
+
+def test_a_wider_driver_is_the_clips_jaw_stretched_above_its_rest_and_nothing_else():
+    """--jaw-gain: what the reenactor reads and what it is compared with carry the same widened jawOpen
+    (rest + K x the opening, within 0..1); the head and the other expressions are the reading's own."""
+    reader, frames, plain = _clip_readings()
     drv = Series([f.p for f in plain])
     rest = jaw_rest(drv)
     assert rest == pytest.approx(np.percentile([f.p[JAW] for f in plain], 5))
-    wide = WiderJaw(reader.net3d, rest, 3.0)
-    read = [wide.read(f).p for f in frames]
-    series = widened(drv, rest, 3.0).p
+    widening = Widening.of(drv, 3.0, 1.0)
+    assert widening.label == " jaw x3"
+    read = [WiderDriver(reader.net3d, widening).read(f).p for f in frames]
+    series = widened(drv, widening).p
     reader.close()
     for face, w, s in zip(plain, read, series):
         assert w[JAW] == pytest.approx(np.clip(rest + 3.0 * (face.p[JAW] - rest), 0, 1), abs=1e-6)
@@ -123,7 +129,28 @@ def test_a_wider_driver_is_the_clips_jaw_stretched_above_its_rest_and_nothing_el
         others = [i for i in range(len(PARAM_NAMES)) if i != JAW]
         assert np.allclose(w[others], face.p[others])
     assert max(w[JAW] for w in read) > 2 * max(f.p[JAW] for f in plain) - 2 * rest
-    assert WiderJaw(SimpleNamespace(read=lambda *a: None), 0.0, 2.0).read(frames[0]) is None
+    assert WiderDriver(SimpleNamespace(read=lambda *a: None), widening).read(frames[0]) is None
+
+
+def test_a_driver_turning_wider_is_the_clips_yaw_stretched_about_its_median_with_pitch_and_roll_kept():
+    """--yaw-gain: the reading's rotation is turned so that it reads centre + K x (yaw - centre), the
+    same as the series it is compared with; pitch, roll and every expression stay the reading's own."""
+    reader, frames, plain = _clip_readings()
+    drv = Series([f.p for f in plain])
+    centre = yaw_centre(drv)
+    assert centre == pytest.approx(np.median([f.p[YAW] for f in plain]))
+    widening = Widening.of(drv, 1.0, 1.5)
+    assert widening.label == " yaw x1.5"
+    read = [WiderDriver(reader.net3d, widening).read(f).p for f in frames]
+    series = widened(drv, widening).p
+    reader.close()
+    for face, w, s in zip(plain, read, series):
+        assert w[YAW] == pytest.approx(centre + 1.5 * (face.p[YAW] - centre), abs=1e-3)
+        assert s == pytest.approx(w, abs=1e-3)
+        others = [i for i in range(len(PARAM_NAMES)) if i != YAW]
+        assert np.allclose(w[others], face.p[others], atol=1e-3)
+    yaws = np.array([f.p[YAW] for f in plain])
+    assert np.ptp([w[YAW] for w in read]) == pytest.approx(1.5 * np.ptp(yaws), rel=1e-3) and np.ptp(yaws) > 0.5
 
 
 def test_midword_variant_starts_at_the_widest_opening_of_the_first_seconds():
@@ -256,8 +283,19 @@ def test_one_command_measures_every_pair(tmp_path, monkeypatch):
     assert r["frames"] == 30 and r["sampled"] == 10 and 0 <= r["face_rate"] <= 1
     assert (tmp_path / "media" / "astronaut~grey.png").is_file()
     assert (tmp_path / "m.md").read_text().count("| astronaut") == 2
-    # a driver opening twice as wide: the same clip, its jaw's spread doubled (rest held), read so
+    # a driver opening twice as wide and turning half as far again: the same clip, its jaw's spread
+    # doubled (rest held) and its yaw's 1.5-fold, read so
     assert main(["--avatars", str(ASTRONAUT), "--clips", str(clip), "--stride", "3", "--jaw-gain", "2",
-                 "--media-dir", str(tmp_path / "media"), "--json", str(out)]) == 0
-    wide = json.loads(out.read_text())["pairs"]["astronaut"]["c jaw x2"]
+                 "--yaw-gain", "1.5", "--media-dir", str(tmp_path / "media"), "--json", str(out)]) == 0
+    wide = json.loads(out.read_text())["pairs"]["astronaut"]["c jaw x2 yaw x1.5"]
     assert 1.8 <= wide["driver_jaw_sd"] / pairs["astronaut"]["c"]["driver_jaw_sd"] <= 2.0
+    assert wide["driver_yaw_sd"] / pairs["astronaut"]["c"]["driver_yaw_sd"] == pytest.approx(1.5, rel=1e-3)
+
+
+@pytest.mark.parametrize("gain", ["--jaw-gain=0", "--yaw-gain=-1"])
+def test_a_gain_that_widens_nothing_is_one_line_and_exit_2(gain, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--avatars", str(ASTRONAUT), "--clips", str(CLIP), gain])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --jaw-gain and --yaw-gain must be above 0") and "\n" not in err

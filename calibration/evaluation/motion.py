@@ -25,6 +25,8 @@ a portrait `CLIP@N`, and `CLIP~mirror|reverse|widemouth|grey|dark|lowres|far|rot
 `--jaw-gain K`: a driver who opens K times wider than the clip's (none here exceeds jawOpen sd 0.19): the
 driver's jawOpen score, as the reenactor reads it and as it is compared, is stretched K-fold above its
 5th percentile (clipped to 0..1); the frames, the head and everything else stay the clip's.
+`--yaw-gain K`: likewise a driver who turns the head K times as far about the clip's median yaw (the
+reading's rotation turned to the stretched yaw, its pitch and roll kept).
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ from engines.core.frames import clip_frame, clip_rgb
 from engines.core.photo import read_photo
 from engines.core.views import net3d_view
 from engines.method.net3d import FaceReading, MediaPipeNet3D
-from engines.method.pose import PARAM_NAMES
+from engines.method.pose import PARAM_NAMES, rotation_from_euler
 from engines.models.facelandmarker import BLENDSHAPE_NAMES
 
 YAW_STD_MIN, JAW_STD_MIN = 3.0, 0.08
@@ -200,38 +202,67 @@ def jaw_rest(drv: Series) -> float:
     return float(np.percentile(jaws, JAW_REST_PERCENTILE)) if jaws else 0.0
 
 
+def yaw_centre(drv: Series) -> float:
+    """The driver's median yaw (degrees) over the clip's readings, the centre a wider turn swings about."""
+    yaws = [p[PARAM_NAMES.index("yaw")] for p in drv.p if p is not None]
+    return float(np.median(yaws)) if yaws else 0.0
+
+
 def wider(score, rest: float, gain: float):
     """A jawOpen score as a driver opening `gain` times as wide from `rest` would show it."""
     return np.clip(rest + gain * (score - rest), 0.0, 1.0)
 
 
-def widened(drv: Series, rest: float, gain: float) -> Series:
-    """The driver's series with its jawOpen readings widened (the frames themselves are the clip's)."""
-    jaw = PARAM_NAMES.index("jawOpen")
+@dataclass
+class Widening:
+    """A driver who opens the jaw `jaw_gain` times as wide above `jaw_rest` and turns the head `yaw_gain`
+    times as far about `yaw_centre` (degrees) as the clip's readings show (--jaw-gain, --yaw-gain)."""
+    jaw_rest: float = 0.0
+    jaw_gain: float = 1.0
+    yaw_centre: float = 0.0
+    yaw_gain: float = 1.0
 
-    def one(p):
-        if p is None:
-            return None
-        p = np.array(p, dtype=np.float64)
-        p[jaw] = wider(p[jaw], rest, gain)
-        return p
-    return Series([one(p) for p in drv.p], drv.emb, drv.means, drv.chroma)
+    @classmethod
+    def of(cls, drv: Series, jaw_gain: float, yaw_gain: float) -> "Widening":
+        return cls(jaw_rest(drv), jaw_gain, yaw_centre(drv), yaw_gain)
+
+    @property
+    def label(self) -> str:
+        return "".join(f" {n} x{g:g}" for n, g in (("jaw", self.jaw_gain), ("yaw", self.yaw_gain)) if g != 1.0)
+
+    def pose(self, p) -> np.ndarray:
+        out = np.array(p, dtype=np.float64)
+        jaw, yaw = PARAM_NAMES.index("jawOpen"), PARAM_NAMES.index("yaw")
+        out[jaw] = wider(out[jaw], self.jaw_rest, self.jaw_gain)
+        out[yaw] = self.yaw_centre + self.yaw_gain * (out[yaw] - self.yaw_centre)
+        return out
+
+    def reading(self, face: FaceReading) -> FaceReading:
+        """The reading with its jawOpen score and its head's yaw (through the rotation) widened."""
+        shapes = face.blendshapes.copy()
+        index = BLENDSHAPE_NAMES.index("jawOpen")
+        shapes[index] = wider(shapes[index], self.jaw_rest, self.jaw_gain)
+        matrix = face.matrix.copy()
+        if self.yaw_gain != 1.0:
+            angles = self.pose(face.p)[:3]
+            matrix[:3, :3] = rotation_from_euler(angles)
+        return FaceReading(face.landmarks, shapes, matrix)
 
 
-class WiderJaw:
-    """A reenactor's Net3D reader whose readings carry the driver's jawOpen widened (--jaw-gain)."""
+def widened(drv: Series, widening: Widening) -> Series:
+    """The driver's series widened (the frames themselves are the clip's)."""
+    return Series([None if p is None else widening.pose(p) for p in drv.p], drv.emb, drv.means, drv.chroma)
 
-    def __init__(self, reader, rest: float, gain: float):
-        self.reader, self.rest, self.gain = reader, rest, gain
-        self.index = BLENDSHAPE_NAMES.index("jawOpen")
+
+class WiderDriver:
+    """A reenactor's Net3D reader whose readings carry the driver widened (--jaw-gain, --yaw-gain)."""
+
+    def __init__(self, reader, widening: Widening):
+        self.reader, self.widening = reader, widening
 
     def read(self, image, timestamp_ms=None):
         face = self.reader.read(image, timestamp_ms)
-        if face is None:
-            return None
-        shapes = face.blendshapes.copy()
-        shapes[self.index] = wider(shapes[self.index], self.rest, self.gain)
-        return FaceReading(face.landmarks, shapes, face.matrix)
+        return None if face is None else self.widening.reading(face)
 
     def close(self) -> None:
         self.reader.close()
@@ -351,6 +382,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-frames", type=int, help="at most this many frames of each clip")
     ap.add_argument("--jaw-gain", type=float, default=1.0, metavar="K",
                     help="a driver opening K times as wide as the clip's (default 1: the clip as it is)")
+    ap.add_argument("--yaw-gain", type=float, default=1.0, metavar="K",
+                    help="a driver turning the head K times as far as the clip's (default 1)")
     ap.add_argument("--feedback", type=int, default=0, metavar="N",
                     help="the reenactor's head-pose feedback every N frames (default 0 = off, as run_stream)")
     ap.add_argument("--tune-directions", type=int, nargs="?", const=200, default=0, metavar="STEPS",
@@ -360,6 +393,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--markdown", type=Path, help="write the table here")
     args = ap.parse_args(argv)
+    if args.jaw_gain <= 0 or args.yaw_gain <= 0:
+        raise UserError(f"--jaw-gain and --yaw-gain must be above 0 (got {args.jaw_gain:g}, {args.yaw_gain:g})")
     torch.set_num_threads(1)
     from streamer.reenact.engine import Engine
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -378,14 +413,14 @@ def main(argv=None) -> int:
         frames = clip_frames(clip, reader, args.max_frames)
         drv = read_driver(frames, reader, args.stride)
         clip_name = "~".join(filter(None, [Path(split_name(clip)[0]).stem, split_name(clip)[1]]))
-        wide = args.jaw_gain != 1.0
+        widening = Widening.of(drv, args.jaw_gain, args.yaw_gain)
+        wide = widening.label != ""
         if wide:
-            rest = jaw_rest(drv)
-            drv, clip_name = widened(drv, rest, args.jaw_gain), f"{clip_name} jaw x{args.jaw_gain:g}"
+            drv, clip_name = widened(drv, widening), clip_name + widening.label
         for name, path, emb, chroma in avatars:
             reen = engine.make_reenactor(path, feedback_every=args.feedback)
-            if wide:   # the product reads the clip's frames, then sees the wider jaw
-                reen.reader = WiderJaw(reen.reader, rest, args.jaw_gain)
+            if wide:   # the product reads the clip's frames, then sees the wider driver
+                reen.reader = WiderDriver(reen.reader, widening)
             try:
                 r = pair_metrics(drv, drive(reen, frames, reader, args.stride), emb, chroma)
             finally:
