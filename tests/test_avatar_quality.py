@@ -487,18 +487,69 @@ def test_a_jaw_that_opens_late_is_swept_further():
         assert corr.curves[3][0][-1] == top
 
 
+def usual_reference(values, times, window: float = 30.0, lag: float = 1.0) -> np.ndarray:
+    """Closed form of the head angles' reference for one angle: the first reading, then gliding with
+    time constant `lag` toward the median of the readings of the last `window` seconds."""
+    ref = [values[0]]
+    for i in range(1, len(values)):
+        seen = [v for v, t in zip(values[:i + 1], times[:i + 1]) if times[i] - window <= t <= times[i]]
+        ref.append(ref[-1] + (1 - np.exp(-(times[i] - times[i - 1]) / lag)) * (np.median(seen) - ref[-1]))
+    return np.array(ref)
+
+
+def test_the_head_is_driven_from_where_the_drivers_head_usually_is_not_from_its_first_frame():
+    """Closed form: a driver whose first frame is turned 12 degrees, then who turns +-8 about 0 for 20
+    s. From the first frame the avatar was asked -12 +- 8, one way only; from where the head usually is
+    (the median of the last 30 s, followed with a 1-s lag) the requests centre on 0 within a few
+    seconds, and never jump: the reference glides."""
+    from streamer.reenact.motion import Motion
+    motion = Motion(_LateMouth().A, np.zeros(5), smooth=False)
+    times = np.arange(600) / 30
+    yaws = np.where(times < 1.0, 12.0, 8.0 * np.sin(2 * np.pi * times / 3.0))
+    asked, refs = [], []
+    for t, yaw in zip(times, yaws):
+        motion.update(np.array([yaw, 0.0, 0.0, 0.0, 0.0]), now=float(t))
+        asked.append(float(motion.dp[0]))
+        refs.append(float(motion.p_ref[0]))
+    assert asked[0] == 0.0 and refs[0] == 12.0
+    assert np.allclose(refs, usual_reference(yaws, times), atol=1e-4)
+    later = np.array(asked)[times >= 6.0]
+    assert abs(later.mean()) < 0.5 and later.max() > 6.0 and later.min() < -6.0   # both ways
+    assert np.abs(np.diff(refs)).max() < 0.5                                       # no jump
+
+
+def test_the_usual_pose_keeps_its_window_through_a_clock_that_jumps_back_and_a_fast_camera():
+    """A looped file restarts media time: the readings then in its future leave the window, so the
+    usual pose moves to the new readings; a camera far faster than 30 fps keeps at most
+    REF_MAX_READINGS readings."""
+    from streamer.reenact.motion import REF_MAX_READINGS, UsualPose
+    usual = UsualPose()
+    for i in range(300):
+        usual(np.array([5.0, 1.0, 0.0]), i / 30)
+    for i in range(300):
+        value = usual(np.array([-5.0, 1.0, 0.0]), i / 30)
+    assert value == pytest.approx([-5.0, 1.0, 0.0], abs=1e-3) and (usual.values[:, 0] == 5.0).sum() <= 1
+    fast = UsualPose()
+    for i in range(3 * REF_MAX_READINGS):
+        fast(np.zeros(3), i / 1000)
+    assert len(fast.times) == len(fast.values) == REF_MAX_READINGS
+
+
 def test_a_clip_that_starts_mid_word_drives_the_mouth_from_its_least_opening():
     """Closed form: the driver's first frame has its mouth open 0.4 and its head turned 1. Each
     blendshape's reference follows the least the driver has shown, so when the mouth shuts the avatar's
-    shuts (dp 0, not -0.4) and a later opening of 0.3 asks for 0.3; the head angles keep the first
-    frame as their reference; `reset` takes the next frame again."""
+    shuts (dp 0, not -0.4) and a later opening of 0.3 asks for 0.3; the head angles' reference glides
+    toward where the head usually is (usual_reference); `reset` takes the next frame again."""
     from streamer.reenact.motion import Motion
     motion = Motion(_LateMouth().A, np.zeros(5), smooth=False)
     asked = []
-    for i, (yaw, jaw, brow) in enumerate([(1.0, 0.4, 0.2), (1.5, 0.0, 0.3), (0.5, 0.3, 0.1), (1.0, 0.05, 0.2)]):
+    frames = [(1.0, 0.4, 0.2), (1.5, 0.0, 0.3), (0.5, 0.3, 0.1), (1.0, 0.05, 0.2)]
+    for i, (yaw, jaw, brow) in enumerate(frames):
         motion.update(np.array([yaw, 0.0, 0.0, jaw, brow]), now=i / 30)
         asked.append(motion.dp.numpy().tolist())
-    want = [[0, 0, 0, 0, 0], [0.5, 0, 0, 0, 0.1], [-0.5, 0, 0, 0.3, 0], [0, 0, 0, 0.05, 0.1]]
+    yaws = [f[0] for f in frames]
+    turned = np.array(yaws) - usual_reference(yaws, [i / 30 for i in range(4)])
+    want = [[turned[0], 0, 0, 0, 0], [turned[1], 0, 0, 0, 0.1], [turned[2], 0, 0, 0.3, 0], [turned[3], 0, 0, 0.05, 0.1]]
     assert np.allclose(asked, want, atol=1e-6), asked
     motion.reset()
     motion.update(np.array([2.0, 0.0, 0.0, 0.5, 0.0]), now=1.0)
@@ -513,10 +564,14 @@ def test_a_photo_posed_past_the_calibrated_range_rests_at_its_edge_and_follows_t
     from streamer.reenact.motion import Motion
     motion = Motion(_LateMouth().A, np.array([12.0, 0.0, 0.0, 0.0, 0.0]), smooth=False)
     asked = []
-    for i, yaw in enumerate([0.0, -3.0, 2.0, 9.0]):
+    yaws = [0.0, -3.0, 2.0, 9.0]
+    for i, yaw in enumerate(yaws):
         motion.update(np.array([yaw, 0.0, 0.0, 0.0, 0.0]), now=i / 30)
         asked.append(motion.dp.numpy()[:3].tolist())
-    assert np.allclose(asked, [[-4.8, 0, 0], [-7.8, 0, 0], [-4.8, 0, 0], [-4.8, 0, 0]], atol=1e-5), asked
+    turn = np.array(yaws) - usual_reference(yaws, [i / 30 for i in range(4)])   # -3 and +2 to within 0.05
+    want = np.clip(7.2 + turn, -7.2, 7.2) - 12.0
+    assert np.allclose(np.array(asked)[:, 0], want, atol=1e-5) and np.allclose(np.array(asked)[:, 1:], 0), asked
+    assert want[1] == pytest.approx(-7.8, abs=0.05) and want[3] == pytest.approx(-4.8)
 
 
 def test_the_drivers_roll_turns_the_image_and_g_keeps_the_photos_roll():
@@ -526,12 +581,13 @@ def test_the_drivers_roll_turns_the_image_and_g_keeps_the_photos_roll():
     eases back to 0 with the rest of the pose once the face is gone."""
     from streamer.reenact.motion import Motion
     motion = Motion(_LateMouth().A, np.array([0.0, 0.0, 12.0, 0.0, 0.0]), smooth=False, hold_s=0.1, ease_s=0.1)
-    rolls = []
-    for i, roll in enumerate([1.0, -2.0, 4.0, 21.0]):
+    rolls, driven = [], [1.0, -2.0, 4.0, 21.0]
+    for i, roll in enumerate(driven):
         motion.update(np.array([0.5, 0.0, roll, 0.0, 0.0]), now=i / 30)
         rolls.append(motion.roll)
         assert float(motion.dp[2]) == pytest.approx(-4.8)
-    assert rolls == pytest.approx([0.0, -3.0, 3.0, 20.0])
+    assert rolls == pytest.approx(np.array(driven) - usual_reference(driven, [i / 30 for i in range(4)]))
+    assert rolls == pytest.approx([0.0, -3.0, 3.0, 20.0], abs=0.1)   # the reference glides: ~the first frame's
     for i in range(4, 30):
         motion.update(None, now=i / 30)
     assert 0.0 < motion.roll < 0.05 * 20.0
@@ -545,18 +601,21 @@ def test_the_published_face_turns_no_further_from_upright_than_the_reader_can_re
     from streamer.reenact.motion import ROLL_READ, Motion
     motion = Motion(_LateMouth().A, np.zeros(5), smooth=False)
     motion.bound_roll(-19.0)
-    shown = []
-    for i, roll in enumerate([0.0, -10.0, 10.0, 45.0]):
+    shown, driven = [], [0.0, -10.0, 10.0, 45.0]
+    for i, roll in enumerate(driven):
         motion.update(np.array([0.0, 0.0, roll, 0.0, 0.0]), now=i / 30)
         shown.append(motion.roll)
-    assert shown == pytest.approx([0.0, -(ROLL_READ - 19.0), 10.0, ROLL_READ + 19.0])
+    turned = np.array(driven) - usual_reference(driven, [i / 30 for i in range(4)])
+    assert turned[2] == pytest.approx(10.0, abs=0.5)
+    assert shown == pytest.approx([0.0, -(ROLL_READ - 19.0), turned[2], ROLL_READ + 19.0])
     motion.bound_roll(-30.0)
     assert motion.roll_limits == (0.0, ROLL_READ + 30.0)
     free = Motion(_LateMouth().A, np.zeros(5), smooth=False)
     free.bound_roll(None)
     free.update(np.zeros(5), now=0.0)
     free.update(np.array([0.0, 0.0, -60.0, 0.0, 0.0]), now=1 / 30)
-    assert free.roll == pytest.approx(-60.0)
+    assert free.roll == pytest.approx(-60.0 - usual_reference([0.0, -60.0], [0.0, 1 / 30])[1])
+    assert free.roll < -55.0
 
 
 def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():
@@ -585,8 +644,9 @@ def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():
     motion.update(np.zeros(5), now=0.0)
     assert float(motion.dp[0]) == pytest.approx(-0.40)          # at rest: turned the far way
     motion.update(np.array([1.3, 0, 0, 0, 0]), now=1 / 30)
-    assert float(motion.dp[0]) == pytest.approx(1.3 - 0.40)
-    assert float(corr(motion.dp.clone())[0]) == pytest.approx(0.9 / 0.98 * 5)   # inside the curve, not its end
+    turn = 1.3 - usual_reference([0.0, 1.3], [0.0, 1 / 30])[1]                # the reference glides: ~1.3
+    assert float(motion.dp[0]) == pytest.approx(turn - 0.40) and turn > 1.25
+    assert float(corr(motion.dp.clone())[0]) == pytest.approx((turn - 0.4) / 0.98 * 5)   # inside the curve, not its end
 
 
 class _TurnOpensMouth(_LateMouth):

@@ -4,7 +4,7 @@
 session: an avatar pack (latent, tuned G, the avatar's own pose), its own Net3D tracker and filters.
 
 Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
-with a face; `reset_reference` re-takes it), applied on top of the avatar's own pose, so the avatar
+with a face, then where the driver's head usually is; `reset_reference` re-takes it), applied on top of the avatar's own pose, so the avatar
 starts from its own expression and a driver whose neutral face is not the avatar's still drives it
 correctly. The target p_avatar + dp is clamped to the range calibration saw. In relative mode the
 shift is A dp - A 0 (the bias cancels, so the first frame reproduces the avatar exactly); absolute mode

@@ -1,8 +1,8 @@
 """One session's motion state: driving pose p -> the normalised change dp the avatar is asked for.
 
 Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
-with a face, each blendshape then at the least the driver has shown; `reset` re-takes it), applied on
-top of the avatar's own pose, so the avatar starts from its own expression and a driver whose neutral
+with a face; then the head angles follow where the driver's head usually is, UsualPose, and each
+blendshape the least the driver has shown; `reset` re-takes it), applied on top of the avatar's own pose, so the avatar starts from its own expression and a driver whose neutral
 face is not the avatar's still drives it correctly (the exceptions: an open mouth starts shut, so that
 it can close with the driver's; a pose past the range calibration saw starts at the range's edge).
 The target is clamped to that range (plus a tenth either way). The driver's roll is not asked of G: G
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from engines.method.correction import mouth_is_open
-from engines.method.pose import before_image_turn
+from engines.method.pose import ANGLES, before_image_turn
 from engines.models.facelandmarker import BLENDSHAPE_NAMES
 from streamer.reenact.smoothing import OneEuro
 
@@ -37,6 +37,40 @@ MOUTH_SHUT = 0.05
 # 0.30 -> 0.01 on a toothy smile at 23 -> 33 degrees; 0.44 -> 0.26 / 0.01 on the astronaut at 33 / 43).
 # At 25 the toothy smile, at rest 19 degrees from upright, lost her wide-mouth pair (jawOpen r 0.65 -> 0.38)
 ROLL_READ = 20.0
+# The head angles' neutral is where the driver's head usually is, not where it was at the first frame:
+# the median of the last REF_WINDOW_S seconds of (smoothed) readings, followed with a lag of REF_LAG_S
+# so that it glides. The bundled clip starts with the head turned ~12 degrees from its usual pose, so
+# it asked every avatar to turn one way only, past where its turn ends, and left the other way unused:
+# driven 1.25x as far (yaw sd 8 degrees) 9 of 30 faces followed at yaw r 0.69-0.79; 0.78-0.89 with it
+REF_WINDOW_S = 30.0
+REF_LAG_S = 1.0
+REF_MAX_READINGS = 4096   # at most this many readings in the window (a camera past 120 fps thins it)
+
+
+class UsualPose:
+    """Where a driver's head usually is: the median of its angles over the last `window` seconds of
+    media time, followed with a lag of `lag` seconds (the first reading is taken as it is)."""
+
+    def __init__(self, window: float = REF_WINDOW_S, lag: float = REF_LAG_S):
+        self.window, self.lag = window, lag
+        self.times, self.values = np.empty(0), np.empty((0, 0))
+        self.value: np.ndarray | None = None
+        self.last_t = 0.0
+
+    def __call__(self, angles: np.ndarray, now: float) -> np.ndarray:
+        """One reading of the angles at media time `now` -> the usual pose so far."""
+        if self.value is None:
+            self.times, self.values = np.array([now]), np.asarray(angles, np.float64)[None]
+            self.value, self.last_t = self.values[0].copy(), now
+            return self.value
+        # a clock that jumped back (a looped file) drops the readings now in its future
+        keep = (self.times >= now - self.window) & (self.times <= now)
+        self.times = np.append(self.times[keep], now)[-REF_MAX_READINGS:]
+        self.values = np.concatenate([self.values[keep], np.asarray(angles, np.float64)[None]])[-REF_MAX_READINGS:]
+        follow = 1.0 - math.exp(-max(now - self.last_t, 0.0) / self.lag)
+        self.value = self.value + follow * (np.median(self.values, axis=0) - self.value)
+        self.last_t = now
+        return self.value
 
 
 class Motion:
@@ -57,6 +91,8 @@ class Motion:
         self.filter = OneEuro(min_cutoff=np.r_[[1.2] * 3, [4.0], [2.0] * (k - 4)],
                               beta=np.r_[[0.3] * 3, [5.0] * (k - 3)]) if smooth else None
         self.p_ref: torch.Tensor | None = None
+        self.angle_ids = [i for i, n in enumerate(A.param_names) if n in ANGLES]
+        self.usual = UsualPose()
         # which parameters are MediaPipe blendshapes: scores whose neutral is their least (a shut mouth,
         # open eyes), so their reference follows the least the driver has shown (update)
         self.floors = torch.tensor([n in BLENDSHAPE_NAMES for n in A.param_names])
@@ -89,6 +125,7 @@ class Motion:
     def reset(self) -> None:
         """Take the next frame with a face as the driver's neutral reference."""
         self.p_ref = None
+        self.usual = UsualPose()
         if self.filter is not None:
             self.filter.reset()
 
@@ -114,6 +151,9 @@ class Motion:
             # closing asked the avatar to shut a shut mouth and only wider openings showed (jawOpen r
             # 0.17-0.39 on the selfie clip started at its widest opening, 0.92-0.97 from its start)
             self.p_ref = torch.where(self.floors, torch.minimum(self.p_ref, p), self.p_ref)
+            if self.angle_ids:
+                usual = self.usual(p[self.angle_ids].numpy(), now)
+                self.p_ref[self.angle_ids] = torch.as_tensor(usual, dtype=torch.float32)
             # a photo posed past the range calibration saw (a head rolled 23 degrees, the range ends at 9)
             # rests at the range's edge and moves from there: G and its reader hold a face best within
             # the range, and clamping rest + change alone left the driver's roll dead until it undid
