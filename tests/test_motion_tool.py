@@ -103,31 +103,39 @@ def test_wide_mouth_variant_opens_the_drivers_mouth():
     assert len(gained) >= 10 and max(gained) > 0.2 and np.median(gained) > 0.05
 
 
-def _clip_readings(n: int = 12):
+def _widened(jaw_gain: float, yaw_gain: float):
+    """The bundled clip's first 12 frames: (frames, MediaPipe's readings, the driver's series, the
+    widening, what the reenactor reads through WiderDriver, the series it is compared with)."""
     import av
     reader = Reader()
     with av.open(str(CLIP)) as c:
-        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(n), c.decode(video=0))]
-    return reader, frames, [reader.net3d.read(f) for f in frames]
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(12), c.decode(video=0))]
+    plain = [reader.net3d.read(f) for f in frames]
+    drv = Series([f.p for f in plain])
+    widening = Widening.of(drv, jaw_gain, yaw_gain)
+    read = [WiderDriver(reader.net3d, widening).read(f).p for f in frames]
+    reader.close()
+    return frames, plain, drv, widening, read, widened(drv, widening).p
+
+
+def _only_widened(index: int, plain, read, series, want, atol: float) -> None:
+    """Each frame's reading carries `want(p)` at `index` and the reading's own values elsewhere, the same
+    as the compared series."""
+    others = [i for i in range(len(PARAM_NAMES)) if i != index]
+    for face, w, s in zip(plain, read, series):
+        assert w[index] == pytest.approx(want(face.p), abs=atol)
+        assert s == pytest.approx(w, abs=atol)
+        assert np.allclose(w[others], face.p[others], atol=atol)
 
 
 def test_a_wider_driver_is_the_clips_jaw_stretched_above_its_rest_and_nothing_else():
     """--jaw-gain: what the reenactor reads and what it is compared with carry the same widened jawOpen
     (rest + K x the opening, within 0..1); the head and the other expressions are the reading's own."""
-    reader, frames, plain = _clip_readings()
-    drv = Series([f.p for f in plain])
+    frames, plain, drv, widening, read, series = _widened(3.0, 1.0)
     rest = jaw_rest(drv)
     assert rest == pytest.approx(np.percentile([f.p[JAW] for f in plain], 5))
-    widening = Widening.of(drv, 3.0, 1.0)
     assert widening.label == " jaw x3"
-    read = [WiderDriver(reader.net3d, widening).read(f).p for f in frames]
-    series = widened(drv, widening).p
-    reader.close()
-    for face, w, s in zip(plain, read, series):
-        assert w[JAW] == pytest.approx(np.clip(rest + 3.0 * (face.p[JAW] - rest), 0, 1), abs=1e-6)
-        assert s == pytest.approx(w, abs=1e-6)
-        others = [i for i in range(len(PARAM_NAMES)) if i != JAW]
-        assert np.allclose(w[others], face.p[others])
+    _only_widened(JAW, plain, read, series, lambda p: np.clip(rest + 3.0 * (p[JAW] - rest), 0, 1), 1e-6)
     assert max(w[JAW] for w in read) > 2 * max(f.p[JAW] for f in plain) - 2 * rest
     assert WiderDriver(SimpleNamespace(read=lambda *a: None), widening).read(frames[0]) is None
 
@@ -135,20 +143,11 @@ def test_a_wider_driver_is_the_clips_jaw_stretched_above_its_rest_and_nothing_el
 def test_a_driver_turning_wider_is_the_clips_yaw_stretched_about_its_median_with_pitch_and_roll_kept():
     """--yaw-gain: the reading's rotation is turned so that it reads centre + K x (yaw - centre), the
     same as the series it is compared with; pitch, roll and every expression stay the reading's own."""
-    reader, frames, plain = _clip_readings()
-    drv = Series([f.p for f in plain])
+    _, plain, drv, widening, read, series = _widened(1.0, 1.5)
     centre = yaw_centre(drv)
     assert centre == pytest.approx(np.median([f.p[YAW] for f in plain]))
-    widening = Widening.of(drv, 1.0, 1.5)
     assert widening.label == " yaw x1.5"
-    read = [WiderDriver(reader.net3d, widening).read(f).p for f in frames]
-    series = widened(drv, widening).p
-    reader.close()
-    for face, w, s in zip(plain, read, series):
-        assert w[YAW] == pytest.approx(centre + 1.5 * (face.p[YAW] - centre), abs=1e-3)
-        assert s == pytest.approx(w, abs=1e-3)
-        others = [i for i in range(len(PARAM_NAMES)) if i != YAW]
-        assert np.allclose(w[others], face.p[others], atol=1e-3)
+    _only_widened(YAW, plain, read, series, lambda p: centre + 1.5 * (p[YAW] - centre), 1e-3)
     yaws = np.array([f.p[YAW] for f in plain])
     assert np.ptp([w[YAW] for w in read]) == pytest.approx(1.5 * np.ptp(yaws), rel=1e-3) and np.ptp(yaws) > 0.5
 
