@@ -2,8 +2,9 @@
 
 Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
 with a face; then the head angles follow where the driver's head usually is, UsualPose, and each
-blendshape the least the driver has shown; `reset` re-takes it), applied on top of the avatar's own pose, so the avatar starts from its own expression and a driver whose neutral
-face is not the avatar's still drives it correctly (the exceptions: an open mouth starts shut, so that
+blendshape the least the driver has shown; `reset` re-takes it), applied on top of the avatar's own
+pose, so the avatar starts from its own expression and a driver whose neutral face is not the
+avatar's still drives it correctly (the exceptions: an open mouth starts shut, so that
 it can close with the driver's; a pose past the range calibration saw starts at the range's edge).
 The target is clamped to that range (plus a tenth either way). The driver's roll is not asked of G: G
 holds the rest's roll and `roll` (degrees) turns the published image (ROLL_READ); G shows the yaw and
