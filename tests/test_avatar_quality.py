@@ -21,6 +21,7 @@ from engines.method.zoos import load_zoo
 from streamer.avatar.enroll import Enroller
 from streamer.avatar.pose_targets import pose_targets, read_targets
 from tests.media import ASTRONAUT, CLIP
+from tests.motion_reference import usual_reference
 
 pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
 
@@ -485,16 +486,6 @@ def test_a_jaw_that_opens_late_is_swept_further():
     for usual, top in ((_LateMouth(), end), (_PeakedMouth(), 6)):
         corr = Correction.measure(usual.A, usual.render, image_reader=usual.reader)
         assert corr.curves[3][0][-1] == top
-
-
-def usual_reference(values, times, window: float = 30.0, lag: float = 1.0) -> np.ndarray:
-    """Closed form of the head angles' reference for one angle: the first reading, then gliding with
-    time constant `lag` toward the median of the readings of the last `window` seconds."""
-    ref = [values[0]]
-    for i in range(1, len(values)):
-        seen = [v for v, t in zip(values[:i + 1], times[:i + 1]) if times[i] - window <= t <= times[i]]
-        ref.append(ref[-1] + (1 - np.exp(-(times[i] - times[i - 1]) / lag)) * (np.median(seen) - ref[-1]))
-    return np.array(ref)
 
 
 def test_the_head_is_driven_from_where_the_drivers_head_usually_is_not_from_its_first_frame():
