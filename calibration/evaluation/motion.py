@@ -196,16 +196,21 @@ def drive(reen, frames, reader: Reader, stride: int) -> Series:
 JAW_REST_PERCENTILE = 5
 
 
+def readings_of(drv: Series, name: str) -> np.ndarray:
+    """One parameter's readings over the clip's frames with a face."""
+    return np.array([p[PARAM_NAMES.index(name)] for p in drv.p if p is not None])
+
+
 def jaw_rest(drv: Series) -> float:
     """The driver's jawOpen with the mouth at rest: the 5th percentile of the clip's readings."""
-    jaws = [p[PARAM_NAMES.index("jawOpen")] for p in drv.p if p is not None]
-    return float(np.percentile(jaws, JAW_REST_PERCENTILE)) if jaws else 0.0
+    jaws = readings_of(drv, "jawOpen")
+    return float(np.percentile(jaws, JAW_REST_PERCENTILE)) if jaws.size else 0.0
 
 
 def yaw_centre(drv: Series) -> float:
     """The driver's median yaw (degrees) over the clip's readings, the centre a wider turn swings about."""
-    yaws = [p[PARAM_NAMES.index("yaw")] for p in drv.p if p is not None]
-    return float(np.median(yaws)) if yaws else 0.0
+    yaws = readings_of(drv, "yaw")
+    return float(np.median(yaws)) if yaws.size else 0.0
 
 
 def wider(score, rest: float, gain: float):
