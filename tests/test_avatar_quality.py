@@ -21,7 +21,7 @@ from engines.method.zoos import load_zoo
 from streamer.avatar.enroll import Enroller
 from streamer.avatar.pose_targets import pose_targets, read_targets
 from tests.media import ASTRONAUT, CLIP
-from tests.motion_reference import usual_reference
+from tests.motion_reference import usual_reference, wide_reference
 
 pytestmark = pytest.mark.slow   # each test here takes (or builds a fixture of) more than ~30 s
 
@@ -513,14 +513,14 @@ def test_the_usual_pose_keeps_its_window_through_a_clock_that_jumps_back_and_a_f
     """A looped file restarts media time: the readings then in its future leave the window, so the
     usual pose moves to the new readings; a camera far faster than 30 fps keeps at most
     REF_MAX_READINGS readings."""
-    from streamer.reenact.motion import REF_MAX_READINGS, UsualPose
-    usual = UsualPose()
+    from streamer.reenact.motion import REF_MAX_READINGS, usual_pose
+    usual = usual_pose()
     for i in range(300):
         usual(np.array([5.0, 1.0, 0.0]), i / 30)
     for i in range(300):
         value = usual(np.array([-5.0, 1.0, 0.0]), i / 30)
     assert value == pytest.approx([-5.0, 1.0, 0.0], abs=1e-3) and (usual.values[:, 0] == 5.0).sum() <= 1
-    fast = UsualPose()
+    fast = usual_pose()
     for i in range(3 * REF_MAX_READINGS):
         fast(np.zeros(3), i / 1000)
     assert len(fast.times) == len(fast.values) == REF_MAX_READINGS
@@ -545,6 +545,44 @@ def test_a_clip_that_starts_mid_word_drives_the_mouth_from_its_least_opening():
     motion.reset()
     motion.update(np.array([2.0, 0.0, 0.0, 0.5, 0.0]), now=1.0)
     assert motion.dp.abs().max() == 0
+
+
+def test_a_driver_opening_wider_than_the_avatars_jaw_is_scaled_to_its_top_and_never_up():
+    """Closed form, the fake's jaw (normalise is the identity) with its curve's top at 2: a driver whose
+    mouth keeps opening to 3-4 has the jaw's change scaled by top / (the 95th percentile of its recent
+    openings, gliding like the head's reference: wide_reference) wherever that percentile is past the
+    top; a driver who stays within it, an avatar whose top is unknown, and absolute motion are left as
+    they are. A photo with its mouth open is driven from shut (MOUTH_SHUT), and its room is the top less
+    that shut level."""
+    from streamer.reenact.motion import MOUTH_SHUT, Motion
+    times = [i / 30 for i in range(150)]
+    wide = [4.0, 0.0, 3.0, 0.5, 1.0, 3.5] * 25
+
+    def driven(jaws, p_avatar=np.zeros(5), top=2.0, relative=True):
+        motion = Motion(_LateMouth().A, p_avatar, smooth=False, relative=relative)
+        motion.open_to(top)
+        asked = []
+        for jaw, t in zip(jaws, times):
+            motion.update(np.array([0.0, 0.0, 0.0, jaw, 0.0]), now=t)
+            asked.append(float(motion.dp[3]))
+        return np.array(asked)
+
+    openings = np.array([0.0] + wide)[:150]           # the first frame, shut, is the jaw's reference
+    jaws = openings.copy()
+    reach = np.maximum(wide_reference(openings, times), 1e-9)
+    want = openings * np.minimum(1.0, 2.0 / reach)
+    assert np.allclose(driven(jaws), want, atol=1e-5)
+    widest = openings == 4.0
+    assert reach[-1] == pytest.approx(4.0, abs=0.05) and want[widest][-1] == pytest.approx(2.0, abs=0.05)
+    assert np.allclose(driven(jaws * 0.45), jaws * 0.45, atol=1e-6)        # within the top (1.8): as it is
+    assert np.allclose(driven(jaws, top=None), jaws, atol=1e-6)
+    assert np.allclose(driven(jaws, relative=False), jaws, atol=1e-6)
+
+    open_photo = np.array([0.0, 0.0, 0.0, 0.5, 0.0])                    # asked from shut: dp = -0.45 + opening
+    shut = MOUTH_SHUT - 0.5
+    want_open = shut + openings * np.minimum(1.0, (2.0 - shut) / reach)
+    assert np.allclose(driven(jaws, open_photo), want_open, atol=1e-5)
+    assert want_open[widest][-1] == pytest.approx(2.0, abs=0.05)
 
 
 def test_a_photo_posed_past_the_calibrated_range_rests_at_its_edge_and_follows_the_driver_from_there():

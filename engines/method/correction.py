@@ -402,6 +402,11 @@ class Correction:
                     shift[i] = min(ROOM - low, high - ROOM)
         return torch.where(shift.abs() >= ROOM_MIN_MOVE, shift, 0.0)
 
+    @property
+    def jaw_top(self) -> float | None:
+        """The widest opening the jaw's curve shows (normalised change from rest; None: no curve)."""
+        return None if self.jaw is None else float(self.curves[self.jaw][1][-1])
+
     def shut_reading(self, A, p: np.ndarray) -> float | None:
         """The lowest jawOpen reading the jaw's curve reaches from the avatar's rest p (None: no curve)."""
         if self.jaw is None:

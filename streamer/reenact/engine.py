@@ -233,6 +233,7 @@ class AvatarReenactor:
             if self.correction is not None:
                 self.motion.shut_at(self.correction.shut_reading(self.A, pack.p))
                 self.motion.move_rest(self.correction.room_shift())
+                self.motion.open_to(self.correction.jaw_top)
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)
             self.motion.bound_roll(engine.per_pack.get(pack, ("shown roll", out_size, relative),
                                                        lambda: self._shown_roll(engine.image_reader)))

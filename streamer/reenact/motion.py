@@ -1,16 +1,18 @@
 """One session's motion state: driving pose p -> the normalised change dp the avatar is asked for.
 
 Motion is relative by default: dp = p_t - p_ref with p_ref the driver's neutral reference (first frame
-with a face; then the head angles follow where the driver's head usually is, UsualPose, and each
+with a face; then the head angles follow where the driver's head usually is (usual_pose), and each
 blendshape the least the driver has shown; `reset` re-takes it), applied on top of the avatar's own
 pose, so the avatar starts from its own expression and a driver whose neutral face is not the
 avatar's still drives it correctly (the exceptions: an open mouth starts shut, so that
 it can close with the driver's; a pose past the range calibration saw starts at the range's edge).
-The target is clamped to that range (plus a tenth either way). The driver's roll is not asked of G: G
-holds the rest's roll and `roll` (degrees) turns the published image (ROLL_READ); G shows the yaw and
-pitch that the turned image must read as (a turn in the image's plane moves one into the other). Absolute mode
-is the paper's formula dp = p_driver - p_avatar. Frames with no face hold the last pose for `hold_s`,
-then ease back to the avatar's neutral pose.
+A driver who opens wider than the avatar's jaw can show has the jaw's change scaled down, so that
+their recent wide openings reach the top of its curve (open_to). The target is clamped to that range
+(plus a tenth either way). The driver's roll is not asked of G: G holds the rest's roll and `roll`
+(degrees) turns the published image (ROLL_READ); G shows the yaw and pitch that the turned image must
+read as (a turn in the image's plane moves one into the other). Absolute mode is the paper's formula
+dp = p_driver - p_avatar. Frames with no face hold the last pose for `hold_s`, then ease back to the
+avatar's neutral pose.
 """
 from __future__ import annotations
 
@@ -46,32 +48,48 @@ ROLL_READ = 20.0
 REF_WINDOW_S = 30.0
 REF_LAG_S = 1.0
 REF_MAX_READINGS = 4096   # at most this many readings in the window (a camera past 120 fps thins it)
+# A driver who opens wider than the avatar's jaw can show pinned it at the top of its curve on every
+# open syllable, and its opening stopped following (the grey astronaut, the bundled wide-mouth clip
+# opened 2.5x as wide: 139 of 473 frames at the top, jawOpen r 0.55). The jaw's change is scaled so
+# that the driver's wide openings (this percentile of the last REF_WINDOW_S seconds, gliding like the
+# head's reference) reach the top of the avatar's curve; it is never scaled up
+JAW_WIDE_PERCENTILE = 95
 
 
-class UsualPose:
-    """Where a driver's head usually is: the median of its angles over the last `window` seconds of
-    media time, followed with a lag of `lag` seconds (the first reading is taken as it is)."""
+class Recent:
+    """A statistic of readings over the last `window` seconds of media time, followed with a lag of
+    `lag` seconds (the first reading is taken as it is)."""
 
-    def __init__(self, window: float = REF_WINDOW_S, lag: float = REF_LAG_S):
-        self.window, self.lag = window, lag
+    def __init__(self, statistic, window: float = REF_WINDOW_S, lag: float = REF_LAG_S):
+        self.statistic, self.window, self.lag = statistic, window, lag
         self.times, self.values = np.empty(0), np.empty((0, 0))
         self.value: np.ndarray | None = None
         self.last_t = 0.0
 
-    def __call__(self, angles: np.ndarray, now: float) -> np.ndarray:
-        """One reading of the angles at media time `now` -> the usual pose so far."""
+    def __call__(self, reading: np.ndarray, now: float) -> np.ndarray:
+        """One reading (an array) at media time `now` -> the statistic so far."""
         if self.value is None:
-            self.times, self.values = np.array([now]), np.asarray(angles, np.float64)[None]
+            self.times, self.values = np.array([now]), np.asarray(reading, np.float64)[None]
             self.value, self.last_t = self.values[0].copy(), now
             return self.value
         # a clock that jumped back (a looped file) drops the readings now in its future
         keep = (self.times >= now - self.window) & (self.times <= now)
         self.times = np.append(self.times[keep], now)[-REF_MAX_READINGS:]
-        self.values = np.concatenate([self.values[keep], np.asarray(angles, np.float64)[None]])[-REF_MAX_READINGS:]
+        self.values = np.concatenate([self.values[keep], np.asarray(reading, np.float64)[None]])[-REF_MAX_READINGS:]
         follow = 1.0 - math.exp(-max(now - self.last_t, 0.0) / self.lag)
-        self.value = self.value + follow * (np.median(self.values, axis=0) - self.value)
+        self.value = self.value + follow * (self.statistic(self.values) - self.value)
         self.last_t = now
         return self.value
+
+
+def usual_pose() -> Recent:
+    """Where a driver's head usually is: the median of its angles."""
+    return Recent(lambda values: np.median(values, axis=0))
+
+
+def wide_opening() -> Recent:
+    """How wide a driver's mouth opens when it opens wide: the JAW_WIDE_PERCENTILE of its changes."""
+    return Recent(lambda values: np.percentile(values, JAW_WIDE_PERCENTILE, axis=0))
 
 
 class Motion:
@@ -93,7 +111,10 @@ class Motion:
                               beta=np.r_[[0.3] * 3, [5.0] * (k - 3)]) if smooth else None
         self.p_ref: torch.Tensor | None = None
         self.angle_ids = [i for i, n in enumerate(A.param_names) if n in ANGLES]
-        self.usual = UsualPose()
+        self.usual = usual_pose()
+        self.jaw = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
+        self.jaw_top: float | None = None    # the top of the avatar's jaw curve (open_to; None: unknown)
+        self.opening = wide_opening()
         # which parameters are MediaPipe blendshapes: scores whose neutral is their least (a shut mouth,
         # open eyes), so their reference follows the least the driver has shown (update)
         self.floors = torch.tensor([n in BLENDSHAPE_NAMES for n in A.param_names])
@@ -111,6 +132,11 @@ class Motion:
         if reading is not None and mouth_is_open(self.p_avatar.numpy(), self.A.param_names):
             self.rest[self.A.param_names.index("jawOpen")] = max(reading, MOUTH_SHUT)
 
+    def open_to(self, top: float | None) -> None:
+        """The widest opening this avatar's jaw shows: the normalised change from its render at rest
+        (the correction's jaw curve's top; None: unknown, the jaw's change is never scaled)."""
+        self.jaw_top = top
+
     def move_rest(self, shift: torch.Tensor) -> None:
         """Move the rest of the first len(shift) parameters by `shift` normalised units (an angle with
         little room to turn one way starts turned a little the other: Correction.room_shift)."""
@@ -126,7 +152,7 @@ class Motion:
     def reset(self) -> None:
         """Take the next frame with a face as the driver's neutral reference."""
         self.p_ref = None
-        self.usual = UsualPose()
+        self.usual, self.opening = usual_pose(), wide_opening()
         if self.filter is not None:
             self.filter.reset()
 
@@ -174,7 +200,20 @@ class Motion:
                 target[y], target[x] = (float(a) for a in self.before_turn(want, self.roll)[:2])
         target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
         self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
+        if self.relative and self.jaw_top is not None:
+            self._within_top(now)
         return None
+
+    def _within_top(self, now: float) -> None:
+        """Scale the jaw's opening (its change from the shut rest) so that the driver's recent wide
+        openings reach jaw_top, where they would go past it."""
+        j = self.jaw
+        shut = float(self.A.normalise(self.rest.clamp(self.p_min, self.p_max))[j] - self.A.normalise(self.p_avatar)[j])
+        opening = float(self.dp[j]) - shut
+        wide = float(self.opening(np.array([max(opening, 0.0)]), now)[0])
+        room = self.jaw_top - shut
+        if opening > 0.0 and wide > room > 0.0:
+            self.dp[j] = shut + opening * room / wide
 
 
 def shut_mouth(p_avatar: torch.Tensor, names: list[str]) -> torch.Tensor:
