@@ -130,7 +130,7 @@ class Motion:
     def shut_at(self, reading: float | None) -> None:
         """Drive an open mouth from `reading`, the lowest jawOpen this avatar can show (None: unknown)."""
         if reading is not None and mouth_is_open(self.p_avatar.numpy(), self.A.param_names):
-            self.rest[self.A.param_names.index("jawOpen")] = max(reading, MOUTH_SHUT)
+            self.rest[self.jaw] = max(reading, MOUTH_SHUT)
 
     def open_to(self, top: float | None) -> None:
         """The widest opening this avatar's jaw shows: the normalised change from its render at rest
