@@ -791,6 +791,24 @@ def test_within_reach_pulls_the_angles_in_when_turn_tilt_and_open_jaw_come_toget
     assert norm(within_reach(wide, sd, 3)) == pytest.approx(norm(out))
 
 
+def test_g_is_asked_for_pitch_only_within_its_reach_either_way_and_yaw_keeps_its_own():
+    """Lenna pitches 0.4 units a step, so a nod asked G for the pitch sweep's end, 2.3 sds out, where her
+    mouth hardly opens. Closed form (angles one to one): with the spread recorded, pitch requests stop at
+    PITCH_REACH sds either way, smaller ones and yaw pass as they are; without a record, nothing is held."""
+    from engines.method.correction import PITCH_REACH, Correction
+    fake = _LateMouth()
+    spread = [2.0, 1.5, 2.5, 3.0, 2.0]
+    corr = Correction.measure(fake.A, fake.render, spread=spread, image_reader=fake.reader)
+    bound = PITCH_REACH * spread[1]
+    for asked, shown in ((4.0, bound), (-4.0, -bound), (1.0, 1.0), (-0.5, -0.5)):
+        out = corr(torch.tensor([0.0, asked, 0.0, 0.0, 0.0])).numpy()
+        assert out[1] == pytest.approx(shown, abs=1e-4) and fake.reading(out).p[1] == pytest.approx(shown, abs=1e-4)
+    turned = corr(torch.tensor([4.0, 0.0, 0.0, 0.0, 0.0])).numpy()        # 2 sds of yaw: no pitch bound
+    assert turned[0] == pytest.approx(4.0, abs=1e-4)
+    free = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    assert float(free(torch.tensor([0.0, 4.0, 0.0, 0.0, 0.0]))[1]) == pytest.approx(4.0, abs=1e-4)
+
+
 def test_the_angles_give_way_to_the_jaw_only_where_its_curves_say_it_needs_them():
     """An elderly man's jaw needs steps 10-14 (2.5-3.5 sds) to open, yet opens nearly as wide with the head
     at the reach (far curve's top 3.44 against 4.18): counting his steps as distance pulled the angles to

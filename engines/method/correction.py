@@ -19,6 +19,8 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
     reading's jitter (head_drift).
 A render without a face (a turn too far for this avatar) ends that sweep's curve or switches that
 sense off; only a render at rest without one leaves the avatar uncorrected.
+With the spread of the tuned requests known, the angles and the opening jaw are held together within
+the avatar's reach (within_reach), and G's pitch within PITCH_REACH on its own.
 The reenactor applies it to every request; enrollment-time tuning of A (calibration.avatar_directions)
 uses the same gate to keep the expression columns that still work.
 """
@@ -91,6 +93,13 @@ ANGLE_FLOOR = 1.5
 # with the head rolled back: 8% of a clip's frames, which asked for 2.3-2.9 sds there, some with the
 # mouth open wide. 5 of 57 avatars measured here lose one before REACH with the jaw at rest
 REACH_PROBES = (2.0, 2.5, 3.0)
+# G's pitch is asked at most this far (sds of the tuned requests) either way. An avatar whose head
+# pitches little per step (Lenna: 2 normalised units of reading at step 5, 2.6 sds) was asked for the
+# sweep's end whenever the driver nodded, and there a 64-px mouth hardly opens (her jaw read 1.5 units
+# at step 9 pitched 5 steps down, 4.1 level; her face gone at step 12): jawOpen r 0.46-0.56 on five
+# wide-mouth pairs; held at 2, 0.61-0.65 on four of them. Yaw keeps the whole reach: a turn is what a
+# viewer follows first. At 1.5 her jaws were no better, and the main table's pitch r fell 0.036 (2: 0.009)
+PITCH_REACH = 2.0
 # the jaw's curve is read at rest and in this many contexts (head angles and other expressions drawn at
 # CONTEXT_SD sds of the tuned requests, a fixed draw in mirrored pairs), and their mean response is
 # inverted. Read at rest alone, a mouth that opens late and steeply there stays shut once the head
@@ -286,6 +295,7 @@ class Correction:
     octant_reach: torch.Tensor | None = None   # [8] the reach (sds) of each octant (octant_of); None: REACH
     jaw_drift: "JawDrift | None" = None   # what the angles alone add to the jaw's reading (None: nothing clear)
     jaw: int | None = None   # jawOpen's index where it has a curve (None: it has none, or there is no jaw)
+    pitch: int | None = None   # pitch's index, held within PITCH_REACH with the reach (None: no pitch)
 
     @classmethod
     @torch.no_grad()
@@ -374,8 +384,9 @@ class Correction:
         along = {} if not reach or jaw not in curves or blind or mouth_open else \
             {i: c for i, (t, v) in jaw_along.items() if (c := angle_jaw_drift(t, v)) is not None}
         jaw_drift = checked_drift(A, readings, p0, jaw, curves[jaw], JawDrift(along)) if along else None
+        pitch = A.param_names.index("pitch") if "pitch" in A.param_names else None
         return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants, jaw_drift,
-                   jaw if jaw in curves else None)
+                   jaw if jaw in curves else None, pitch)
 
     def reach_of(self, dp: torch.Tensor) -> float:
         """How far (sds) the angles of request dp may reach: the octants' reaches blended by its
@@ -427,6 +438,9 @@ class Correction:
         for i, (t, r) in self.curves.items():
             if i != jaw and float(out[i]) != 0.0:  # no change requested stays no change
                 out[i] = float(np.interp(float(out[i]), r, t))  # clamps to the measured range
+        if self.reach is not None and self.pitch is not None:
+            bound = PITCH_REACH * float(self.reach[0][self.pitch])
+            out[self.pitch] = out[self.pitch].clamp(-bound, bound)
         if jaw is None:
             return out if self.reach is None else within_reach(out, *self.reach, self.reach_of(out))
         out[jaw] = self._jaw_step(wanted, out)
