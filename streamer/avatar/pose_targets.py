@@ -15,7 +15,8 @@ the photo's own colours and texture; streaming still runs the paper's G(z + A dp
     ones, with the frame border held still; landmarks far behind the face plane (the sides of the
     head fold over in a turn) and the inner lips (they part) are not control points;
   * what a warp cannot make: an opening mouth shows the avatar's own mouth moved with the upper lip
-    (teeth stay under it) over a dark interior; a closing eye is covered by the skin of its upper lid;
+    (teeth stay under it) over a dark interior, the lips' colour darkened; a closing eye is covered by
+    the skin of its upper lid;
   * gains: a 2D warp reads as less expression than the landmarks ask for (MediaPipe judges a smile or
     an open jaw by more than point positions), so each expression's displacement is scaled by the
     inverse of the response MediaPipe reads on the first round of single-parameter targets (at most
@@ -34,6 +35,10 @@ from calibration.shape_model import ShapeModel, to_camera
 from engines.core.views import PAD, VIEW_SIZE, net3d_view, to_uint8, view_to_image_px
 from engines.method.pose import rotation_from_euler
 from engines.method.recipes import TargetRecipe
+
+# how targets are painted; enters the enrollment cache's key (streamer.avatar.enroll.recipe_key), so packs
+# tuned on targets painted otherwise enroll again. 2: an opening mouth in the lips' colour (Painter.lip_colour)
+PAINTING = 2
 
 # MediaPipe FaceMesh indices
 UPPER_INNER_LIP = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
