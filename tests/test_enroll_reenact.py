@@ -83,16 +83,6 @@ def test_two_faces_use_the_largest_and_say_so(engine, monkeypatch):
     assert searched == [canvas.shape]
 
 
-def test_targets_painted_anew_enroll_cached_photos_again(monkeypatch):
-    """A cached pack tuned on targets painted another way is not reused (its key moves); vox256's
-    tuning paints no targets, so its packs stay."""
-    import streamer.avatar.enroll as enroll
-    before = {z: enroll.recipe_key(z) for z in ("default", "vox256")}
-    monkeypatch.setattr(enroll, "PAINTING", enroll.PAINTING + 1)
-    assert enroll.recipe_key("default") != before["default"]
-    assert enroll.recipe_key("vox256") == before["vox256"]
-
-
 def test_photo_is_enrolled_once_and_cached(engine, tmp_path, monkeypatch, pack):
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
     import streamer.avatar.enroll as enroll

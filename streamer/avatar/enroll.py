@@ -44,7 +44,7 @@ from engines.method.zoos import RECIPES, ZOOS, load_zoo
 from engines.models.facelandmarker import roi_from_landmarks
 from streamer.avatar.framing import DISPLAY_SCALE, OUT_SIZE, Framer, mirror_half, others_hidden, surroundings
 from streamer.avatar.pack import AvatarPack
-from streamer.avatar.pose_targets import PAINTING, loss_weights, pose_targets
+from streamer.avatar.pose_targets import loss_weights, pose_targets
 
 DISPLAY_SIZE = 256
 
@@ -323,8 +323,7 @@ def recipe_key(zoo_name: str) -> str:
     """A short hash of how a zoo enrolls: a changed recipe enrolls cached photos again."""
     recipe = RECIPES[zoo_name]
     tuning = recipe.tuning
-    text = repr((tuning, recipe.inversion_steps, DISPLAY_SCALE) + ((("rank", tuning.rank),) if tuning.rank else ())
-                + ((("painting", PAINTING),) if tuning.targets else ()))
+    text = repr((tuning, recipe.inversion_steps, DISPLAY_SCALE) + ((("rank", tuning.rank),) if tuning.rank else ()))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

@@ -15,8 +15,7 @@ the photo's own colours and texture; streaming still runs the paper's G(z + A dp
     ones, with the frame border held still; landmarks far behind the face plane (the sides of the
     head fold over in a turn) and the inner lips (they part) are not control points;
   * what a warp cannot make: an opening mouth shows the avatar's own mouth moved with the upper lip
-    (teeth stay under it) over a dark interior, the lips' colour darkened; a closing eye is covered by
-    the skin of its upper lid;
+    (teeth stay under it) over a dark interior; a closing eye is covered by the skin of its upper lid;
   * gains: a 2D warp reads as less expression than the landmarks ask for (MediaPipe judges a smile or
     an open jaw by more than point positions), so each expression's displacement is scaled by the
     inverse of the response MediaPipe reads on the first round of single-parameter targets (at most
@@ -35,10 +34,6 @@ from calibration.shape_model import ShapeModel, to_camera
 from engines.core.views import PAD, VIEW_SIZE, net3d_view, to_uint8, view_to_image_px
 from engines.method.pose import rotation_from_euler
 from engines.method.recipes import TargetRecipe
-
-# how targets are painted; enters the enrollment cache's key (streamer.avatar.enroll.recipe_key), so packs
-# tuned on targets painted otherwise enroll again. 2: an opening mouth in the lips' colour (Painter.lip_colour)
-PAINTING = 2
 
 # MediaPipe FaceMesh indices
 UPPER_INNER_LIP = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
@@ -149,20 +144,9 @@ class Painter:
         self.border = np.array([(x, y) for x in edge for y in (-0.5, r - 0.5)] +
                                [(x, y) for y in edge[1:-1] for x in (-0.5, r - 0.5)])
         self.grid = np.stack(np.meshgrid(np.arange(r), np.arange(r)), -1).reshape(-1, 2).astype(np.float64)
-        self.mouth_colour = ((self.lip_colour() + 1) * 0.25 - 1).view(1, 3, 1, 1)   # the lips', far darker
-
-    def lip_colour(self) -> torch.Tensor:
-        """[3]: the colour halfway through each lip (between its outer and inner contour), averaged. Not
-        the mouth's centre: on a smiling photo that is the teeth, whose darkened grey painted each
-        opening blue-grey (the bundled astronaut's; the laughing woman's, docs/motion_new_packages.md)."""
-        xy = self.shape.landmarks[:, :2]
-        halfway = [0.5 * (xy[0] + xy[13]), 0.5 * (xy[17] + xy[14])]   # upper lip, lower lip (FaceMesh)
-        return torch.stack([self.colour_at(q) for q in halfway]).mean(0)
-
-    def colour_at(self, q: np.ndarray) -> torch.Tensor:
-        """[3]: the crop's bilinear colour at pixel position q."""
-        g = torch.as_tensor((np.asarray(q) + 0.5) / self.R * 2 - 1, dtype=torch.float32).view(1, 1, 1, 2)
-        return F.grid_sample(self.crop, g, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0, 0]
+        xy = shape.landmarks[:, :2]
+        lips = self.sample(np.repeat(xy[[13, 14, 0, 17]].mean(0, keepdims=True), r * r, 0))[0, :, 0, 0]
+        self.mouth_colour = ((lips + 1) * 0.25 - 1).view(1, 3, 1, 1)   # the lips' colour, far darker
 
     def sample(self, coords: np.ndarray, image: torch.Tensor | None = None) -> torch.Tensor:
         """Bilinear samples of `image` (default: the crop) at pixel coordinates [R*R, 2] -> [1,C,R,R]."""
@@ -209,7 +193,7 @@ class Painter:
             if shut < 0.05:
                 continue
             lid = 0.6 * src[upper] + 0.4 * src[brow]
-            skin = self.colour_at(lid).view(1, 3, 1, 1)
+            skin = self.sample(np.repeat(lid[None], self.R * self.R, 0))[:, :, :1, :1]
             eye = target[ring]
             centre = eye.mean(0)
             m = self.mask(centre + 1.3 * (eye - centre), 0.5) * min(1.0, 1.5 * shut)   # lashes too
