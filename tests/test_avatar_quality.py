@@ -488,6 +488,48 @@ def test_a_jaw_that_opens_late_is_swept_further():
         assert corr.curves[3][0][-1] == top
 
 
+class _SteadyMouth(_LateMouth):
+    """A mouth that opens `rate` units a step all the way (the class is made per rate)."""
+    rate = 0.5
+
+    @classmethod
+    def jaw(cls, dp: np.ndarray) -> float:
+        return cls.rate * max(0.0, dp[3])
+
+
+def _steady_correction(rate: float):
+    """Correction.measure of a mouth opening `rate` units a step."""
+    from engines.method.correction import Correction
+    mouth = type("Mouth", (_SteadyMouth,), {"rate": rate})()
+    return Correction.measure(mouth.A, mouth.render, image_reader=mouth.reader)
+
+
+def _jaw_end(rate: float) -> float:
+    """The last step of the jaw curve kept for a mouth opening `rate` a step."""
+    return float(_steady_correction(rate).curves[3][0][-1])
+
+
+def test_a_jaw_short_of_the_typical_opening_keeps_part_of_the_longer_sweep():
+    """An elderly man's jaw read 4.01 units at the sweep's last step on one CPU and under 4 on another:
+    one kept step 10, the other was read on to 14, and his car-clip jawOpen r was 0.47 and 0.64. Closed
+    form: a mouth opening 0.399 or 0.401 units a step (3.99 / 4.01 at step 10) keeps nearly the same
+    curve, all but the whole longer sweep; one opening 0.5 a step (halfway from JAW_LATE to JAW_FULL)
+    keeps it to halfway; one at JAW_FULL a step 10 keeps the usual sweep."""
+    from engines.method.correction import JAW_FULL, JAW_LATE, LATE_END, SWEEPS
+    end = max(SWEEPS["jawOpen"])
+    under, over = _jaw_end(0.399), _jaw_end(0.401)
+    assert 0.399 * end < JAW_LATE < 0.401 * end
+    assert under == LATE_END and LATE_END - 0.05 < over < LATE_END
+    half = (JAW_LATE + JAW_FULL) / 2 / end
+    assert _jaw_end(half) == pytest.approx((end + LATE_END) / 2)
+    assert _jaw_end(JAW_FULL / end) == end
+    # the kept stretch ends on the mouth's own response, and a request for it takes that step
+    corr = _steady_correction(half)
+    t, r = corr.curves[3]
+    assert r[-1] == pytest.approx(half * t[-1])
+    assert float(corr(torch.tensor([0.0, 0.0, 0.0, half * 11.0, 0.0]))[3]) == pytest.approx(11.0)
+
+
 def test_the_head_is_driven_from_where_the_drivers_head_usually_is_not_from_its_first_frame():
     """Closed form: a driver whose first frame is turned 12 degrees, then who turns +-8 about 0 for 20
     s. From the first frame the avatar was asked -12 +- 8, one way only; from where the head usually is

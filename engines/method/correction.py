@@ -27,7 +27,7 @@ uses the same gate to keep the expression columns that still work.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -65,6 +65,12 @@ SHUT_KNEE = 0.97
 # 0.59
 JAW_LATE = 4.0
 LATE_END = 14
+# ... and one short of JAW_FULL there (the typical avatar's response at step 10) keeps part of the run:
+# from step 10 at JAW_FULL to LATE_END at JAW_LATE, in proportion (late_end). With the all-or-nothing
+# rule an elderly man whose jaw read 4.01 units at step 10 (enrolled on an AMD VM) kept the sweep's end,
+# and on the car clip his wide openings, head pitched down, clamped there at 0.16 jawOpen (r 0.47; 0.64
+# with his pack from an Intel VM); read on to 14, 0.74. 9 of 30 faces read 4-6 there
+JAW_FULL = 6.0
 # An angle whose curve reaches under ROOM_SHORT normalised units one way (~9 degrees of yaw) and more
 # than ROOM the other moves its rest toward the other side, until the short side has ROOM (~11
 # degrees) or the other is down to it (room_shift). A bearded man whose hand on his head covers his
@@ -164,10 +170,26 @@ def closed_to_knee(curve: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np
     return t[knee:], r[knee:]
 
 
-def opens_late(curve: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> bool:
-    """Whether a jaw curve (steps, response) peaks at its sweep's last step short of JAW_LATE."""
+def late_end(curve: tuple[np.ndarray, np.ndarray], steps: np.ndarray) -> float | None:
+    """The step a jaw curve (steps, response) still rising at its sweep's last step is read on to:
+    LATE_END where it is short of JAW_LATE there, nearer the last step the nearer it comes to JAW_FULL,
+    so that a jaw just over a bound is read like one just under it; None where it peaks inside the
+    sweep or reaches JAW_FULL."""
     t, r = curve
-    return float(t[-1]) >= float(steps[-1]) and float(r[-1]) < JAW_LATE
+    last = float(steps[-1])
+    if float(t[-1]) < last or float(r[-1]) >= JAW_FULL:
+        return None
+    short = min((JAW_FULL - float(r[-1])) / (JAW_FULL - JAW_LATE), 1.0)
+    return last + short * (LATE_END - last)
+
+
+def cut_at(curve: tuple[np.ndarray, np.ndarray], end: float) -> tuple[np.ndarray, np.ndarray]:
+    """A curve (steps, response) ending at step `end` (interpolated there); as it is if it ends before."""
+    t, r = curve
+    if end >= float(t[-1]):
+        return curve
+    keep = t < end
+    return np.append(t[keep], end), np.append(r[keep], np.interp(end, t, r))
 
 
 def mouth_is_open(p: np.ndarray, names: list[str]) -> bool:
@@ -310,20 +332,20 @@ class Correction:
         mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut.
         None when the render at rest shows no face (a jaw context without one is left out)."""
         readings = _Readings(render, image_reader or (lambda: MediaPipeNet3D("image")))
-        first = cls._measure(A, readings, step, probe, spread, reach, mouth_open, late=False)
-        # a jaw that opens late is swept on (opens_late): only its new steps are rendered
-        return cls._measure(A, readings, step, probe, spread, reach, mouth_open, late=True) \
-            if first is _LATE else first
+        first = cls._measure(A, readings, step, probe, spread, reach, mouth_open, late=None)
+        # a jaw still opening at the sweep's end is swept on (late_end): only its new steps are rendered
+        return cls._measure(A, readings, step, probe, spread, reach, mouth_open, late=first) \
+            if isinstance(first, float) else first
 
     @classmethod
     def _measure(cls, A, readings: "_Readings", step: float, probe: float, spread, reach: bool,
-                 mouth_open: bool, late: bool):
-        """measure's work with the jaw swept to LATE_END when `late`; _LATE when not late and the jaw
-        opens late."""
+                 mouth_open: bool, late: float | None):
+        """measure's work with the jaw swept to LATE_END and its curves kept to step `late` when it is
+        given; when not, the step to read on to (late_end) where the jaw is still opening."""
         k = A.k
         m = k - 3
         jaw_steps = SHUT_SWEEP if mouth_open else SWEEPS["jawOpen"]
-        sweeps = {**SWEEPS, "jawOpen": range(jaw_steps.start, LATE_END + 1) if late else jaw_steps}
+        sweeps = {**SWEEPS, "jawOpen": range(jaw_steps.start, LATE_END + 1) if late is not None else jaw_steps}
         swept = {A.param_names.index(n): np.asarray(ts, np.float64) for n, ts in sweeps.items()}
         jaw = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
         contexts = jaw_contexts(spread, k, jaw)
@@ -373,8 +395,12 @@ class Correction:
         limit = (torch.as_tensor(spread, dtype=torch.float32), jaw) if limited else None
         if jaw not in curves:
             jaw_far = None
-        elif not late and opens_late(curves[jaw], swept[jaw]):
-            return _LATE
+        elif late is None and (end := late_end(curves[jaw], swept[jaw])) is not None:
+            return end
+        elif late is not None:
+            curves[jaw] = cut_at(curves[jaw], late)
+            if jaw_far is not None:
+                jaw_far = replace(jaw_far, curve=cut_at(jaw_far.curve, late))
         octants = octant_reach([f is not None for f in probe_faces]) if limited else None
         # what the angles alone add to the jaw's reading: not for a blind jaw (its readings say nothing),
         # an open one (driven from shut, where a turn does not add what it adds to the open rest), nor
@@ -575,9 +601,6 @@ def head_drift(minus: np.ndarray, far_minus: np.ndarray, plus: np.ndarray, far_p
         real = (np.abs(far) >= DRIFT_FLOOR) & (np.sign(near) == np.sign(far))
         return np.where(real, fit, 0.0).T   # nan (no face) compares False: nothing cancelled
     return torch.as_tensor(np.stack([slope(minus, far_minus), -slope(plus, far_plus)]), dtype=torch.float32)
-
-
-_LATE = object()   # _measure's answer for a jaw that opens late
 
 
 class _Readings:
