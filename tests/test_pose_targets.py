@@ -147,3 +147,15 @@ def test_an_opening_jaw_drops_the_chin_with_the_lip(avatar):
     lip, chin = (moved[14] - still[14]) @ down, (moved[152] - still[152]) @ down
     assert lip > 3 and chin >= lip - 1e-6
     assert 152 in shape.control_points(TargetRecipe().spacing)   # the chin steers the warp even when deep
+
+
+def test_one_colour_is_read_bilinearly_at_a_pixel_coordinate():
+    """Closed form: at a pixel's centre the crop's own value; halfway between two, their mean; past the
+    edge, the edge's (the mouth's and an eyelid's colour are read this way)."""
+    crop = torch.rand(1, 3, 8, 8) * 2 - 1
+    paint = Painter.__new__(Painter)
+    paint.crop, paint.R = crop, 8
+    assert torch.allclose(paint.colour_at(np.array([3.0, 5.0]))[0, :, 0, 0], crop[0, :, 5, 3], atol=1e-6)
+    mid = (crop[0, :, 2, 4] + crop[0, :, 2, 5]) / 2
+    assert torch.allclose(paint.colour_at(np.array([4.5, 2.0]))[0, :, 0, 0], mid, atol=1e-6)
+    assert torch.allclose(paint.colour_at(np.array([-3.0, 0.0]))[0, :, 0, 0], crop[0, :, 0, 0], atol=1e-6)

@@ -145,14 +145,19 @@ class Painter:
                                [(x, y) for y in edge[1:-1] for x in (-0.5, r - 0.5)])
         self.grid = np.stack(np.meshgrid(np.arange(r), np.arange(r)), -1).reshape(-1, 2).astype(np.float64)
         xy = shape.landmarks[:, :2]
-        lips = self.sample(np.repeat(xy[[13, 14, 0, 17]].mean(0, keepdims=True), r * r, 0))[0, :, 0, 0]
-        self.mouth_colour = ((lips + 1) * 0.25 - 1).view(1, 3, 1, 1)   # the lips' colour, far darker
+        lips = self.colour_at(xy[[13, 14, 0, 17]].mean(0))
+        self.mouth_colour = (lips + 1) * 0.25 - 1   # the lips' colour, far darker
 
     def sample(self, coords: np.ndarray, image: torch.Tensor | None = None) -> torch.Tensor:
         """Bilinear samples of `image` (default: the crop) at pixel coordinates [R*R, 2] -> [1,C,R,R]."""
         g = torch.as_tensor((coords + 0.5) / self.R * 2 - 1, dtype=torch.float32).view(1, self.R, self.R, 2)
         return F.grid_sample(self.crop if image is None else image, g, mode="bilinear",
                              padding_mode="border", align_corners=False)
+
+    def colour_at(self, point: np.ndarray) -> torch.Tensor:
+        """The crop's bilinear colour [1,3,1,1] at one pixel coordinate [2] (sample's arithmetic)."""
+        g = torch.as_tensor((point + 0.5) / self.R * 2 - 1, dtype=torch.float32).view(1, 1, 1, 2)
+        return F.grid_sample(self.crop, g, mode="bilinear", padding_mode="border", align_corners=False)
 
     def mask(self, points: np.ndarray, blur: float) -> torch.Tensor:
         m = Image.new("L", (self.R, self.R), 0)
@@ -193,7 +198,7 @@ class Painter:
             if shut < 0.05:
                 continue
             lid = 0.6 * src[upper] + 0.4 * src[brow]
-            skin = self.sample(np.repeat(lid[None], self.R * self.R, 0))[:, :, :1, :1]
+            skin = self.colour_at(lid)
             eye = target[ring]
             centre = eye.mean(0)
             m = self.mask(centre + 1.3 * (eye - centre), 0.5) * min(1.0, 1.5 * shut)   # lashes too
