@@ -247,6 +247,86 @@ def test_the_jaw_curve_is_the_mean_of_its_curves_at_rest_and_in_the_contexts_it_
     assert np.allclose(partial.curves[3][1], curve_of(seen)[1], atol=1e-5)
 
 
+class _FadingMouth(_LateMouth):
+    """A mouth that opens `rate` units a step, faster the more the head pitches, all the way; contexts
+    pitched past `blind` lose their face once the jaw is asked past step `lose_at`."""
+    rate, lose_at = 0.2, 12.0
+
+    @classmethod
+    def jaw(cls, dp: np.ndarray) -> float:
+        return cls.rate * (1 + abs(dp[1])) * max(0.0, dp[3])
+
+    def reading(self, r: np.ndarray):
+        if r[0] != 0 and abs(r[1]) > self.blind and r[3] > self.lose_at:
+            return None
+        return SimpleNamespace(p=np.array([*r[:3], self.jaw(r), r[4]]))
+
+
+def _fading_curves(lose_at: float):
+    """(the jaw curve measured on a _FadingMouth whose two most pitched contexts lose their face past
+    `lose_at`, the jaw's response along SWEEPS' steps run on to LATE_END at rest and in every context,
+    the same in the contexts that keep their face, those steps)."""
+    from engines.method.correction import LATE_END, SWEEPS, Correction, jaw_contexts
+    t = np.arange(min(SWEEPS["jawOpen"]), LATE_END + 1, dtype=np.float64)
+    sd = [2.0, 1.5, 2.5, 3.0, 2.0]
+    contexts = jaw_contexts(sd, 5, 3).numpy().astype(np.float64)
+    blind = float(np.sort(np.abs(contexts[:, 1]))[-2]) - 1e-6
+    fake = type("Fading", (_FadingMouth,), {"lose_at": lose_at})(blind=blind)
+    corr = Correction.measure(fake.A, fake.render, spread=sd, image_reader=fake.reader)
+
+    def resp(c):
+        return np.array([_FadingMouth.jaw(c + s * np.eye(5)[3]) for s in t])
+    every = np.array([resp(np.zeros(5)), *[resp(c) for c in contexts]])
+    seen = np.array([resp(np.zeros(5)), *[resp(c) for c in contexts if abs(c[1]) <= blind]])
+    assert len(seen) == len(every) - 2
+    return corr.curves[3], every, seen, t
+
+
+def test_a_jaw_read_on_past_the_usual_sweep_keeps_the_curve_read_up_to_its_end():
+    """Closed form: a mouth still opening at step 10, short of JAW_LATE, is read on to LATE_END, and
+    there its two most pitched contexts (they open fastest) lose their face. The curve up to step 10
+    stays the mean over the rest sweep and every context, as read in the usual sweep, and so on while
+    every context shows a face; past that, the mean plus the further opening of the sweeps still seen. Left out whole, those two made a curve
+    that opened slower at every step, and a grey astronaut's far jaw, read on to 14, asked for a
+    further step (the wide-mouth clip's jawOpen r 0.67 -> 0.54). A context that loses its face inside
+    the usual sweep is still left out whole."""
+    from engines.method.correction import SWEEPS, cut_at, late_end, response_curve
+    (steps, curve), every, seen, t = _fading_curves(12.0)
+    usual = t <= max(SWEEPS["jawOpen"])
+    end = late_end(response_curve(t[usual], every.mean(0)[usual]), t[usual])
+    assert end is not None and end > 12.5
+    at = int(np.flatnonzero(t == 12.0)[0])   # the last step every context shows a face
+    want = np.where(t <= 12.0, every.mean(0), every.mean(0)[at] + (seen - seen[:, [at]]).mean(0))
+    want_t, want_r = cut_at(response_curve(t, want), end)
+    assert np.allclose(steps, want_t) and np.allclose(curve, want_r, atol=1e-5)
+    dropped = response_curve(t, seen.mean(0))
+    assert np.interp(8.0, *dropped) < np.interp(8.0, steps, curve) - 0.2
+
+    (steps, curve), every, seen, t = _fading_curves(8.0)   # lost inside the usual sweep
+    end = late_end(response_curve(t[usual], seen.mean(0)[usual]), t[usual])
+    want_t, want_r = cut_at(response_curve(t, seen.mean(0)), end)
+    assert np.allclose(steps, want_t) and np.allclose(curve, want_r, atol=1e-5)
+
+
+def test_a_far_jaw_curve_is_kept_only_where_half_its_contexts_keep_a_face():
+    """Closed form, the late mouth: far contexts (angles at the reach) pitched past `blind` show no
+    face. The far curve stays while FAR_MIN_SHARE of them show one and is left out (the mean curve
+    alone) with one fewer: Lenna's far curve was one context's of 8, and which one survived set how
+    far her mouth was asked to open with the head far out (car clip x1.5: jawOpen r 0.35; 0.53
+    without it)."""
+    from engines.method.correction import FAR_MIN_SHARE, JAW_CONTEXTS, Correction, at_reach, jaw_contexts
+    sd = np.array([2.0, 1.5, 2.5, 6.0, 2.0])
+    pitches = np.sort(np.abs(at_reach(jaw_contexts(sd, 5, 3), sd).numpy()[:, 1]))
+    need = int(np.ceil(FAR_MIN_SHARE * JAW_CONTEXTS))
+    assert len(pitches) == JAW_CONTEXTS and pitches[need - 1] < pitches[need] - 1e-3
+
+    def far_curve(blind):
+        fake = _LateMouth(blind=blind)
+        return Correction.measure(fake.A, fake.render, spread=sd, image_reader=fake.reader).jaw_far
+    assert far_curve(pitches[need - 1] + 1e-4) is not None
+    assert far_curve(pitches[need - 1] - 1e-4) is None
+
+
 def test_far_from_rest_the_jaw_takes_the_step_of_its_curve_in_far_contexts():
     """Closed form, the late mouth again: the jaw contexts read once more with their angles moved out
     to the reach (REACH sds from rest) give a second curve. Its radius and the mean curve's are the mean angle radii (in tuned

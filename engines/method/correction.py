@@ -120,6 +120,11 @@ CONTEXT_SEED = 0
 # for a step between the two curves', by its own angles (JawFar): with the head turned and tilted ~3
 # sds, Obama's 96-px avatar needed half as much again to open its mouth as its mean curve gave (jawOpen
 # r 0.24 on the wide-mouth clip)
+# ... provided at least FAR_MIN_SHARE of the far contexts keep a face through the usual sweep: Lenna's
+# far curve was one context's of 8 (the others lost her face at steps -4 to 7 with the head far out),
+# and which one or two survived set where her far openings were asked for (car clip x1.5: jawOpen r
+# 0.35 with one, 0.53 with none, her mean curve alone)
+FAR_MIN_SHARE = 0.5
 # A head turning on a 64-px render reads as a mouth opening: the astronaut's, Obama's and a small
 # portrait's jawOpen read +0.9 to +2.2 normalised units (0.06-0.14 raw) at yaw steps +-3 and up to 3.5 at
 # +-5 with the jaw at rest, which a clip turning the head while it talks sees as its mouth moving. What
@@ -373,9 +378,11 @@ class Correction:
             at += len(t)
             if i == jaw and len(contexts):
                 n = len(contexts) * len(t)
-                near_kept, near = _context_responses(A, faces[fixed:fixed + n], jaw, t, len(contexts))
-                far_kept, far_r = _context_responses(A, faces[fixed + n:], jaw, t, len(contexts))
-                r = np.mean([r, *near], 0)
+                usual = float(jaw_steps[-1])
+                near_kept, near = _context_responses(A, faces[fixed:fixed + n], jaw, t, len(contexts), usual)
+                far_kept, far_r = _context_responses(A, faces[fixed + n:], jaw, t, len(contexts), usual)
+                mean = chained_mean([r, *near], int(np.argmin(np.abs(t))))
+                r = np.where(np.isfinite(r), mean, np.nan)   # the rest sweep's lost face ends it (seen_stretch)
                 jaw_far = _jaw_far(jaw, t, far_r, far[far_kept], contexts[near_kept], spread)
             seen, r = seen_stretch(t, r)
             curve = response_curve(seen, r)
@@ -554,8 +561,11 @@ def at_reach(contexts: torch.Tensor, spread) -> torch.Tensor:
 def _jaw_far(jaw: int, t: np.ndarray, responses: list[np.ndarray], far: torch.Tensor, near: torch.Tensor,
              spread) -> JawFar | None:
     """The far contexts' mean jaw curve, placed by the mean angle radius of the near curve's members (its
-    rest counted at 0) and of the far contexts that showed a face; None when none did or it hardly opens."""
-    curve = response_curve(t, np.mean(responses, 0)) if responses else None
+    rest counted at 0) and of the far contexts that showed a face; None when under FAR_MIN_SHARE of
+    them did or it hardly opens."""
+    enough = len(responses) >= FAR_MIN_SHARE * JAW_CONTEXTS
+    mean = chained_mean(responses, int(np.argmin(np.abs(t)))) if enough else None
+    curve = response_curve(*seen_stretch(t, mean)) if mean is not None else None
     sd = torch.as_tensor(spread, dtype=torch.float32)[:3]
     near_radius = float(torch.cat([torch.zeros(1), angle_radius(near, sd)]).mean())   # rest at 0
     far_radius = float(angle_radius(far, sd).mean()) if len(far) else 0.0
@@ -628,19 +638,41 @@ def _sweep(context: torch.Tensor, i: int, ts: np.ndarray) -> torch.Tensor:
     return rows
 
 
-def _context_responses(A, faces: list, jaw: int, t: np.ndarray, n: int) -> tuple[list[int], list[np.ndarray]]:
+def _context_responses(A, faces: list, jaw: int, t: np.ndarray, n: int,
+                       whole_to: float) -> tuple[list[int], list[np.ndarray]]:
     """(which contexts were kept, the jaw's response along t in each) of n contexts (faces: their
-    readings, sweep after sweep), from the sweep's own rest; a context where a render shows no face is
-    left out."""
+    readings, sweep after sweep), from the sweep's own rest. A context where a render up to step
+    `whole_to` (the usual sweep's end) shows no face is left out; one that loses its face only in a
+    longer sweep (late_end) counts up to there (nan after)."""
     rest, kept, out = int(np.argmin(np.abs(t))), [], []
     for c in range(n):
-        sweep = faces[c * len(t):(c + 1) * len(t)]
-        if any(f is None for f in sweep):
+        p = _normalised(A, faces[c * len(t):(c + 1) * len(t)])[:, jaw]
+        if not np.isfinite(p[t <= whole_to]).all():
             continue
-        p = _normalised(A, sweep)[:, jaw]
+        r = p - p[rest]
+        lost = np.flatnonzero(~np.isfinite(r))
+        if len(lost):
+            r[lost[0]:] = np.nan
         kept.append(c)
-        out.append(p - p[rest])
+        out.append(r)
     return kept, out
+
+
+def chained_mean(responses: list[np.ndarray], rest: int) -> np.ndarray:
+    """The mean of responses along one sweep (each 0 at index `rest`, nan past where its renders lost
+    the face), built outward from rest: each step adds the mean change over that step of the responses
+    seen at both its ends, so a jaw read on past the usual sweep (late_end) keeps the curve read up to
+    its end. With the contexts that lose their face in the longer sweep left out whole, a grey
+    astronaut's far jaw read 2.05 units at step 5 against 1.39 in the usual sweep (her wide-mouth
+    clip's jawOpen r 0.67 -> 0.54 when her sweep was first run on to 14); nan past where none is seen."""
+    r = np.stack(responses)
+    out = np.full(r.shape[1], np.nan)
+    out[rest] = 0.0
+    for a, b in [(j, j + 1) for j in range(rest, r.shape[1] - 1)] + [(j, j - 1) for j in range(rest, 0, -1)]:
+        d = r[:, b] - r[:, a]
+        if np.isfinite(out[a]) and np.isfinite(d).any():
+            out[b] = out[a] + float(np.nanmean(d))
+    return out
 
 
 def within_reach(dp: torch.Tensor, sd: torch.Tensor, jaw: int | None, reach: float = REACH,
