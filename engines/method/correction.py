@@ -121,7 +121,7 @@ CONTEXT_SEED = 0
 # sds, Obama's 96-px avatar needed half as much again to open its mouth as its mean curve gave (jawOpen
 # r 0.24 on the wide-mouth clip)
 # ... provided at least FAR_MIN_SHARE of the far contexts keep a face through the usual sweep: Lenna's
-# far curve was one context's of 8 (the others lost her face at steps -4 to 7 with the head far out),
+# far curve was one context's of 8 (the others lost her face at steps -4 to 11 with the head far out),
 # and which one or two survived set where her far openings were asked for (car clip x1.5: jawOpen r
 # 0.35 with one, 0.53 with none, her mean curve alone)
 FAR_MIN_SHARE = 0.5
