@@ -150,14 +150,15 @@ class Painter:
 
     def sample(self, coords: np.ndarray, image: torch.Tensor | None = None) -> torch.Tensor:
         """Bilinear samples of `image` (default: the crop) at pixel coordinates [R*R, 2] -> [1,C,R,R]."""
-        g = torch.as_tensor((coords + 0.5) / self.R * 2 - 1, dtype=torch.float32).view(1, self.R, self.R, 2)
-        return F.grid_sample(self.crop if image is None else image, g, mode="bilinear",
-                             padding_mode="border", align_corners=False)
+        return self._bilinear(coords, self.crop if image is None else image, self.R)
 
     def colour_at(self, point: np.ndarray) -> torch.Tensor:
-        """The crop's bilinear colour [1,3,1,1] at one pixel coordinate [2] (sample's arithmetic)."""
-        g = torch.as_tensor((point + 0.5) / self.R * 2 - 1, dtype=torch.float32).view(1, 1, 1, 2)
-        return F.grid_sample(self.crop, g, mode="bilinear", padding_mode="border", align_corners=False)
+        """The crop's bilinear colour [1,3,1,1] at one pixel coordinate [2]."""
+        return self._bilinear(point, self.crop, 1)
+
+    def _bilinear(self, coords: np.ndarray, image: torch.Tensor, side: int) -> torch.Tensor:
+        g = torch.as_tensor((coords + 0.5) / self.R * 2 - 1, dtype=torch.float32).view(1, side, side, 2)
+        return F.grid_sample(image, g, mode="bilinear", padding_mode="border", align_corners=False)
 
     def mask(self, points: np.ndarray, blur: float) -> torch.Tensor:
         m = Image.new("L", (self.R, self.R), 0)
