@@ -726,22 +726,50 @@ def test_a_photo_posed_past_the_calibrated_range_rests_at_its_edge_and_follows_t
 
 
 def test_the_drivers_roll_turns_the_image_and_g_keeps_the_photos_roll():
-    """Closed form: G holds the roll of the avatar's rest whatever the driver's (a photo rolled 12,
-    past the fake's range, rests at its edge, 7.2: dp -4.8); the motion state's roll is the driver's
-    roll from its reference, in degrees, however far (a roll of 20 is not clamped to the range), and it
-    eases back to 0 with the rest of the pose once the face is gone."""
+    """Closed form: G holds the photo's own roll whatever the driver's, even a photo rolled 12, past the
+    fake's range (+-7.2 with its slack): dp 0, where resting it at the range's edge asked G for -4.8 on
+    every frame (the per-avatar correction, measured around dp = 0, then read another face); the
+    motion state's roll is the driver's roll from its reference, in degrees, however far (a roll of 20
+    is not clamped to the range), and it eases back to 0 with the rest of the pose once the face is gone."""
     from streamer.reenact.motion import Motion
     motion = Motion(_LateMouth().A, np.array([0.0, 0.0, 12.0, 0.0, 0.0]), smooth=False, hold_s=0.1, ease_s=0.1)
     rolls, driven = [], [1.0, -2.0, 4.0, 21.0]
     for i, roll in enumerate(driven):
         motion.update(np.array([0.5, 0.0, roll, 0.0, 0.0]), now=i / 30)
         rolls.append(motion.roll)
-        assert float(motion.dp[2]) == pytest.approx(-4.8)
+        assert float(motion.dp[2]) == 0.0
     assert rolls == pytest.approx(np.array(driven) - usual_reference(driven, [i / 30 for i in range(4)]))
     assert rolls == pytest.approx([0.0, -3.0, 3.0, 20.0], abs=0.1)   # the reference glides: ~the first frame's
     for i in range(4, 30):
         motion.update(None, now=i / 30)
     assert 0.0 < motion.roll < 0.05 * 20.0
+
+
+def test_a_photo_rolled_past_the_range_streams_the_rest_its_correction_was_measured_at(
+        engine, astronaut_pack, tmp_path):
+    """The astronaut's pack marked rolled 30 degrees, past the zoo's calibrated range: G holds the
+    photo's roll, so a still driver asks nothing and its frame is exactly the render every curve of
+    the avatar's correction starts from. (Held at the range's edge, the photo was turned back by a
+    request on every frame, roll step -5, a face the correction had not read: Cox, rolled 27, turned
+    with yaw r 0.79 on the wide-mouth clip.)"""
+    from streamer.avatar.pack import AvatarPack
+    pack = AvatarPack.load(astronaut_pack)
+    roll = PARAM_NAMES.index("roll")
+    pack.meta["p"] = [*pack.p[:roll], 30.0, *pack.p[roll + 1:]]
+    pack.save(tmp_path / "rolled.avatar")
+    reen = engine.make_reenactor(tmp_path / "rolled.avatar")
+    try:
+        assert reen.motion.p_avatar[roll] > reen.motion.p_max[roll]   # past the range
+        frame = clip_frame(CLIP, 0)
+        for i in range(3):
+            reen.process(frame, i / 30)
+        assert not reen._last_request.any()                           # a still driver asks nothing
+        rest = reen._render_requests(torch.zeros(1, reen.A.k))
+        assert torch.allclose(reen._small, rest, atol=1e-4)
+        turned_back = reen._render_requests(torch.eye(reen.A.k)[roll:roll + 1] * -5.0)
+        assert (turned_back - rest).abs().mean() > 0.01                # what the edge asked was another face
+    finally:
+        reen.close()
 
 
 def test_the_published_face_turns_no_further_from_upright_than_the_reader_can_read_its_mouth():

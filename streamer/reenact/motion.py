@@ -8,7 +8,7 @@ avatar's still drives it correctly (the exceptions: an open mouth starts shut, s
 it can close with the driver's; a pose past the range calibration saw starts at the range's edge).
 A driver who opens wider than the avatar's jaw can show has the jaw's change scaled down, so that
 their recent wide openings reach the top of its curve (open_to). The target is clamped to that range
-(plus a tenth either way). The driver's roll is not asked of G: G holds the rest's roll and `roll`
+(plus a tenth either way). The driver's roll is not asked of G: G holds the photo's roll and `roll`
 (degrees) turns the published image (ROLL_READ); G shows the yaw and pitch that the turned image must
 read as (a turn in the image's plane moves one into the other). Absolute mode is the paper's formula
 dp = p_driver - p_avatar. Frames with no face hold the last pose for `hold_s`, then ease back to the
@@ -124,6 +124,13 @@ class Motion:
         self.roll_index = names.index("roll") if "roll" in names else None
         self.roll = 0.0
         self.angles = (names.index("yaw"), names.index("pitch")) if {"yaw", "pitch"} <= set(names) else None
+        # what G is asked stays within the range, but for the photo's roll even past it: held at its
+        # edge, G was asked to turn the photo back on every frame, a face the correction (measured
+        # around the photo as it is) had not read (Cox, rolled 27 degrees: yaw r 0.79 on the wide-mouth
+        # clip; 0.83 held as she is, and SFace to her photo 0.67 -> 0.75)
+        self.g_min, self.g_max = self.p_min.clone(), self.p_max.clone()
+        if self.roll_index is not None:
+            self.g_min[self.roll_index], self.g_max[self.roll_index] = -math.inf, math.inf
         self.roll_limits = (-math.inf, math.inf)
         self.last_face_t: float | None = None
 
@@ -181,24 +188,24 @@ class Motion:
             if self.angle_ids:
                 usual = self.usual(p[self.angle_ids].numpy(), now)
                 self.p_ref[self.angle_ids] = torch.as_tensor(usual, dtype=torch.float32)
-            # a photo posed past the range calibration saw (a head rolled 23 degrees, the range ends at 9)
-            # rests at the range's edge and moves from there: G and its reader hold a face best within
-            # the range, and clamping rest + change alone left the driver's roll dead until it undid
-            # the photo's whole excess
+            # a photo posed past the range calibration saw rests at the range's edge and moves from
+            # there (its roll excepted, below): G and its reader hold a face best within the range, and
+            # clamping rest + change alone left a driver's turn dead until it undid the photo's whole
+            # excess (a head rolled 23 degrees when G was asked the roll; the range ends at 9)
             change = p - self.p_ref
             target = self.rest.clamp(self.p_min, self.p_max) + change
         else:
             change = p - self.p_avatar
             target = p.clone()
-        if self.roll_index is not None:   # G holds its rest's roll; the image turns by the driver's
+        if self.roll_index is not None:   # G holds the photo's roll; the image turns by the driver's
             r = self.roll_index
-            target[r] -= change[r]
+            target[r] = self.rest[r]
             self.roll = min(max(float(change[r]), self.roll_limits[0]), self.roll_limits[1])
             if self.roll and self.angles is not None:   # G's yaw and pitch as the turned image must read them
                 y, x = self.angles
                 want = [float(target[y]), float(target[x]), float(target[r]) + self.roll]
                 target[y], target[x] = (float(a) for a in self.before_turn(want, self.roll)[:2])
-        target = torch.maximum(torch.minimum(target, self.p_max), self.p_min)
+        target = torch.maximum(torch.minimum(target, self.g_max), self.g_min)
         self.dp = self.A.normalise(target) - self.A.normalise(self.p_avatar)
         if self.relative and self.jaw_top is not None:
             self._within_top(now)
