@@ -469,10 +469,11 @@ def test_an_open_mouth_is_swept_shut_and_closes_and_opens_with_the_drivers():
     fake, names = _OpenMouth(), list(_OpenMouth.names)
     p_avatar = np.array([0.0, 0.0, 0.0, _OpenMouth.jaw(np.zeros(5)), 0.0])
     assert mouth_is_open(p_avatar, names) and not mouth_is_open(np.array([0, 0, 0, 0.2, 0]), names)
-    usual = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
     corr = Correction.measure(fake.A, fake.render, image_reader=fake.reader, mouth_open=True)
-    assert usual.curves[3][0][0] == -4 and usual.shut_reading(fake.A, p_avatar) == pytest.approx(1.8)
     assert corr.curves[3][0][0] <= -10 and corr.shut_reading(fake.A, p_avatar) < MOUTH_SHUT
+    # unflagged, its usual sweep (to -4: 1.2 of its 4.2 units below rest) shows it partly open
+    auto = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    assert auto.mouth_open and np.array_equal(auto.curves[3][0], corr.curves[3][0])
     motion = Motion(fake.A, p_avatar, smooth=False)
     motion.shut_at(corr.shut_reading(fake.A, p_avatar))
     driver = np.array([1.0, 0.5, 0.0, 0.1, 0.0])
@@ -482,8 +483,63 @@ def test_an_open_mouth_is_swept_shut_and_closes_and_opens_with_the_drivers():
         shown.append(_OpenMouth.jaw(corr(motion.dp).numpy()))
     assert shown == pytest.approx([MOUTH_SHUT + x for x in (0.0, 0.5, 1.0, 2.0)], abs=0.02)
     closed = Motion(fake.A, np.array([0.0, 0.0, 0.0, 0.2, 0.0]), smooth=False)
-    closed.shut_at(0.0)
-    assert torch.equal(closed.rest, closed.p_avatar)
+    assert torch.equal(closed.rest, closed.p_avatar)   # shut_at is for a jaw measured open only
+
+
+class _SpeakingMouth(_LateMouth):
+    """A photo speaking: its jaw closes 0.15 a step (0.6 units by step -4, 0.13 of its range) and opens
+    0.4 a step (4 units at step 10)."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return 3.0 + (0.15 if dp[3] < 0 else 0.4) * dp[3]
+
+
+class _LaughingMouth(_LateMouth):
+    """A laughing photo: jawOpen 0.2 at rest (a closed mouth's reading) on a jaw whose calibrated range
+    is 0..1 (12 normalised units), closing 0.025 a step to 0.05 at step -6, opening 0.02 a step to 0.24
+    at step 2, then the laugh takes over and the reading falls 0.03 a step."""
+
+    def __init__(self):
+        super().__init__()
+        from engines.models.directions import Directions
+        self.A = Directions(5, (4,), param_names=list(self.names), lo=[-6, -6, -6, 0, -6], hi=[6, 6, 6, 1, 6])
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        s = dp[3]
+        return max(0.05, 0.2 + 0.025 * s) if s <= 0 else 0.2 + 0.02 * min(s, 2.0) - 0.03 * max(s - 2.0, 0.0)
+
+
+def test_a_jaw_that_closes_as_far_as_it_opens_is_driven_from_shut_like_an_open_mouth():
+    """A laughing photo reads jawOpen ~0.2, under MOUTH_OPEN, yet its renders close 0.6 units below rest
+    and open 0.6 above it: driven from its rest (the driver's reference follows its least jaw, so the
+    avatar's never closed below rest), every opening clamped at that small top (jawOpen r 0.11-0.34).
+    Closed form: its correction, measured as a closed mouth's, sees the jaw close at least OPEN_SHARE
+    of its range and measures it again swept shut; driven from its shut reading, it shows
+    the driver's opening one to one up to its top. A closed mouth and a speaking one (closing 0.13 of
+    its range) stay driven from their own rest."""
+    from engines.method.correction import SWEEPS, Correction, mouth_is_open, partly_open
+    from streamer.reenact.motion import MOUTH_SHUT, Motion
+    fake = _LaughingMouth()
+    p_avatar = np.array([0.0, 0.0, 0.0, 0.2, 0.0])
+    assert not mouth_is_open(p_avatar, list(fake.names))
+    corr = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    t, r = corr.curves[3]
+    assert corr.mouth_open and t[0] < SWEEPS["jawOpen"].start and t[-1] == 2.0
+    assert corr.shut_reading(fake.A, p_avatar) < MOUTH_SHUT + 0.01   # the renders' floor, 0.05
+    motion = Motion(fake.A, p_avatar, smooth=False)
+    motion.shut_at(corr.shut_reading(fake.A, p_avatar))
+    shut = float(motion.rest[3])
+    driver = np.array([1.0, 0.5, 0.0, 0.1, 0.0])
+    shown = []
+    for i, opening in enumerate((0.0, 0.05, 0.1, 0.15, 0.3)):
+        motion.update(driver + opening * np.eye(5)[3], now=i / 30)
+        shown.append(_LaughingMouth.jaw(corr(motion.dp).numpy()))
+    assert shown == pytest.approx([shut, shut + 0.05, shut + 0.1, shut + 0.15, 0.24], abs=0.01)
+    for closed in (_LateMouth(), _SpeakingMouth()):   # 0 and 0.13 of their ranges below rest
+        usual = Correction.measure(closed.A, closed.render, image_reader=closed.reader)
+        assert not usual.mouth_open and not partly_open(usual.curves[3])
 
 
 class _CreepingMouth(_LateMouth):

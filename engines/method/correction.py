@@ -52,6 +52,13 @@ SWEEPS = {"yaw": range(-5, 6), "pitch": range(-5, 6), "roll": range(-5, 6), "jaw
 # at rest, 0.34 at -4, 0.06 at -10)
 SHUT_SWEEP = range(-12, 11)
 MOUTH_OPEN = 0.3
+# ... or whose jaw, swept, closes at least this share of its whole range below rest (partly_open). The
+# driver's jaw reference follows the least it has shown, so a jaw driven from the photo's rest never
+# closes below it, and that part of its range went unused: a laugh (jawOpen 0.2, a closed mouth's
+# reading) whose renders close 0.6 units and open 0.6 before the laugh takes over read jawOpen r
+# 0.11-0.34 on four pairs; driven from shut, 0.47-0.89. A grey speaking Obama (0.25 of its range):
+# his car pair 0.59 -> 0.77; the mirrored one (0.23): +0.01; the colour one (0.13): -0.02, so not him
+OPEN_SHARE = 0.2
 # ... but only as far as SHUT_KNEE of that closing: the last hundredths of a jawOpen reading took the
 # last ~5 steps (a speaking photo, mirrored: 87% of its closing done at step -6, all at -12), and a jaw held
 # 3 sds out there bent the whole head: its turns stopped and reversed (yaw r 0.63 on the bundled clip;
@@ -203,6 +210,12 @@ def mouth_is_open(p: np.ndarray, names: list[str]) -> bool:
     return "jawOpen" in names and float(p[names.index("jawOpen")]) > MOUTH_OPEN
 
 
+def partly_open(curve: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether a jaw curve (steps, response from rest) closes at least OPEN_SHARE of its range below rest."""
+    _, r = curve
+    return -float(r[0]) >= OPEN_SHARE * float(r[-1] - r[0])
+
+
 def blind_jaw(seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The jaw's curve when its response is too small to invert: a mouth the reader cannot see open
     (a face turned ~35 degrees: its sweep read jawOpen 0.00-0.07 while the renders opened wide) is
@@ -323,6 +336,8 @@ class Correction:
     jaw_drift: "JawDrift | None" = None   # what the angles alone add to the jaw's reading (None: nothing clear)
     jaw: int | None = None   # jawOpen's index where it has a curve (None: it has none, or there is no jaw)
     pitch: int | None = None   # pitch's index, held within PITCH_REACH with the reach (None: no pitch)
+    mouth_open: bool = False   # the jaw was swept shut: the motion drives it from its shut reading
+    blind: bool = False        # the jaw's curve is the typical avatar's (blind_jaw), not read on this one
 
     @classmethod
     @torch.no_grad()
@@ -334,9 +349,19 @@ class Correction:
         at rest only, and no reach limit); reach: the open-loop guards: angles and jaw limited together
         (within_reach), and what the angles add to the jaw's reading taken off (JawDrift);
         image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode);
-        mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut.
+        mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut; a jaw
+        whose curve shows it partly open (partly_open) is then measured again as open.
         None when the render at rest shows no face (a jaw context without one is left out)."""
         readings = _Readings(render, image_reader or (lambda: MediaPipeNet3D("image")))
+        corr = cls._read(A, readings, step, probe, spread, reach, mouth_open)
+        if corr is not None and not mouth_open and corr.jaw is not None and not corr.blind and \
+                partly_open(corr.curves[corr.jaw]):
+            corr = cls._read(A, readings, step, probe, spread, reach, True)
+        return corr
+
+    @classmethod
+    def _read(cls, A, readings: "_Readings", step: float, probe: float, spread, reach: bool,
+              mouth_open: bool) -> "Correction | None":
         first = cls._measure(A, readings, step, probe, spread, reach, mouth_open, late=None)
         # a jaw still opening at the sweep's end is swept on (late_end): only its new steps are rendered
         return cls._measure(A, readings, step, probe, spread, reach, mouth_open, late=first) \
@@ -419,7 +444,7 @@ class Correction:
         jaw_drift = checked_drift(A, readings, p0, jaw, curves[jaw], JawDrift(along)) if along else None
         pitch = A.param_names.index("pitch") if "pitch" in A.param_names else None
         return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants, jaw_drift,
-                   jaw if jaw in curves else None, pitch)
+                   jaw if jaw in curves else None, pitch, mouth_open, blind)
 
     def reach_of(self, dp: torch.Tensor) -> float:
         """How far (sds) the angles of request dp may reach: the octants' reaches blended by its

@@ -231,7 +231,8 @@ class AvatarReenactor:
                                            image_reader=engine.image_reader,
                                            mouth_open=mouth_is_open(pack.p, self.A.param_names))) if correct else None
             if self.correction is not None:
-                self.motion.shut_at(self.correction.shut_reading(self.A, pack.p))
+                if self.correction.mouth_open:
+                    self.motion.shut_at(self.correction.shut_reading(self.A, pack.p))
                 self.motion.move_rest(self.correction.room_shift())
                 self.motion.open_to(self.correction.jaw_top)
             self.feedback = HeadFeedback.start(self.A, self._small, feedback_every, engine.image_reader)

@@ -135,8 +135,9 @@ class Motion:
         self.last_face_t: float | None = None
 
     def shut_at(self, reading: float | None) -> None:
-        """Drive an open mouth from `reading`, the lowest jawOpen this avatar can show (None: unknown)."""
-        if reading is not None and mouth_is_open(self.p_avatar.numpy(), self.A.param_names):
+        """Drive the jaw of a mouth open at rest (its correction measured it shut: Correction.mouth_open)
+        from `reading`, the lowest jawOpen this avatar can show (None: unknown)."""
+        if reading is not None:
             self.rest[self.jaw] = max(reading, MOUTH_SHUT)
 
     def open_to(self, top: float | None) -> None:
