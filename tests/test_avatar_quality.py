@@ -885,11 +885,12 @@ def test_an_angle_with_little_room_one_way_starts_turned_the_other_way():
 
 
 class _TurnOpensMouth(_LateMouth):
-    """Reads its jaw one to one, plus 0.4 per step of yaw to the right (a turned 64-px face reads as a
-    mouth opening), and 0.08 per step to the left (under JAW_DRIFT_FLOOR at the sweep's end: jitter)."""
+    """Reads its jaw one to one opening and a fifth of that closing (a closed mouth closes little below
+    rest: OPEN_SHARE), plus 0.4 per step of yaw to the right (a turned 64-px face reads as a mouth
+    opening), and 0.08 per step to the left (under JAW_DRIFT_FLOOR at the sweep's end: jitter)."""
 
     def reading(self, r: np.ndarray):
-        shown = r[3] + 0.4 * max(r[0], 0.0) + 0.08 * max(-r[0], 0.0)
+        shown = (r[3] if r[3] >= 0 else 0.2 * r[3]) + 0.4 * max(r[0], 0.0) + 0.08 * max(-r[0], 0.0)
         return SimpleNamespace(p=np.array([*r[:3], shown, r[4]]))
 
 
