@@ -542,6 +542,46 @@ def test_a_jaw_that_closes_as_far_as_it_opens_is_driven_from_shut_like_an_open_m
         assert not usual.mouth_open and not partly_open(usual.curves[3])
 
 
+class _DarkeningLaugh(_LaughingMouth):
+    """A laughing photo (jawOpen 0.2 at rest) whose renders close 0.025 a step to 0.05 at step -6 and,
+    asked to open, darken the laugh instead: the reading falls 0.02 a step (to 0 by step 10)."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        s = dp[3]
+        return max(0.05, 0.2 + 0.025 * s) if s <= 0 else max(0.0, 0.2 - 0.02 * s)
+
+
+def test_a_jaw_whose_reading_only_falls_from_rest_is_driven_from_shut_up_to_its_rest():
+    """The mirrored laughing woman's tuned G darkens her laugh as its jaw opens (read 1.1 units lower at
+    step 10) and shuts it below rest: taken for a blind jaw and given the typical opening curve, she
+    read jawOpen r -0.40 to -0.70 against the driver. Closed form: a jaw that peaks at rest and closes
+    below it is measured swept shut like an open mouth and driven from its shut reading: it shows the
+    driver's openings one to one up to its rest, and is never asked to open past it. A jaw the reader
+    cannot see open (flat at 0, no closing) and one closing under 0.5 units are no such jaw."""
+    from engines.method.correction import Correction, closing_curve, response_curve
+    from streamer.reenact.motion import Motion
+    fake = _DarkeningLaugh()
+    t = np.arange(-4.0, 11.0)
+    falls = np.array([12 * (_DarkeningLaugh.jaw(np.r_[0, 0, 0, s, 0]) - 0.2) for s in t])   # normalised
+    assert response_curve(t, falls) is None and closing_curve(t, falls)[0][[0, -1]].tolist() == [-4.0, 0.0]
+    for other in (np.zeros_like(t), 0.1 * np.minimum(t, 0), np.where(t == 5, 0.2, falls)):  # flat, 0.4, a bump
+        assert closing_curve(t, other) is None
+    p_avatar = np.array([0.0, 0.0, 0.0, 0.2, 0.0])
+    corr = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    steps, _ = corr.curves[3]
+    assert corr.mouth_open and not corr.blind and steps[0] <= -6 and steps[-1] == 0.0 and corr.jaw_top == 0.0
+    motion = Motion(fake.A, p_avatar, smooth=False)
+    motion.shut_at(corr.shut_reading(fake.A, p_avatar))
+    motion.open_to(corr.jaw_top)
+    driver = np.array([1.0, 0.5, 0.0, 0.1, 0.0])
+    shown = []
+    for i, opening in enumerate((0.0, 0.05, 0.1, 0.15, 0.3)):
+        motion.update(driver + opening * np.eye(5)[3], now=i / 30)
+        shown.append(_DarkeningLaugh.jaw(corr(motion.dp).numpy()))
+    assert shown == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2], abs=0.01)
+
+
 class _CreepingMouth(_LateMouth):
     """A photo with its mouth open (jawOpen 3) that shuts half a unit a step down to 0.5 at step -5,
     then creeps: 0.02 a step further, as real open mouths do (0.36 at the sweep's end, step -12)."""

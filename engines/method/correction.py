@@ -10,7 +10,8 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
     small speech movements vanish); the jaw's curve is the mean of its curves at rest and in contexts
     the avatar will be driven in (JAW_CONTEXTS), and as a frame's angles near the reach limit a second
     curve, read in the same contexts with their angles at the reach, takes over (JawFar); a jaw whose
-    opening the reader cannot see on this avatar stays on with a typical avatar's curve (blind_jaw);
+    opening the reader cannot see on this avatar stays on with a typical avatar's curve (blind_jaw),
+    and one whose reading only falls from rest keeps that fall, driven from shut (closing_curve);
   * for each other expression direction and each sense (+/-): whether a step of `probe` moves its own
     parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own units); a sense
     that does not is switched off for this avatar, since all it can add is cross-talk;
@@ -167,9 +168,29 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     t, r = t[lo:top + 1], r[lo:top + 1]
     if top == z or r[-1] - r[0] < 0.5:
         return None
+    return _rising(t, r)
+
+
+def _rising(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A response made monotone with a minimum slope (an inverse's gain at most 20), 0 at t = 0."""
     r = np.maximum.accumulate(r)
     r = np.concatenate([[0.0], np.cumsum(np.maximum(np.diff(r), 0.05 * np.diff(t)))])
     return t, r - np.interp(0.0, t, r)
+
+
+def closing_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, response) of a jaw whose reading peaks at rest and only falls either way: its stretch
+    from the low below rest up to rest, made monotone and anchored there like response_curve's, or None
+    when it closes under 0.5 units or reads higher anywhere above rest. A laughing photo whose tuned G
+    darkens the laugh instead of opening it (read 1.1 units lower at step 10) and shuts it below rest
+    (0.8 at step -4) is a mouth open at rest that cannot open further: driven from shut, it closes and
+    opens with the driver up to its own laugh (partly_open); given the typical curve as a blind jaw, it
+    read jawOpen r -0.40 to -0.70 against the driver. None too when no render above rest showed a face."""
+    z = int(np.argmin(np.abs(t)))
+    lo = int(np.argmin(r[:z + 1]))
+    if z + 1 == len(t) or np.max(r[z:]) > r[z] or r[z] - r[lo] < 0.5:
+        return None
+    return _rising(t[lo:z + 1], r[lo:z + 1])
 
 
 def closed_to_knee(curve: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -411,6 +432,8 @@ class Correction:
                 jaw_far = _jaw_far(jaw, t, far_r, far[far_kept], contexts[near_kept], spread)
             seen, r = seen_stretch(t, r)
             curve = response_curve(seen, r)
+            if curve is None and i == jaw:
+                curve = closing_curve(seen, r)
             if curve is not None and i == jaw and mouth_open:
                 curve = closed_to_knee(curve)
             if curve is None and i == jaw and seen[-1] > 0:
