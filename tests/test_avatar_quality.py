@@ -542,6 +542,32 @@ def test_a_jaw_that_closes_as_far_as_it_opens_is_driven_from_shut_like_an_open_m
         assert not usual.mouth_open and not partly_open(usual.curves[3])
 
 
+class _TurnedLaugh(_LaughingMouth):
+    """The laughing photo above whose reader also sees 0.02 of opening (0.24 normalised units) a step of
+    yaw to the right, as a turned 64-px face reads."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return _LaughingMouth.jaw(dp) + 0.02 * max(float(dp[0]), 0.0)
+
+
+def test_a_jaw_read_again_swept_shut_renders_no_turn_checks_for_the_reading_it_drops():
+    """Closed form: a closed mouth whose turn adds to its jaw's reading gets check renders (turned and
+    opened at once: checked_drift); the laughing one, found partly open and read again swept shut,
+    renders none of them for the first reading, which it drops, nor for the second (driven from shut)."""
+    from engines.method.correction import Correction
+    for fake, checked in ((_TurnOpensMouth(), True), (_TurnedLaugh(), False)):
+        rendered = []
+
+        def render(dps, fake=fake):
+            rendered.extend(dps.tolist())
+            return fake.render(dps)
+        corr = Correction.measure(fake.A, render, image_reader=fake.reader)
+        turned_and_opened = [r for r in rendered if r[0] != 0 and r[3] != 0]
+        assert bool(turned_and_opened) == checked and (corr.jaw_drift is not None) == checked
+        assert corr.mouth_open != checked
+
+
 class _DarkeningLaugh(_LaughingMouth):
     """A laughing photo (jawOpen 0.2 at rest) whose renders close 0.025 a step to 0.05 at step -6 and,
     asked to open, darken the laugh instead: the reading falls 0.02 a step (to 0 by step 10)."""

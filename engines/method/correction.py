@@ -151,6 +151,9 @@ JAW_CHECK_OPEN = 3.0
 # quartiles at a response of 3: steps 4.1-8.1), for a jaw this avatar's renders do not let the reader
 # measure (blind_jaw)
 TYPICAL_JAW = (np.array([0.0, 2.7, 3.6, 4.9, 6.1, 7.5, 8.7, 10.0]), np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+# normalised units a direction's curve must span to be kept (response_curve, closing_curve): a reading
+# jitters by 0.1-0.3 units
+LEAST_RESPONSE = 0.5
 
 
 def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -166,7 +169,7 @@ def response_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray
     z = int(np.argmin(np.abs(t)))
     lo, top = int(np.argmin(r[:z + 1])), z + int(np.argmax(r[z:]))
     t, r = t[lo:top + 1], r[lo:top + 1]
-    if top == z or r[-1] - r[0] < 0.5:
+    if top == z or r[-1] - r[0] < LEAST_RESPONSE:
         return None
     return _rising(t, r)
 
@@ -181,14 +184,14 @@ def _rising(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def closing_curve(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(steps, response) of a jaw whose reading peaks at rest and only falls either way: its stretch
     from the low below rest up to rest, made monotone and anchored there like response_curve's, or None
-    when it closes under 0.5 units or reads higher anywhere above rest. A laughing photo whose tuned G
+    when it closes under LEAST_RESPONSE or reads higher anywhere above rest. A laughing photo whose tuned G
     darkens the laugh instead of opening it (read 1.1 units lower at step 10) and shuts it below rest
     (0.8 at step -4) is a mouth open at rest that cannot open further: driven from shut, it closes and
     opens with the driver up to its own laugh (partly_open); given the typical curve as a blind jaw, it
     read jawOpen r -0.40 to -0.70 against the driver. None too when no render above rest showed a face."""
     z = int(np.argmin(np.abs(t)))
     lo = int(np.argmin(r[:z + 1]))
-    if z + 1 == len(t) or np.max(r[z:]) > r[z] or r[z] - r[lo] < 0.5:
+    if z + 1 == len(t) or np.max(r[z:]) > r[z] or r[z] - r[lo] < LEAST_RESPONSE:
         return None
     return _rising(t[lo:z + 1], r[lo:z + 1])
 
@@ -300,9 +303,9 @@ class JawDrift:
 
 def checked_drift(A, readings: "_Readings", p0: np.ndarray, jaw: int, jaw_curve,
                   drift: JawDrift) -> JawDrift | None:
-    """drift (of jawOpen, index jaw) with each side of each angle scaled by the share (JAW_DRIFT_SHARES) of it that, taken off
-    the jaw's request, shows the jaw readings wanted (0 and JAW_CHECK_OPEN) best at that side's
-    JAW_CHECK_STEPS; None when no side keeps any."""
+    """drift (of jawOpen, index jaw) with each side of each angle scaled by the share (JAW_DRIFT_SHARES)
+    of it that, taken off the jaw's request, shows the jaw readings wanted (0 and JAW_CHECK_OPEN) best
+    at that side's JAW_CHECK_STEPS; None when no side keeps any."""
     t, r = jaw_curve
     wanted = np.array([0.0, min(JAW_CHECK_OPEN, 0.6 * float(r[-1]))])
     along = {}
@@ -462,7 +465,8 @@ class Correction:
         # under head-pose feedback (reach off: it steers the angles past the sweeps, and there a jaw
         # closed against the turn hid a third of the turn from its reader: the astronaut shown 8.4
         # degrees of a 12.2-degree turn, 10.8 without)
-        along = {} if not reach or jaw not in curves or blind or mouth_open else \
+        # nor for a jaw partly open at rest: measure reads it again swept shut and drops this reading
+        along = {} if not reach or jaw not in curves or blind or mouth_open or partly_open(curves[jaw]) else \
             {i: c for i, (t, v) in jaw_along.items() if (c := angle_jaw_drift(t, v)) is not None}
         jaw_drift = checked_drift(A, readings, p0, jaw, curves[jaw], JawDrift(along)) if along else None
         pitch = A.param_names.index("pitch") if "pitch" in A.param_names else None
