@@ -234,6 +234,12 @@ def mouth_is_open(p: np.ndarray, names: list[str]) -> bool:
     return "jawOpen" in names and float(p[names.index("jawOpen")]) > MOUTH_OPEN
 
 
+def read_again_shut(curve: tuple[np.ndarray, np.ndarray] | None, blind: bool, mouth_open: bool) -> bool:
+    """Whether Correction.measure drops a reading of the jaw (its curve; None: it has none) and reads it
+    again swept shut: one swept open and read on this avatar whose curve shows it partly open at rest."""
+    return curve is not None and not blind and not mouth_open and partly_open(curve)
+
+
 def partly_open(curve: tuple[np.ndarray, np.ndarray]) -> bool:
     """Whether a jaw curve (steps, response from rest) closes at least OPEN_SHARE of its range below rest."""
     _, r = curve
@@ -378,8 +384,7 @@ class Correction:
         None when the render at rest shows no face (a jaw context without one is left out)."""
         readings = _Readings(render, image_reader or (lambda: MediaPipeNet3D("image")))
         corr = cls._read(A, readings, step, probe, spread, reach, mouth_open)
-        if corr is not None and not mouth_open and corr.jaw is not None and not corr.blind and \
-                partly_open(corr.curves[corr.jaw]):
+        if corr is not None and read_again_shut(corr.curves.get(corr.jaw), corr.blind, mouth_open):
             corr = cls._read(A, readings, step, probe, spread, reach, True)
         return corr
 
@@ -465,8 +470,9 @@ class Correction:
         # under head-pose feedback (reach off: it steers the angles past the sweeps, and there a jaw
         # closed against the turn hid a third of the turn from its reader: the astronaut shown 8.4
         # degrees of a 12.2-degree turn, 10.8 without)
-        # nor for a jaw partly open at rest: measure reads it again swept shut and drops this reading
-        along = {} if not reach or jaw not in curves or blind or mouth_open or partly_open(curves[jaw]) else \
+        # nor for a jaw that measure reads again swept shut, dropping this reading
+        along = {} if not reach or jaw not in curves or blind or mouth_open or \
+            read_again_shut(curves[jaw], blind, mouth_open) else \
             {i: c for i, (t, v) in jaw_along.items() if (c := angle_jaw_drift(t, v)) is not None}
         jaw_drift = checked_drift(A, readings, p0, jaw, curves[jaw], JawDrift(along)) if along else None
         pitch = A.param_names.index("pitch") if "pitch" in A.param_names else None
