@@ -146,7 +146,7 @@ def test_a_packs_next_sessions_share_its_correction(pack):
     fb = engine.make_reenactor(pack, feedback_every=3)
     assert fb.correction is not a.correction and fb.correction.reach is None
     fresh = Correction.measure(a.A, a._render_requests, spread=a.correction.reach[0].tolist(),
-                               image_reader=engine.image_reader)
+                               image_reader=engine.image_reader, publish=a._published)
     assert torch.equal(fresh.gates, a.correction.gates) and torch.allclose(fresh.drift, a.correction.drift)
     assert fresh.curves.keys() == a.correction.curves.keys()
     assert all(np.allclose(fresh.curves[i][1], a.correction.curves[i][1]) for i in fresh.curves)
