@@ -98,16 +98,6 @@ def test_photo_is_enrolled_once_and_cached(engine, tmp_path, monkeypatch, pack):
     assert calls == ["astronaut.png"] and torch.equal(a.latent, b.latent)
 
 
-def test_the_correction_reads_renders_in_the_frame_the_session_publishes(engine, pack):
-    """The correction's second reading of each render (Correction.measure's publish) is the frame this
-    session publishes: the render at rest framed there is the avatar's own published frame, byte for byte."""
-    r = engine.make_reenactor(pack, feedback_every=0)
-    renders = r._render_requests(torch.zeros(2, r.A.k))
-    shown = r._published(renders)
-    assert shown.shape == (2, *r.avatar_img.shape) and np.array_equal(shown[0], r.avatar_img)
-    r.close()
-
-
 def test_first_frame_reproduces_the_avatar_and_no_face_eases_back(engine, pack):
     # open loop: with feedback the integral learnt while the head was turned stays after a reset
     r = engine.make_reenactor(pack, hold_s=0.0, ease_s=0.05, feedback_every=0)
@@ -146,7 +136,7 @@ def test_a_packs_next_sessions_share_its_correction(pack):
     fb = engine.make_reenactor(pack, feedback_every=3)
     assert fb.correction is not a.correction and fb.correction.reach is None
     fresh = Correction.measure(a.A, a._render_requests, spread=a.correction.reach[0].tolist(),
-                               image_reader=engine.image_reader, publish=a._published)
+                               image_reader=engine.image_reader)
     assert torch.equal(fresh.gates, a.correction.gates) and torch.allclose(fresh.drift, a.correction.drift)
     assert fresh.curves.keys() == a.correction.curves.keys()
     assert all(np.allclose(fresh.curves[i][1], a.correction.curves[i][1]) for i in fresh.curves)
