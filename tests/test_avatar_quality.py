@@ -247,6 +247,43 @@ def test_the_jaw_curve_is_the_mean_of_its_curves_at_rest_and_in_the_contexts_it_
     assert np.allclose(partial.curves[3][1], curve_of(seen)[1], atol=1e-5)
 
 
+class _ShownSmaller(_LateMouth):
+    """_LateMouth whose published frames (32 px here, the Net3D view is 256) read its jaw opening half as
+    wide, and show no face past jaw step 9."""
+
+    def publish(self, renders):
+        return np.zeros((len(renders), 32, 32, 3), np.uint8)
+
+    def reader(self):
+        views, shown = iter(self.rows), iter(self.rows)
+
+        def read(img):
+            if img.shape[0] != 32:
+                return self.reading(next(views))
+            r = next(shown)
+            seen = self.reading(r)
+            return None if seen is None or r[3] > 9 else SimpleNamespace(p=seen.p * np.array([1, 1, 1, 0.5, 1]))
+        return contextlib.nullcontext(SimpleNamespace(read=read))
+
+
+def test_the_correction_reads_each_render_in_the_view_and_in_the_published_frame_and_takes_their_mean():
+    """The 64-px render's Net3D view alone read some jaws wider or narrower than the frame a viewer is
+    shown. Closed form: published frames that read the opening half as wide give a jaw curve at the
+    mean, 0.75 of the view's, up to the step where the published frame loses the face; from there the
+    view's reading alone; the angles, read alike in both, keep their curves; without publish, the view's."""
+    from engines.method.correction import SWEEPS, Correction, response_curve
+    t = np.asarray(SWEEPS["jawOpen"], np.float64)
+    fake = _ShownSmaller()
+    view_only = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    both = Correction.measure(fake.A, fake.render, image_reader=fake.reader, publish=fake.publish)
+    view = np.array([_LateMouth.jaw(np.array([0, 0, 0, s, 0])) for s in t])
+    assert np.allclose(view_only.curves[3][1], response_curve(t, view)[1])
+    want = np.where(t > 9, view, 0.75 * view)
+    assert view[t == 9] > 0 and np.allclose(both.curves[3][1], response_curve(t, want)[1])
+    for i in range(3):
+        assert np.allclose(both.curves[i][1], view_only.curves[i][1])
+
+
 class _FadingMouth(_LateMouth):
     """A mouth that opens `rate` units a step, faster the more the head pitches, all the way; contexts
     pitched past `blind` lose their face once the jaw is asked past step `lose_at`."""

@@ -98,6 +98,16 @@ def test_photo_is_enrolled_once_and_cached(engine, tmp_path, monkeypatch, pack):
     assert calls == ["astronaut.png"] and torch.equal(a.latent, b.latent)
 
 
+def test_the_correction_reads_renders_in_the_frame_the_session_publishes(engine, pack):
+    """The correction's second reading of each render (Correction.measure's publish) is the frame this
+    session publishes: the render at rest framed there is the avatar's own published frame, byte for byte."""
+    r = engine.make_reenactor(pack, feedback_every=0)
+    renders = r._render_requests(torch.zeros(2, r.A.k))
+    shown = r._published(renders)
+    assert shown.shape == (2, *r.avatar_img.shape) and np.array_equal(shown[0], r.avatar_img)
+    r.close()
+
+
 def test_first_frame_reproduces_the_avatar_and_no_face_eases_back(engine, pack):
     # open loop: with feedback the integral learnt while the head was turned stays after a reset
     r = engine.make_reenactor(pack, hold_s=0.0, ease_s=0.05, feedback_every=0)
@@ -123,20 +133,26 @@ def test_first_frame_reproduces_the_avatar_and_no_face_eases_back(engine, pack):
     r.close()
 
 
-def test_a_packs_next_sessions_share_its_correction(pack):
+def test_a_packs_next_sessions_share_its_correction(pack, monkeypatch):
     """The response correction is measured by a pack's first session and shared by the next ones (no
-    ~2 s of renders read by MediaPipe while other calls run); it is the same as a fresh measurement and
-    is measured apart for another reach (feedback on: no reach limit). So is its roll at rest."""
+    ~12 s of renders read by MediaPipe while other calls run); it is the same as a fresh measurement and
+    is measured apart for another reach (feedback on: no reach limit, and the Net3D view read alone, as
+    the feedback's yaw loop was measured). So is its roll at rest."""
     from engines.method.correction import Correction
-    from streamer.reenact.engine import Engine
+    from streamer.reenact.engine import AvatarReenactor, Engine
     from streamer.reenact.motion import ROLL_READ
     engine = Engine("default", log=lambda m: None, progress=False)
     a, b = engine.make_reenactor(pack), engine.make_reenactor(pack)
     assert a.correction is not None and a.correction.reach is not None and b.correction is a.correction
+    shown_to_viewer = a._published
+
+    def not_for_the_feedback(self, renders):
+        raise AssertionError("the feedback's correction read a published frame")
+    monkeypatch.setattr(AvatarReenactor, "_published", not_for_the_feedback)
     fb = engine.make_reenactor(pack, feedback_every=3)
     assert fb.correction is not a.correction and fb.correction.reach is None
     fresh = Correction.measure(a.A, a._render_requests, spread=a.correction.reach[0].tolist(),
-                               image_reader=engine.image_reader)
+                               image_reader=engine.image_reader, publish=shown_to_viewer)
     assert torch.equal(fresh.gates, a.correction.gates) and torch.allclose(fresh.drift, a.correction.drift)
     assert fresh.curves.keys() == a.correction.curves.keys()
     assert all(np.allclose(fresh.curves[i][1], a.correction.curves[i][1]) for i in fresh.curves)

@@ -373,16 +373,18 @@ class Correction:
     @torch.no_grad()
     def measure(cls, A, render: Callable[[torch.Tensor], torch.Tensor], step: float = 2.0,
                 probe: float = 4.0, spread=None, image_reader=None, reach: bool = True,
-                mouth_open: bool = False) -> "Correction | None":
+                mouth_open: bool = False, publish=None) -> "Correction | None":
         """render: requests dp [N, K] -> the avatar's images [N, 3, R, R] in [-1, 1] on the CPU;
         spread: [K] sd of the requests the avatar was tuned on (its pack's record; None: the jaw is read
         at rest only, and no reach limit); reach: the open-loop guards: angles and jaw limited together
         (within_reach), and what the angles add to the jaw's reading taken off (JawDrift);
         image_reader: () -> a Net3D reader of single images (default: MediaPipe's runtime, image mode);
         mouth_open: the avatar's mouth is open at rest (mouth_is_open), so its jaw is swept shut; a jaw
-        whose curve shows it partly open (partly_open) is then measured again as open.
+        whose curve shows it partly open (partly_open) is then measured again as open;
+        publish: renders -> the frames a viewer is shown of them (uint8 [N, H, W, 3]): each render is
+        read there too, and the two readings averaged (None: the Net3D view alone).
         None when the render at rest shows no face (a jaw context without one is left out)."""
-        readings = _Readings(render, image_reader or (lambda: MediaPipeNet3D("image")))
+        readings = _Readings(render, image_reader or (lambda: MediaPipeNet3D("image")), publish)
         corr = cls._read(A, readings, step, probe, spread, reach, mouth_open)
         if corr is not None and read_again_shut(corr.curves.get(corr.jaw), corr.blind, mouth_open):
             corr = cls._read(A, readings, step, probe, spread, reach, True)
@@ -671,12 +673,27 @@ def head_drift(minus: np.ndarray, far_minus: np.ndarray, plus: np.ndarray, far_p
     return torch.as_tensor(np.stack([slope(minus, far_minus), -slope(plus, far_plus)]), dtype=torch.float32)
 
 
+@dataclass
+class SeenTwice:
+    """The mean of one render's readings in the Net3D view and in the published frame."""
+    p: np.ndarray
+
+
+def seen_twice(view, shown):
+    """A render's reading in the view and in the published frame (either None: no face there) -> their
+    mean; the view's reading alone where the published frame shows no face, and no face where the view
+    shows none (the sweeps end where the view loses the face, as they did read there alone)."""
+    if view is None or shown is None:
+        return view
+    return SeenTwice((np.asarray(view.p, np.float64) + np.asarray(shown.p, np.float64)) / 2)
+
+
 class _Readings:
     """The reader's faces on the avatar's renders of requests dp, kept by request, so that measuring
     again with a longer jaw sweep renders and reads only the requests not read before."""
 
-    def __init__(self, render: Callable[[torch.Tensor], torch.Tensor], open_reader: Callable):
-        self.render, self.open_reader, self.faces = render, open_reader, {}
+    def __init__(self, render: Callable[[torch.Tensor], torch.Tensor], open_reader: Callable, publish=None):
+        self.render, self.open_reader, self.publish, self.faces = render, open_reader, publish, {}
 
     def __call__(self, dps: torch.Tensor) -> list:
         keys = [tuple(row.tolist()) for row in dps]
@@ -686,6 +703,10 @@ class _Readings:
             with self.open_reader() as reader:
                 # a few at a time: the ~330 upsampled views at once (260 MB) took twice as long to make
                 faces = [reader.read(a) for chunk in imgs.split(8) for a in to_uint8(net3d_view(chunk))]
+            if self.publish is not None:
+                with self.open_reader() as reader:
+                    shown = [reader.read(a) for chunk in imgs.split(8) for a in self.publish(chunk)]
+                faces = [seen_twice(v, s) for v, s in zip(faces, shown)]
             self.faces.update((keys[i], face) for i, face in zip(new, faces))
         return [self.faces[key] for key in keys]
 

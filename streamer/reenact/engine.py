@@ -52,7 +52,7 @@ PACKS_KEPT = 4   # avatar packs an Engine keeps in memory (a default-zoo pack is
 class PerPack:
     """Measurements that depend only on an avatar pack (and the engine): made by the pack's first session
     and shared by its next ones while the pack object lives. A session then starts in ~0.1 s instead of
-    ~3 s of renders read by MediaPipe, CPU that the calls already running would feel."""
+    ~12 s (a 2-vCPU VM) of renders read by MediaPipe, CPU that the calls already running would feel."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -226,10 +226,14 @@ class AvatarReenactor:
             # (the reach limit would cap what the feedback asks for) are left off
             spread, reach = tuned_spread(pack, engine.zoo.recipe.tuning, self.A), feedback_every == 0
             self.correction = engine.per_pack.get(
-                pack, ("correction", None if spread is None else tuple(spread), reach),
+                pack, ("correction", None if spread is None else tuple(spread), reach, out_size),
                 lambda: Correction.measure(self.A, self._render_requests, spread=spread, reach=reach,
                                            image_reader=engine.image_reader,
-                                           mouth_open=mouth_is_open(pack.p, self.A.param_names))) if correct else None
+                                           mouth_open=mouth_is_open(pack.p, self.A.param_names),
+                                           publish=self._published if reach else None)) if correct else None
+            # publish (open loop only): the renders read in the frame a viewer is shown too, not only in
+            # Net3D's view of the 64-px render (the touchline man's widened wide-mouth jaw 0.60 -> 0.74);
+            # the feedback keeps the view's reading, which its yaw loop was measured on (docs/reenactment.md)
             if self.correction is not None:
                 if self.correction.mouth_open:
                     self.motion.shut_at(self.correction.shut_reading(self.A, pack.p))
@@ -254,6 +258,10 @@ class AvatarReenactor:
 
     def _render_requests(self, dps: torch.Tensor) -> torch.Tensor:
         return self.G.synthesize(self._latent_batch(dps).to(self.engine.device)).cpu()
+
+    def _published(self, renders: torch.Tensor) -> np.ndarray:
+        """Renders [N, 3, R, R] in [-1, 1] -> the frames published of them at roll 0, uint8 [N, S, S, 3]."""
+        return np.stack([self.framer(face) for face in image_uint8(renders).numpy()])
 
     def _latent_batch(self, dps: torch.Tensor) -> torch.Tensor:
         shift = self.A(dps) - (self.bias if self.relative else 0)
