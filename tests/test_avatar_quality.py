@@ -487,6 +487,32 @@ def test_a_jaw_the_reader_cannot_see_open_stays_on_with_the_typical_curve_within
         assert 5 < typical[0] < 7 and typical[1] > 2           # a mouth opens late: most of it past step 2
 
 
+class _ShadowedMouth(_LateMouth):
+    """A mouth the reader does not see open through the usual sweep (0.01 a step to step 10, under
+    LEAST_RESPONSE in all), that opens 0.5 a step past it, to step 14."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return 0.01 * max(0.0, dp[3]) + 0.5 * max(0.0, dp[3] - 10.0)
+
+
+def test_a_jaw_unseen_through_the_sweep_is_read_on_and_takes_the_curve_it_shows_there():
+    """A half-shadowed man's mouth opened only past step ~11; on the typical curve (blind_jaw) it was
+    clamped at step 10 and hardly moved (jawOpen r 0.08-0.28). Closed form: such a jaw is read on to
+    LATE_END, and a request the longer sweep shows takes its step there; one unseen there too
+    (_TurnedMouth, above) keeps the typical curve."""
+    from engines.method.correction import LATE_END, LEAST_RESPONSE, SWEEPS, Correction
+    end = max(SWEEPS["jawOpen"])
+    assert _ShadowedMouth.jaw(np.array([0, 0, 0, end, 0])) < LEAST_RESPONSE
+    fake = _ShadowedMouth()
+    corr = Correction.measure(fake.A, fake.render, image_reader=fake.reader)
+    assert not corr.blind and corr.curves[3][0][-1] == LATE_END
+    # opening 1.1 units: the usual sweep's steps count the curve's least slope (0.05 a step), then 0.51
+    want = end + (1.1 - 0.05 * end) / 0.51
+    assert float(corr(torch.tensor([0.0, 0.0, 0.0, 1.1, 0.0]))[3]) == pytest.approx(want, abs=0.05)
+    assert float(corr(torch.tensor([0.0, 0.0, 0.0, 9.0, 0.0]))[3]) == pytest.approx(LATE_END)
+
+
 class _OpenMouth(_LateMouth):
     """A photo with its mouth open: jawOpen 3 at rest, shutting 0.3 a step (shut from step -10)."""
 

@@ -10,7 +10,8 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
     small speech movements vanish); the jaw's curve is the mean of its curves at rest and in contexts
     the avatar will be driven in (JAW_CONTEXTS), and as a frame's angles near the reach limit a second
     curve, read in the same contexts with their angles at the reach, takes over (JawFar); a jaw whose
-    opening the reader cannot see on this avatar stays on with a typical avatar's curve (blind_jaw),
+    opening the reader cannot see on this avatar, even read on to LATE_END, stays on with a typical
+    avatar's curve (blind_jaw),
     and one whose reading only falls from rest keeps that fall, driven from shut (closing_curve);
   * for each other expression direction and each sense (+/-): whether a step of `probe` moves its own
     parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own units); a sense
@@ -79,6 +80,10 @@ LATE_END = 14
 # and on the car clip his wide openings, head pitched down, clamped there at 0.16 jawOpen (r 0.47; 0.64
 # with his pack from an Intel VM); read on to 14, 0.74. 9 of 30 faces read 4-6 there
 JAW_FULL = 6.0
+# A jaw the reader does not see open through the usual sweep (blind_jaw) is read on to LATE_END too, and
+# takes the curve read there where it shows one: a half-shadowed man's mouth opened only past step ~11
+# (his readings 0.4 units at step 10, 1.9 at 13), and driven by the typical curve, clamped at step 10, it
+# hardly moved (jawOpen r 0.08-0.28 on his six talking pairs)
 # An angle whose curve reaches under ROOM_SHORT normalised units one way (~9 degrees of yaw) and more
 # than ROOM the other moves its rest toward the other side, until the short side has ROOM (~11
 # degrees) or the other is down to it (room_shift). A bearded man whose hand on his head covers his
@@ -462,6 +467,8 @@ class Correction:
             jaw_far = None
         elif late is None and (end := late_end(curves[jaw], swept[jaw])) is not None:
             return end
+        elif late is None and blind and float(curves[jaw][0][-1]) >= float(swept[jaw][-1]):
+            return float(LATE_END)   # a blind jaw may open past the sweep (see JAW_FULL)
         elif late is not None:
             curves[jaw] = cut_at(curves[jaw], late)
             if jaw_far is not None:
