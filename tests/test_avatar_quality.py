@@ -499,9 +499,9 @@ class _ShadowedMouth(_LateMouth):
 def test_a_jaw_unseen_through_the_sweep_is_read_on_and_takes_the_curve_it_shows_there():
     """A half-shadowed man's mouth opened only past step ~11; on the typical curve (blind_jaw) it was
     clamped at step 10 and hardly moved (jawOpen r 0.08-0.28). Closed form: such a jaw is read on to
-    LATE_END, and a request the longer sweep shows takes its step there; one unseen there too
-    (_TurnedMouth, above) keeps the typical curve."""
-    from engines.method.correction import LATE_END, LEAST_RESPONSE, SWEEPS, Correction
+    LATE_END, and a request the longer sweep shows takes its step there; one unseen there too keeps
+    the typical curve."""
+    from engines.method.correction import LATE_END, LEAST_RESPONSE, SWEEPS, TYPICAL_JAW, Correction
     end = max(SWEEPS["jawOpen"])
     assert _ShadowedMouth.jaw(np.array([0, 0, 0, end, 0])) < LEAST_RESPONSE
     fake = _ShadowedMouth()
@@ -511,6 +511,11 @@ def test_a_jaw_unseen_through_the_sweep_is_read_on_and_takes_the_curve_it_shows_
     want = end + (1.1 - 0.05 * end) / 0.51
     assert float(corr(torch.tensor([0.0, 0.0, 0.0, 1.1, 0.0]))[3]) == pytest.approx(want, abs=0.05)
     assert float(corr(torch.tensor([0.0, 0.0, 0.0, 9.0, 0.0]))[3]) == pytest.approx(LATE_END)
+    unseen = type("Unseen", (_SteadyMouth,), {"rate": 0.01})()   # 0.14 at step 14: blind there too
+    typical = Correction.measure(unseen.A, unseen.render, image_reader=unseen.reader)
+    assert typical.blind and typical.curves[3][0][-1] == end
+    want = float(np.interp(3.0, TYPICAL_JAW[1], TYPICAL_JAW[0]))
+    assert float(typical(torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0]))[3]) == pytest.approx(want)
 
 
 class _OpenMouth(_LateMouth):
