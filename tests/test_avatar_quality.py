@@ -511,8 +511,7 @@ def test_a_jaw_unseen_through_the_sweep_is_read_on_and_takes_the_curve_it_shows_
     want = end + (1.1 - 0.05 * end) / 0.51
     assert float(corr(torch.tensor([0.0, 0.0, 0.0, 1.1, 0.0]))[3]) == pytest.approx(want, abs=0.05)
     assert float(corr(torch.tensor([0.0, 0.0, 0.0, 9.0, 0.0]))[3]) == pytest.approx(LATE_END)
-    unseen = type("Unseen", (_SteadyMouth,), {"rate": 0.01})()   # 0.14 at step 14: blind there too
-    typical = Correction.measure(unseen.A, unseen.render, image_reader=unseen.reader)
+    typical = _steady_correction(0.01)   # 0.14 at step 14: blind there too
     assert typical.blind and typical.curves[3][0][-1] == end
     want = float(np.interp(3.0, TYPICAL_JAW[1], TYPICAL_JAW[0]))
     assert float(typical(torch.tensor([0.0, 0.0, 0.0, 3.0, 0.0]))[3]) == pytest.approx(want)
