@@ -374,7 +374,9 @@ def test_far_from_rest_the_jaw_takes_the_step_of_its_curve_in_far_contexts():
     t = np.asarray(SWEEPS["jawOpen"], np.float64)
     sd = np.array([2.0, 1.5, 2.5, 6.0, 2.0])
     fake = _LateMouth()
-    corr = Correction.measure(fake.A, fake.render, spread=sd, reach=False, image_reader=fake.reader)
+    # the pitched curves (JawPitch, tested below) left out: this mouth opens later pitched too
+    corr = dataclasses.replace(Correction.measure(fake.A, fake.render, spread=sd, reach=False,
+                                                  image_reader=fake.reader), jaw_pitch=None)
     contexts = jaw_contexts(sd, 5, 3).numpy().astype(np.float64)
     radii = np.linalg.norm(contexts[:, :3] / sd[:3], axis=1)
     far = contexts.copy()
@@ -400,7 +402,8 @@ def test_far_from_rest_the_jaw_takes_the_step_of_its_curve_in_far_contexts():
     assert 0.1 < w < 0.9
     assert float(corr(between)[3]) == pytest.approx((1 - w) * mean_step(2.0) + w * far_step(2.0), abs=1e-4)
 
-    limited = Correction.measure(fake.A, fake.render, spread=sd, image_reader=fake.reader)
+    limited = dataclasses.replace(Correction.measure(fake.A, fake.render, spread=sd, image_reader=fake.reader),
+                                  jaw_pitch=None)
     wide = float(jf.curve[1][-1]) + 0.5             # an opening past the far curve's top: the angles give way
     ask = beyond * torch.tensor([1.0, 1.0, 1.0, wide / 2.0, 1.0])
     out = limited(ask)
@@ -409,6 +412,65 @@ def test_far_from_rest_the_jaw_takes_the_step_of_its_curve_in_far_contexts():
     w = (left - jf.near) / (jf.far - jf.near)
     assert 0.1 < w < 0.9
     assert float(out[3]) == pytest.approx((1 - w) * mean_step(wide) + w * far_step(wide), abs=1e-4)
+
+
+class _NoddingMouth(_LateMouth):
+    """The late mouth, opening later only with the head pitched one way (+): |pitch| steps later there."""
+
+    @staticmethod
+    def jaw(dp: np.ndarray) -> float:
+        return 3.0 * max(0.0, dp[3] - 6.0 - max(dp[1], 0.0))
+
+
+def test_a_pitched_head_scales_the_jaws_step_toward_its_curve_read_pitched_to_the_bound():
+    """Closed form: a mouth that opens later with the head pitched one way. The jaw contexts are read
+    again with their pitch at G's bound (PITCH_REACH sds) each way, and each side's mean curve is
+    kept. An opening request with the head level keeps the mean curve's step; pitched to the bound it
+    takes that side's pitched curve's step; halfway, the mean step scaled halfway toward it. A closing
+    request keeps its step; a side whose contexts show no face keeps no curve."""
+    from engines.method.correction import (PITCH_REACH, SWEEPS, Correction, JawPitch, jaw_contexts,
+                                           response_curve)
+    t = np.asarray(SWEEPS["jawOpen"], np.float64)
+    sd = np.array([2.0, 1.5, 2.5, 6.0, 2.0])
+    bound = PITCH_REACH * sd[1]
+    fake = _NoddingMouth()
+    corr = dataclasses.replace(Correction.measure(fake.A, fake.render, spread=sd, reach=False,
+                                                  image_reader=fake.reader), jaw_far=None)
+
+    def pitched(sign):
+        contexts = jaw_contexts(sd, 5, 3).numpy().astype(np.float64)
+        contexts[:, 1] = sign * bound
+        resp = [[_NoddingMouth.jaw(c + s * np.eye(5)[3]) - _NoddingMouth.jaw(c) for s in t] for c in contexts]
+        return response_curve(t, np.mean(resp, 0))
+    jp = corr.jaw_pitch
+    assert jp.bound == pytest.approx(bound)
+    for side, sign in enumerate((-1, 1)):
+        want = pitched(sign)
+        assert np.allclose(jp.curves[side][0], want[0]) and np.allclose(jp.curves[side][1], want[1], atol=1e-5)
+
+    def step(curve, x):
+        return float(np.interp(x, curve[1], curve[0]))
+
+    def asked(pitch, x):
+        return float(corr(torch.tensor([0.0, pitch, 0.0, x, 0.0], dtype=torch.float32))[3])
+    mean, up, down = step(corr.curves[3], 2.0), step(jp.curves[1], 2.0), step(jp.curves[0], 2.0)
+    assert up > mean + 2.0 and down < mean - 0.2        # later pitched +, earlier than the mean pitched -
+    assert asked(0.0, 2.0) == pytest.approx(mean, abs=1e-5)
+    assert asked(bound, 2.0) == pytest.approx(up, abs=1e-4)
+    assert asked(-bound, 2.0) == pytest.approx(down, abs=1e-4)
+    assert asked(bound / 2, 2.0) == pytest.approx((mean + up) / 2, abs=1e-4)
+    assert asked(2 * bound, 2.0) == pytest.approx(up, abs=1e-4)                     # past the bound: as at it
+    assert asked(bound, -0.5) == pytest.approx(step(corr.curves[3], -0.5), abs=1e-5)   # closing: as level
+
+    # scaled no further than the pitched sweep's end (step 5 here) unless the step was already past it
+    lean = JawPitch(1.0, (None, (np.array([0.0, 5.0]), np.array([0.0, 5.0]))))
+    assert lean.step(2.0, 1.0, 4.0, 1.0) == pytest.approx(5.0)
+    assert lean.step(1.0, 1.0, 3.0, 1.0) == pytest.approx(3.0)
+    assert lean.step(8.0, 2.0, 4.0, 1.0) == pytest.approx(8.0) and lean.step(2.0, 1.0, 4.0, -1.0) == 2.0
+
+    fake = _NoddingMouth(blind=bound - 1e-3)       # every context pitched to the bound loses the face
+    assert Correction.measure(fake.A, fake.render, spread=sd, reach=False,
+                              image_reader=fake.reader).jaw_pitch is None
 
 
 def test_head_drift_is_cancelled_only_where_it_stands_clear_of_the_readings_jitter():

@@ -9,10 +9,11 @@ smile that is already full). Read by the Net3D runtime on calibration's view:
     that produces it (a mouth shows little below some opening and then opens fast: without its curve
     small speech movements vanish); the jaw's curve is the mean of its curves at rest and in contexts
     the avatar will be driven in (JAW_CONTEXTS), and as a frame's angles near the reach limit a second
-    curve, read in the same contexts with their angles at the reach, takes over (JawFar); a jaw whose
-    opening the reader cannot see on this avatar, even read on to LATE_END, stays on with a typical
-    avatar's curve (blind_jaw),
-    and one whose reading only falls from rest keeps that fall, driven from shut (closing_curve);
+    curve, read in the same contexts with their angles at the reach, takes over (JawFar); as the head
+    pitches, two more, read in them with their pitch at G's bound either way, scale its step (JawPitch);
+    a jaw whose opening the reader cannot see on this avatar, even read on to LATE_END, stays on with a
+    typical avatar's curve (blind_jaw), and one whose reading only falls from rest keeps that fall,
+    driven from shut (closing_curve);
   * for each other expression direction and each sense (+/-): whether a step of `probe` moves its own
     parameter that way by at least GATE_MIN (normalised units) and GATE_RAW (its own units); a sense
     that does not is switched off for this avatar, since all it can add is cross-talk;
@@ -138,6 +139,13 @@ CONTEXT_SEED = 0
 # and which one or two survived set where her far openings were asked for (car clip x1.5: jawOpen r
 # 0.35 with one, 0.53 with none, her mean curve alone)
 FAR_MIN_SHARE = 0.5
+# ... and in the same contexts with their pitch moved to G's pitch bound (PITCH_REACH), each way: a
+# 64-px mouth pitched reads less (or more) open than level, and the mean curve's contexts, in mirrored
+# pairs, average that away. A frame's opening step is scaled from the mean curve's toward the pitched
+# curve's, by its pitch's share of the bound (JawPitch). Kudrow followed a driver who nods as she opens
+# (the bundled wide-mouth clip) at jawOpen r 0.59, her renders pitched to the bound reading 0.04-0.50
+# at jaw steps 3-9 against 0.08-0.57 level; with it 0.77. One sweep each way (not the mean of eight)
+# was too noisy at 64 px: docs/reenactment.md, "A pitched head's jaw"
 # A head turning on a 64-px render reads as a mouth opening: the astronaut's, Obama's and a small
 # portrait's jawOpen read +0.9 to +2.2 normalised units (0.06-0.14 raw) at yaw steps +-3 and up to 3.5 at
 # +-5 with the jaw at rest, which a clip turning the head while it talks sees as its mouth moving. What
@@ -368,6 +376,7 @@ class Correction:
     reach: tuple[torch.Tensor, int | None] | None = None
     jaw_far: JawFar | None = None   # the jaw's curve with the head far from rest (None: the mean curve alone)
     octant_reach: torch.Tensor | None = None   # [8] the reach (sds) of each octant (octant_of); None: REACH
+    jaw_pitch: "JawPitch | None" = None   # the jaw's curves pitched to the bound (None: level ones alone)
     jaw_drift: "JawDrift | None" = None   # what the angles alone add to the jaw's reading (None: nothing clear)
     jaw: int | None = None   # jawOpen's index where it has a curve (None: it has none, or there is no jaw)
     pitch: int | None = None   # pitch's index, held within PITCH_REACH with the reach (None: no pitch)
@@ -416,8 +425,10 @@ class Correction:
         jaw = A.param_names.index("jawOpen") if "jawOpen" in A.param_names else None
         contexts = jaw_contexts(spread, k, jaw)
         far = at_reach(contexts, spread)
+        pitch = A.param_names.index("pitch") if "pitch" in A.param_names else None
+        pitched = pitched_contexts(contexts, spread, pitch)
         sweeps = [_sweep(torch.zeros(k), i, ts) for i, ts in swept.items()]
-        sweeps += [_sweep(c, jaw, swept[jaw]) for c in torch.cat([contexts, far])]
+        sweeps += [_sweep(c, jaw, swept[jaw]) for c in torch.cat([contexts, far, pitched])]
         e = torch.eye(k)[3:]
         limited = reach and spread is not None and len(spread) == k
         probes = reach_probes(spread, k, jaw) if limited else torch.zeros(0, k)
@@ -431,7 +442,7 @@ class Correction:
         p0 = p[0]
         plus, minus = p[1:1 + m] - p0, p[1 + m:1 + 2 * m] - p0
         far_plus, far_minus = p[1 + 2 * m:1 + 3 * m] - p0, p[1 + 3 * m:1 + 4 * m] - p0
-        at, curves, jaw_far, jaw_along, blind = 1 + 4 * m, {}, None, {}, False
+        at, curves, jaw_far, jaw_along, blind, sides = 1 + 4 * m, {}, None, {}, False, []
         for i, t in swept.items():
             r = p[at:at + len(t), i] - p0[i]
             if i < 3 and jaw is not None:
@@ -441,7 +452,10 @@ class Correction:
                 n = len(contexts) * len(t)
                 usual = float(jaw_steps[-1])
                 near_kept, near = _context_responses(A, faces[fixed:fixed + n], jaw, t, len(contexts), usual)
-                far_kept, far_r = _context_responses(A, faces[fixed + n:], jaw, t, len(contexts), usual)
+                far_kept, far_r = _context_responses(A, faces[fixed + n:fixed + 2 * n], jaw, t, len(contexts),
+                                                     usual)
+                sides = [_context_responses(A, faces[fixed + j * n:fixed + (j + 1) * n], jaw, t, len(contexts),
+                                            usual)[1] for j in range(2, 2 + len(pitched) // len(contexts))]
                 mean = chained_mean([r, *near], int(np.argmin(np.abs(t))))
                 r = np.where(np.isfinite(r), mean, np.nan)   # the rest sweep's lost face ends it (seen_stretch)
                 jaw_far = _jaw_far(jaw, t, far_r, far[far_kept], contexts[near_kept], spread)
@@ -463,6 +477,8 @@ class Correction:
                 gates[:, i - 3] = True
         drift = head_drift(minus[:, :3], far_minus[:, :3], plus[:, :3], far_plus[:, :3], step, probe)
         limit = (torch.as_tensor(spread, dtype=torch.float32), jaw) if limited else None
+        leans = jaw_pitch(swept[jaw], sides, float(pitched[-1, pitch])) \
+            if jaw in curves and not blind and len(sides) == 2 else None
         if jaw not in curves:
             jaw_far = None
         elif late is None and (end := late_end(curves[jaw], swept[jaw])) is not None:
@@ -473,6 +489,8 @@ class Correction:
             curves[jaw] = cut_at(curves[jaw], late)
             if jaw_far is not None:
                 jaw_far = replace(jaw_far, curve=cut_at(jaw_far.curve, late))
+            if leans is not None:
+                leans = replace(leans, curves=tuple(None if c is None else cut_at(c, late) for c in leans.curves))
         octants = octant_reach([f is not None for f in probe_faces]) if limited else None
         # what the angles alone add to the jaw's reading: not for a blind jaw (its readings say nothing),
         # an open one (driven from shut, where a turn does not add what it adds to the open rest), nor
@@ -484,8 +502,7 @@ class Correction:
             read_again_shut(curves[jaw], blind, mouth_open) else \
             {i: c for i, (t, v) in jaw_along.items() if (c := angle_jaw_drift(t, v)) is not None}
         jaw_drift = checked_drift(A, readings, p0, jaw, curves[jaw], JawDrift(along)) if along else None
-        pitch = A.param_names.index("pitch") if "pitch" in A.param_names else None
-        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants, jaw_drift,
+        return cls(curves, drift, torch.as_tensor(gates), limit, jaw_far, octants, leans, jaw_drift,
                    jaw if jaw in curves else None, pitch, mouth_open, blind)
 
     def reach_of(self, dp: torch.Tensor) -> float:
@@ -564,7 +581,10 @@ class Correction:
         near = float(np.interp(request, r, t))
         far = self.jaw_far
         # the far curve closes no further than the near one (closed_to_knee)
-        return near if far is None else max(far.step(near, request, far.radius(out)), float(t[0]))
+        step = near if far is None else max(far.step(near, request, far.radius(out)), float(t[0]))
+        if self.jaw_pitch is None or near <= 0:   # a closing request keeps its step (trialled on openings)
+            return step
+        return self.jaw_pitch.step(step, near, request, float(out[self.pitch]))
 
 
 def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
@@ -577,6 +597,49 @@ def jaw_contexts(spread, k: int, jaw: int | None) -> torch.Tensor:
     contexts = draw * torch.as_tensor(spread, dtype=torch.float32) * CONTEXT_SD
     contexts[:, jaw] = 0.0
     return contexts
+
+
+def pitched_contexts(contexts: torch.Tensor, spread, pitch: int | None) -> torch.Tensor:
+    """[2N, K]: contexts [N, K] with their pitch at minus, then plus, G's pitch bound (PITCH_REACH sds)."""
+    if not len(contexts) or pitch is None:
+        return torch.zeros(0, contexts.shape[1])
+    bound = PITCH_REACH * float(spread[pitch])
+    out = torch.cat([contexts, contexts])
+    out[:len(contexts), pitch] = -bound
+    out[len(contexts):, pitch] = bound
+    return out
+
+
+@dataclass
+class JawPitch:
+    """The jaw's mean curves in the jaw contexts pitched to -bound and to +bound (pitched_contexts); a
+    side whose curve was not kept (too few faces, or hardly opening) is None."""
+    bound: float                          # G's pitch bound (normalised units)
+    curves: tuple                         # (pitched -bound, +bound): (steps, response) or None
+
+    def step(self, step: float, near_step: float, request: float, pitch: float) -> float:
+        """The step of an opening `request` (`step`, from near_step on the mean curve) with the head
+        pitched `pitch`: scaled by the pitched curve's step over the mean curve's, weighted by the
+        share of the bound pitched, and no further than the pitched sweep's end where it lies beyond
+        `step` (steps past every sweep were never rendered); as it is where that side has no curve."""
+        curve = self.curves[int(pitch > 0)]
+        if curve is None or pitch == 0.0:
+            return step
+        t, r = curve
+        w = min(abs(pitch) / self.bound, 1.0)
+        scaled = step * (1.0 + w * (float(np.interp(request, r, t)) / near_step - 1.0))
+        return min(scaled, max(step, float(t[-1])))
+
+
+def jaw_pitch(t: np.ndarray, sides: list[list[np.ndarray]], bound: float) -> JawPitch | None:
+    """The JawPitch of the jaw contexts' responses along t pitched to -bound and +bound (sides); a
+    side keeps a curve where FAR_MIN_SHARE of its contexts showed a face; None when neither does."""
+    curves = []
+    for responses in sides:
+        enough = len(responses) >= FAR_MIN_SHARE * JAW_CONTEXTS
+        mean = chained_mean(responses, int(np.argmin(np.abs(t)))) if enough else None
+        curves.append(response_curve(*seen_stretch(t, mean)) if mean is not None else None)
+    return JawPitch(abs(bound), tuple(curves)) if bound and any(c is not None for c in curves) else None
 
 
 OCTANTS = [(y, p, r) for y in (-1, 1) for p in (-1, 1) for r in (-1, 1)]
