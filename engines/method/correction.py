@@ -631,14 +631,18 @@ class JawPitch:
         return min(scaled, max(step, float(t[-1])))
 
 
+def shared_curve(t: np.ndarray, responses: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The response curve of the jaw contexts' mean response along t; None when under FAR_MIN_SHARE of
+    them showed a face (responses holds those that did) or it hardly opens."""
+    if len(responses) < FAR_MIN_SHARE * JAW_CONTEXTS:
+        return None
+    return response_curve(*seen_stretch(t, chained_mean(responses, int(np.argmin(np.abs(t))))))
+
+
 def jaw_pitch(t: np.ndarray, sides: list[list[np.ndarray]], bound: float) -> JawPitch | None:
     """The JawPitch of the jaw contexts' responses along t pitched to -bound and +bound (sides); a
     side keeps a curve where FAR_MIN_SHARE of its contexts showed a face; None when neither does."""
-    curves = []
-    for responses in sides:
-        enough = len(responses) >= FAR_MIN_SHARE * JAW_CONTEXTS
-        mean = chained_mean(responses, int(np.argmin(np.abs(t)))) if enough else None
-        curves.append(response_curve(*seen_stretch(t, mean)) if mean is not None else None)
+    curves = [shared_curve(t, responses) for responses in sides]
     return JawPitch(abs(bound), tuple(curves)) if bound and any(c is not None for c in curves) else None
 
 
@@ -693,9 +697,7 @@ def _jaw_far(jaw: int, t: np.ndarray, responses: list[np.ndarray], far: torch.Te
     """The far contexts' mean jaw curve, placed by the mean angle radius of the near curve's members (its
     rest counted at 0) and of the far contexts that showed a face; None when under FAR_MIN_SHARE of
     them did or it hardly opens."""
-    enough = len(responses) >= FAR_MIN_SHARE * JAW_CONTEXTS
-    mean = chained_mean(responses, int(np.argmin(np.abs(t)))) if enough else None
-    curve = response_curve(*seen_stretch(t, mean)) if mean is not None else None
+    curve = shared_curve(t, responses)
     sd = torch.as_tensor(spread, dtype=torch.float32)[:3]
     near_radius = float(torch.cat([torch.zeros(1), angle_radius(near, sd)]).mean())   # rest at 0
     far_radius = float(angle_radius(far, sd).mean()) if len(far) else 0.0
