@@ -133,7 +133,7 @@ def test_first_frame_reproduces_the_avatar_and_no_face_eases_back(engine, pack):
     r.close()
 
 
-def test_a_packs_next_sessions_share_its_correction(pack, monkeypatch):
+def test_a_packs_next_sessions_share_its_correction(pack, monkeypatch, tmp_path):
     """The response correction is measured by a pack's first session and shared by the next ones (no
     ~12 s of renders read by MediaPipe while other calls run); it is the same as a fresh measurement and
     is measured apart for another reach (feedback on: no reach limit, and the Net3D view read alone, as
@@ -141,6 +141,7 @@ def test_a_packs_next_sessions_share_its_correction(pack, monkeypatch):
     from engines.method.correction import Correction
     from streamer.reenact.engine import AvatarReenactor, Engine
     from streamer.reenact.motion import ROLL_READ
+    monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path))   # measured here, not read from an earlier run
     engine = Engine("default", log=lambda m: None, progress=False)
     a, b = engine.make_reenactor(pack), engine.make_reenactor(pack)
     assert a.correction is not None and a.correction.reach is not None and b.correction is a.correction

@@ -12,7 +12,8 @@ shift is A dp - A 0 (the bias cancels, so the first frame reproduces the avatar 
 Frames with no face hold the last pose for `hold_s`, then ease back to the avatar's neutral pose.
 
 The per-avatar response correction (engines.method.correction) and the head-pose feedback
-(streamer.reenact.feedback, `feedback_every` N > 0) are measured on the avatar's own renders.
+(streamer.reenact.feedback, `feedback_every` N > 0) are measured on the avatar's own renders; the
+correction once per pack in a process (PerPack) and once per pack on a machine (CorrectionCache).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ from streamer.avatar.pack import AvatarPack
 from streamer.avatar.preparing import enroll_in_subprocess
 from streamer.reenact.api import Output
 from streamer.reenact.config import NET3D_CHOICES, ReenactConfig
+from streamer.reenact.correction_cache import CorrectionCache, tensors_hash
 from streamer.reenact.feedback import HeadFeedback
 from streamer.reenact.generator_stage import GeneratorStage
 from streamer.reenact.motion import Motion
@@ -111,6 +114,7 @@ class Engine:
         self._enroll_lock = threading.Lock()  # one enrollment at a time; each is CPU-bound anyway
         self._packs: dict[tuple, AvatarPack] = {}   # the last few packs, by file and its mtime/size
         self.per_pack = PerPack()                   # each pack's response correction, its roll at rest
+        self.corrections = CorrectionCache(log=log)   # ... and its correction kept for the next processes
 
     def pack(self, avatar: str | Path, on_progress=None) -> AvatarPack:
         """avatar's pack (enrolled once and cached; kept in memory for the next sessions).
@@ -153,6 +157,16 @@ class Engine:
             return cached_pack_path(path, self.zoo, self.tune_directions).is_file()
         except OSError:
             return False
+
+    @cached_property
+    def _generator_hash(self) -> str:
+        return tensors_hash(self.zoo.generator.state_dict())
+
+    def correction_parts(self, A, key: tuple) -> tuple:
+        """What a session's correction depends on besides its pack and this software (CorrectionCache):
+        the zoo, its generator, the session's A and key, where the renders run and what reads them."""
+        return (self.zoo.name, self._generator_hash, tensors_hash(A.state_dict()), list(key),
+                self.device.type, type(self.generator_stage).__name__, self.net3d_stage is not None)
 
     def image_reader(self):
         """A Net3D reader of single images (the avatar's own renders): the same Net3D as the drivers'."""
@@ -225,12 +239,11 @@ class AvatarReenactor:
             # with head-pose feedback on, the shown angles are measured and steered: the open-loop guards
             # (the reach limit would cap what the feedback asks for) are left off
             spread, reach = tuned_spread(pack, engine.zoo.recipe.tuning, self.A), feedback_every == 0
+            key = ("correction", None if spread is None else tuple(spread), reach, out_size, relative)
             self.correction = engine.per_pack.get(
-                pack, ("correction", None if spread is None else tuple(spread), reach, out_size),
-                lambda: Correction.measure(self.A, self._render_requests, spread=spread, reach=reach,
-                                           image_reader=engine.image_reader,
-                                           mouth_open=mouth_is_open(pack.p, self.A.param_names),
-                                           publish=self._published if reach else None)) if correct else None
+                pack, key, lambda: engine.corrections.get(pack, engine.correction_parts(self.A, key),
+                                                          lambda: self._measure_correction(spread, reach))) \
+                if correct else None
             # publish (open loop only): the renders read in the frame a viewer is shown too, not only in
             # Net3D's view of the 64-px render (the touchline man's widened wide-mouth jaw 0.60 -> 0.74);
             # the feedback keeps the view's reading, which its yaw loop was measured on (docs/reenactment.md)
@@ -243,6 +256,12 @@ class AvatarReenactor:
             self.motion.bound_roll(engine.per_pack.get(pack, ("shown roll", out_size, relative),
                                                        lambda: self._shown_roll(engine.image_reader)))
         self._t0 = time.monotonic()
+
+    def _measure_correction(self, spread, reach: bool) -> Correction | None:
+        return Correction.measure(self.A, self._render_requests, spread=spread, reach=reach,
+                                  image_reader=self.engine.image_reader,
+                                  mouth_open=mouth_is_open(self.pack.p, self.A.param_names),
+                                  publish=self._published if reach else None)
 
     def _shown_roll(self, image_reader) -> float | None:
         """The roll (degrees) the reader sees on the published avatar at rest (None: no face)."""
