@@ -92,7 +92,7 @@ def test_a_packs_next_engine_reads_its_correction_back_and_shows_the_same_frames
     monkeypatch.setattr(AvatarReenactor, "_measure_correction",
                         lambda self, *a: measured.append(1) or measure(self, *a))
     first = Engine("default", log=lambda m: None, progress=False).make_reenactor(astronaut_pack)
-    stored = list((tmp_path / "cache" / "corrections").iterdir())
+    stored = list((tmp_path / "cache" / "avatars" / "corrections").iterdir())
     assert measured == [1] and len(stored) == 1 and first.correction is not None
     later = Engine("default", log=lambda m: None, progress=False).make_reenactor(astronaut_pack)   # a new process's
     assert measured == [1] and later.correction is not first.correction and same(later.correction, first.correction)
@@ -112,7 +112,7 @@ def test_entries_by_setting_a_damaged_one_measured_again_an_unwritable_cache_sai
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
     engine = Engine("default", log=said.append, progress=False)
     engine.make_reenactor(astronaut_pack).close()
-    entry, = (tmp_path / "cache" / "corrections").iterdir()
+    entry, = (tmp_path / "cache" / "avatars" / "corrections").iterdir()
     engine.make_reenactor(astronaut_pack, out_size=128).close()   # another setting: another entry
     assert len(list(entry.parent.iterdir())) == 2
     entry.write_bytes(entry.read_bytes()[:100])
@@ -128,15 +128,36 @@ def test_entries_by_setting_a_damaged_one_measured_again_an_unwritable_cache_sai
     assert len([m for m in said if "not kept" in m]) == 1
 
 
-def test_an_entry_is_named_by_the_pack_the_settings_and_the_code(astronaut_pack, monkeypatch):
+def test_an_uploads_correction_is_kept_in_its_private_cache(astronaut_pack, tmp_path, monkeypatch):
+    """An uploaded photo's enrollments live in the upload folder's private cache, deleted with it
+    (streamer.web): so does its correction, and none reaches the user cache."""
+    from streamer.avatar.enroll import private_cache
+    from streamer.avatar.pack import AvatarPack
+    monkeypatch.setattr(AvatarReenactor, "_measure_correction", lambda self, *a: a_correction())
+    monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "user"))
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    photo = uploads / "me.png"
+    photo.write_bytes(b"a photo enrolled elsewhere")
+    private_cache(uploads, uploads / "packs")
+    try:
+        engine = Engine("default", log=lambda m: None, progress=False)
+        engine.remember(photo, AvatarPack.load(astronaut_pack))   # enrolled in another process
+        engine.make_reenactor(photo).close()
+    finally:
+        private_cache(uploads, None)
+    assert len(list((uploads / "packs" / "corrections").iterdir())) == 1 and not (tmp_path / "user").exists()
+
+
+def test_an_entry_is_named_by_the_pack_the_settings_and_the_code(astronaut_pack, tmp_path, monkeypatch):
     from streamer.avatar.pack import AvatarPack
     pack = AvatarPack.load(astronaut_pack)
-    cache = correction_cache.CorrectionCache()
-    here = cache.path(pack, ("default", 1))
-    assert cache.path(AvatarPack.load(astronaut_pack), ("default", 1)) == here   # loaded again: the same
-    assert cache.path(pack, ("default", 2)) != here
+    path = correction_cache.CorrectionCache.path
+    here = path(tmp_path, pack, ("default", 1))
+    assert path(tmp_path, AvatarPack.load(astronaut_pack), ("default", 1)) == here   # loaded again: the same
+    assert path(tmp_path, pack, ("default", 2)) != here
     moved = AvatarPack.load(astronaut_pack)
     moved.latent = moved.latent + 1e-6
-    assert cache.path(moved, ("default", 1)) != here
+    assert path(tmp_path, moved, ("default", 1)) != here
     monkeypatch.setattr(correction_cache, "code_fingerprint", lambda: "other code")
-    assert cache.path(pack, ("default", 1)) != here
+    assert path(tmp_path, pack, ("default", 1)) != here

@@ -346,6 +346,11 @@ def private_cache(photo_dir: str | Path, cache: str | Path | None) -> None:
         _PRIVATE_CACHES[folder] = Path(cache)
 
 
+def cache_root(path: Path) -> Path:
+    """The folder photo `path`'s enrollments are cached in: its folder's private cache, or the user's."""
+    return _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
+
+
 def _cache_problem(cached: Path) -> str | None:
     """Why a pack cannot be saved at `cached`, or None: checked before the minute an enrollment takes."""
     try:
@@ -367,8 +372,7 @@ def cached_pack_path(path: Path, zoo, tune_directions: int = 0, photo_sha: str |
     # t<threads>: packs from before enrollment pinned its thread count are not reused; r<recipe>:
     # nor packs enrolled by another recipe (steps, layers, pose targets)
     tuned_a = f"-d{tune_directions}" if tune_directions else ""
-    root = _PRIVATE_CACHES.get(path.resolve().parent) or cache_dir()
-    return root / (f"{key}-{zoo.name}-{a_sha}-t{zoo.recipe.threads()}-r{recipe_key(zoo.name)}{tuned_a}.avatar")
+    return cache_root(path) / (f"{key}-{zoo.name}-{a_sha}-t{zoo.recipe.threads()}-r{recipe_key(zoo.name)}{tuned_a}.avatar")
 
 
 def load_or_enroll(avatar: str | Path, zoo, progress: bool = True, log=print,

@@ -25,7 +25,7 @@ import engines
 import streamer
 from engines.method.correction import Correction
 from engines.method.correction_file import load_correction, save_correction
-from streamer.avatar.enroll import cache_dir
+from streamer.avatar.enroll import cache_dir, cache_root
 from streamer.avatar.pack import AvatarPack
 
 LIBRARIES = ("mediapipe", "torch", "numpy", "safetensors")
@@ -67,24 +67,28 @@ def pack_hash(pack: AvatarPack) -> str:
     return hashlib.sha256(f"{tensors_hash(named)}{facts}".encode()).hexdigest()
 
 
-class CorrectionCache:
-    """get(pack, parts, make): the correction stored under the hash of (pack, parts, the code), or
-    make()'s, stored there. parts: everything else the measurement depends on, as JSON-able values."""
+def corrections_dir(avatar: str | Path | None) -> Path:
+    """Where the corrections of avatar's pack are kept: beside its enrollments (an upload's private cache,
+    so they are deleted with it), or in the user cache (no path: a pack handed over in memory)."""
+    return (cache_root(Path(avatar)) if avatar is not None else cache_dir()) / "corrections"
 
-    def __init__(self, root: Path | None = None, log=print):
-        self._root, self.log = root, log
+
+class CorrectionCache:
+    """get(folder, pack, parts, make): the correction stored in folder under the hash of (pack, parts,
+    the code), or make()'s, stored there. parts: all else the measurement depends on, JSON-able."""
+
+    def __init__(self, log=print):
+        self.log = log
         self._warned = False
 
-    @property
-    def root(self) -> Path:
-        return self._root or cache_dir().parent / "corrections"   # read late: tests set the cache per test
-
-    def path(self, pack: AvatarPack, parts: tuple) -> Path:
+    @staticmethod
+    def path(folder: Path, pack: AvatarPack, parts: tuple) -> Path:
         key = json.dumps([pack_hash(pack), code_fingerprint(), *parts])
-        return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.correction"
+        return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.correction"
 
-    def get(self, pack: AvatarPack, parts: tuple, make: Callable[[], Correction | None]) -> Correction | None:
-        path = self.path(pack, parts)
+    def get(self, folder: Path, pack: AvatarPack, parts: tuple,
+            make: Callable[[], Correction | None]) -> Correction | None:
+        path = self.path(folder, pack, parts)
         if path.is_file():
             try:
                 return load_correction(path)

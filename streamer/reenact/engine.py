@@ -41,7 +41,7 @@ from streamer.avatar.pack import AvatarPack
 from streamer.avatar.preparing import enroll_in_subprocess
 from streamer.reenact.api import Output
 from streamer.reenact.config import NET3D_CHOICES, ReenactConfig
-from streamer.reenact.correction_cache import CorrectionCache, tensors_hash
+from streamer.reenact.correction_cache import CorrectionCache, corrections_dir, tensors_hash
 from streamer.reenact.feedback import HeadFeedback
 from streamer.reenact.generator_stage import GeneratorStage
 from streamer.reenact.motion import Motion
@@ -179,7 +179,7 @@ class Engine:
     def make_reenactor(self, avatar: str | Path | None, **kw) -> "AvatarReenactor":
         if avatar is None:
             raise UserError("no avatar given: pass --avatar PHOTO (or an .avatar pack)")
-        return AvatarReenactor(self, self.pack(avatar), **kw)
+        return AvatarReenactor(self, self.pack(avatar), corrections=corrections_dir(avatar), **kw)
 
     def close(self) -> None:
         self.generator_stage.close()
@@ -208,11 +208,13 @@ def tuned_spread(pack: AvatarPack, tuning, A) -> list[float] | None:
 
 class AvatarReenactor:
     """One session: driving frame -> Net3D (its own reader) -> motion state -> correction and feedback
-    -> latent -> the engine's shared generator stage -> guard -> framing."""
+    -> latent -> the engine's shared generator stage -> guard -> framing. corrections: the folder the
+    pack's measured correction is kept in (correction_cache.corrections_dir; None: the user cache's)."""
 
     def __init__(self, engine: Engine, pack: AvatarPack, *, relative: bool = True, smooth: bool = True,
                  side_by_side: bool = False, out_size: int = OUT_SIZE, hold_s: float = 1.0,
-                 ease_s: float = 0.5, correct: bool = True, feedback_every: int = 0):
+                 ease_s: float = 0.5, correct: bool = True, feedback_every: int = 0,
+                 corrections: Path | None = None):
         if pack.zoo != engine.zoo.name:
             raise UserError(f"avatar was enrolled for zoo '{pack.zoo}', engine runs '{engine.zoo.name}'")
         self.engine, self.pack = engine, pack
@@ -241,7 +243,8 @@ class AvatarReenactor:
             spread, reach = tuned_spread(pack, engine.zoo.recipe.tuning, self.A), feedback_every == 0
             key = ("correction", None if spread is None else tuple(spread), reach, out_size, relative)
             self.correction = engine.per_pack.get(
-                pack, key, lambda: engine.corrections.get(pack, engine.correction_parts(self.A, key),
+                pack, key, lambda: engine.corrections.get(corrections or corrections_dir(None), pack,
+                                                          engine.correction_parts(self.A, key),
                                                           lambda: self._measure_correction(spread, reach))) \
                 if correct else None
             # publish (open loop only): the renders read in the frame a viewer is shown too, not only in
