@@ -74,6 +74,19 @@ def test_a_damaged_or_foreign_correction_file_is_refused_without_running_code(tm
         load_correction(tmp_path / "evil")
 
 
+@pytest.fixture
+def new_engine():
+    """Engines made by the test (each a new process's), closed after it: no stage thread outlives it."""
+    made = []
+
+    def make(log=lambda m: None) -> Engine:
+        made.append(Engine("default", log=log, progress=False))
+        return made[-1]
+    yield make
+    for engine in made:
+        engine.close()
+
+
 def driving_frames(n: int) -> list[np.ndarray]:
     with av.open(str(CLIP)) as f:
         out = []
@@ -85,16 +98,16 @@ def driving_frames(n: int) -> list[np.ndarray]:
 
 
 def test_a_packs_next_engine_reads_its_correction_back_and_shows_the_same_frames(astronaut_pack, tmp_path,
-                                                                               monkeypatch):
+                                                                               monkeypatch, new_engine):
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
     measured = []
     measure = AvatarReenactor._measure_correction
     monkeypatch.setattr(AvatarReenactor, "_measure_correction",
                         lambda self, *a: measured.append(1) or measure(self, *a))
-    first = Engine("default", log=lambda m: None, progress=False).make_reenactor(astronaut_pack)
+    first = new_engine().make_reenactor(astronaut_pack)
     stored = list((tmp_path / "cache" / "avatars" / "corrections").iterdir())
     assert measured == [1] and len(stored) == 1 and first.correction is not None
-    later = Engine("default", log=lambda m: None, progress=False).make_reenactor(astronaut_pack)   # a new process's
+    later = new_engine().make_reenactor(astronaut_pack)   # a new process's
     assert measured == [1] and later.correction is not first.correction and same(later.correction, first.correction)
     frames = driving_frames(12)
     for k, image in enumerate(frames):
@@ -106,29 +119,32 @@ def test_a_packs_next_engine_reads_its_correction_back_and_shows_the_same_frames
 
 
 def test_entries_by_setting_a_damaged_one_measured_again_an_unwritable_cache_said_once(astronaut_pack, tmp_path,
-                                                                               monkeypatch):
+                                                                                     monkeypatch, new_engine):
     monkeypatch.setattr(AvatarReenactor, "_measure_correction", lambda self, *a: a_correction())
     said = []
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "cache"))
-    engine = Engine("default", log=said.append, progress=False)
+    engine = new_engine(said.append)
     engine.make_reenactor(astronaut_pack).close()
     entry, = (tmp_path / "cache" / "avatars" / "corrections").iterdir()
     engine.make_reenactor(astronaut_pack, out_size=128).close()   # another setting: another entry
     assert len(list(entry.parent.iterdir())) == 2
     entry.write_bytes(entry.read_bytes()[:100])
-    r = Engine("default", log=said.append, progress=False).make_reenactor(astronaut_pack)
+    r = new_engine(said.append).make_reenactor(astronaut_pack)
     assert same(r.correction, a_correction()) and same(load_correction(entry), a_correction())
     assert any("measured again" in m and entry.name in m for m in said)
+    r.close()
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "file" / "cache"))
     said.clear()
-    engine = Engine("default", log=said.append, progress=False)
+    engine = new_engine(said.append)
     for out_size in (128, 192):   # two entries that cannot be written: one line
-        assert same(engine.make_reenactor(astronaut_pack, out_size=out_size).correction, a_correction())
+        r = engine.make_reenactor(astronaut_pack, out_size=out_size)
+        assert same(r.correction, a_correction())
+        r.close()
     assert len([m for m in said if "not kept" in m]) == 1
 
 
-def test_an_uploads_correction_is_kept_in_its_private_cache(astronaut_pack, tmp_path, monkeypatch):
+def test_an_uploads_correction_is_kept_in_its_private_cache(astronaut_pack, tmp_path, monkeypatch, new_engine):
     """An uploaded photo's enrollments live in the upload folder's private cache, deleted with it
     (streamer.web): so does its correction, and none reaches the user cache."""
     from streamer.avatar.enroll import private_cache
@@ -141,7 +157,7 @@ def test_an_uploads_correction_is_kept_in_its_private_cache(astronaut_pack, tmp_
     photo.write_bytes(b"a photo enrolled elsewhere")
     private_cache(uploads, uploads / "packs")
     try:
-        engine = Engine("default", log=lambda m: None, progress=False)
+        engine = new_engine()
         engine.remember(photo, AvatarPack.load(astronaut_pack))   # enrolled in another process
         engine.make_reenactor(photo).close()
     finally:

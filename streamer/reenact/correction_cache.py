@@ -28,7 +28,10 @@ from engines.method.correction_file import load_correction, save_correction
 from streamer.avatar.enroll import cache_dir, cache_root
 from streamer.avatar.pack import AvatarPack
 
-LIBRARIES = ("mediapipe", "torch", "numpy", "safetensors")
+# what renders, frames and reads the sweeps (absent ones count as such: ONNX Runtime renders the DCGAN
+# where it is installed, OpenCV turns the published frame where one of its builds is)
+LIBRARIES = ("mediapipe", "torch", "numpy", "safetensors", "onnxruntime", "opencv-contrib-python", "opencv-python",
+             "opencv-python-headless")
 
 
 @lru_cache(maxsize=1)
@@ -59,8 +62,8 @@ def tensors_hash(named: dict[str, torch.Tensor]) -> str:
 
 def pack_hash(pack: AvatarPack) -> str:
     """What of a pack the measurement reads: its tensors, its pose and how its display is framed."""
-    named = {"latent": pack.latent, "crop": torch.from_numpy(np.ascontiguousarray(pack.crop)),
-             "display": torch.from_numpy(np.ascontiguousarray(pack.display)),
+    named = {"latent": pack.latent, "crop": torch.from_numpy(np.array(pack.crop)),   # a copy: it may be read-only
+             "display": torch.from_numpy(np.array(pack.display)),
              **{f"tuned.{k}": v for k, v in pack.tuned.items()},
              **{f"directions.{k}": v for k, v in (pack.directions or {}).items()}}
     facts = json.dumps({"p": [float(x) for x in pack.p], "display_scale": pack.display_scale})
