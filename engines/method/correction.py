@@ -30,6 +30,7 @@ uses the same gate to keep the expression columns that still work.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -772,15 +773,24 @@ class _Readings:
         new = [i for i, key in enumerate(keys) if key not in self.faces]
         if new:
             imgs = self.render(dps[new])
-            with self.open_reader() as reader:
-                # a few at a time: the ~330 upsampled views at once (260 MB) took twice as long to make
-                faces = [reader.read(a) for chunk in imgs.split(8) for a in to_uint8(net3d_view(chunk))]
-            if self.publish is not None:
-                with self.open_reader() as reader:
-                    shown = [reader.read(a) for chunk in imgs.split(8) for a in self.publish(chunk)]
-                faces = [seen_twice(v, s) for v, s in zip(faces, shown)]
+            if self.publish is None:
+                faces = self._read(imgs, _view)
+            else:   # two readers at once: each runs its native code on its own thread, out of the GIL
+                with ThreadPoolExecutor(1, thread_name_prefix="correction-read") as pool:
+                    shown = pool.submit(self._read, imgs, self.publish)
+                    faces = [seen_twice(v, s) for v, s in zip(self._read(imgs, _view), shown.result())]
             self.faces.update((keys[i], face) for i, face in zip(new, faces))
         return [self.faces[key] for key in keys]
+
+    def _read(self, imgs: torch.Tensor, frames: Callable) -> list:
+        """A new reader's faces on frames(chunk) of imgs, a few at a time: the ~330 upsampled views at
+        once (260 MB) took twice as long to make."""
+        with self.open_reader() as reader:
+            return [reader.read(a) for chunk in imgs.split(8) for a in frames(chunk)]
+
+
+def _view(renders: torch.Tensor) -> np.ndarray:
+    return to_uint8(net3d_view(renders))
 
 
 def _sweep(context: torch.Tensor, i: int, ts: np.ndarray) -> torch.Tensor:
