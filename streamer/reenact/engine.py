@@ -242,11 +242,8 @@ class AvatarReenactor:
             # (the reach limit would cap what the feedback asks for) are left off
             spread, reach = tuned_spread(pack, engine.zoo.recipe.tuning, self.A), feedback_every == 0
             key = ("correction", None if spread is None else tuple(spread), reach, out_size, relative)
-            self.correction = engine.per_pack.get(
-                pack, key, lambda: engine.corrections.get(corrections or corrections_dir(None), pack,
-                                                          engine.correction_parts(self.A, key),
-                                                          lambda: self._measure_correction(spread, reach))) \
-                if correct else None
+            self.correction = engine.per_pack.get(pack, key, lambda: self._stored_correction(
+                corrections or corrections_dir(None), key, spread, reach)) if correct else None
             # publish (open loop only): the renders read in the frame a viewer is shown too, not only in
             # Net3D's view of the 64-px render (the touchline man's widened wide-mouth jaw 0.60 -> 0.74);
             # the feedback keeps the view's reading, which its yaw loop was measured on (docs/reenactment.md)
@@ -259,6 +256,11 @@ class AvatarReenactor:
             self.motion.bound_roll(engine.per_pack.get(pack, ("shown roll", out_size, relative),
                                                        lambda: self._shown_roll(engine.image_reader)))
         self._t0 = time.monotonic()
+
+    def _stored_correction(self, folder: Path, key: tuple, spread, reach: bool) -> Correction | None:
+        """The correction kept in folder by an earlier process, or measured here and kept there."""
+        parts = self.engine.correction_parts(self.A, key)
+        return self.engine.corrections.get(folder, self.pack, parts, lambda: self._measure_correction(spread, reach))
 
     def _measure_correction(self, spread, reach: bool) -> Correction | None:
         return Correction.measure(self.A, self._render_requests, spread=spread, reach=reach,
