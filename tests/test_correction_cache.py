@@ -132,6 +132,7 @@ def test_entries_by_setting_a_damaged_one_measured_again_an_unwritable_cache_sai
     r = new_engine(said.append).make_reenactor(astronaut_pack)
     assert same(r.correction, a_correction()) and same(load_correction(entry), a_correction())
     assert any("measured again" in m and entry.name in m for m in said)
+    assert sum("avatar: measuring" in m for m in said) == 3   # each measurement said: two settings, then again
     r.close()
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("FACEREENACT_CACHE", str(tmp_path / "file" / "cache"))

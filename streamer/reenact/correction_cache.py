@@ -97,6 +97,7 @@ class CorrectionCache:
                 return load_correction(path)
             except ValueError as e:
                 self.log(f"avatar: the stored response correction {path.name} is measured again ({e})")
+        self.log(f"avatar: measuring its response to the directions (once; kept in {folder})")   # ~14 s
         corr = make()
         if corr is not None:
             try:
